@@ -17,7 +17,7 @@ import sys
 from setuptools import find_packages, setup
 
 EXT_NAME = "sao_kernels._C"
-EXT_SOURCES = ["csrc/sao_native.cpp"]
+EXT_SOURCES = ["csrc/ops.cpp", "csrc/native_kernels.cpp"]
 
 
 def _note(msg: str) -> None:

@@ -1,16 +1,18 @@
-"""The SAO products registered as torch ops under ``torch.ops.sao_kernels``.
+"""The SAO products, registered as torch ops under ``torch.ops.sao_kernels``.
 
-* ``linear(x, values, in_index, out_index, bias, block_size)``            forward
-* ``linear_grad_input(grad_out, values, in_index, out_index, block_size)`` dX
-* ``linear_grad_values(grad_out, x, in_index, out_index, groups, block_size)`` dV
+* ``linear(x, values, in_index, out_index, bias, block_size)``                   forward  (``linear.py``)
+* ``linear_grad_input(grad_out, values, in_index, out_index, block_size)``        dX       (``linear_grad_input.py``)
+* ``linear_grad_values(grad_out, x, in_index, out_index, groups, block_size)``    dV       (``linear_grad_values.py``)
+
+Glossary, used in every module here and in csrc/: T tokens (rows of an activation), m = G*a
+output features, n = G*c input features, G groups (blocks), a = m/G and c = n/G the block
+sides, b = ``block_size`` (the aligned run length of both index maps), R_g / C_g the output /
+input features of group g.  x (T, n), y and grad_out (T, m), values (G, a, c).
+
+How the ops are registered (which kernel runs for which dispatch key): ``_library.py``.
+Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU kernels: csrc/.
 """
-from .linear import linear
-from .linear_grad_input import linear_grad_input
-from .linear_grad_values import linear_grad_values
+from . import linear, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
+from ._library import NATIVE
 
-from ._triton import HAS_TRITON
-
-# "auto" picks the Triton kernels for CUDA tensors when Triton is importable.
-TRITON_KERNELS = HAS_TRITON
-
-__all__ = ["linear", "linear_grad_input", "linear_grad_values", "TRITON_KERNELS"]
+__all__ = ["NATIVE"]

@@ -1,0 +1,518 @@
+// The C++ side of torch.ops.sao_kernels.{linear, linear_grad_input, linear_grad_values}.
+//
+// The schemas are defined once, in Python (sao_kernels/ops/_library.py, which also has the
+// table of which kernel serves which dispatch key).  This file registers:
+//
+//  * CPU kernels: argument checks (the same checks and messages as
+//    sao_kernels/ops/_validate.py, in one O(n) pass per index) and the native kernels of
+//    native_kernels.cpp, when the thread's requested backend is "native", or "auto" and the
+//    dtype is one the native kernels run (the "cpu" row of sao_kernels.backend.AUTO).  Every
+//    other case (backend "torch" / "dense" / "triton" forced, other dtypes, an unknown
+//    backend name) goes to the op's Python implementation through its private twin
+//    sao_kernels::_<op>_python, which decides and raises as sao_kernels.backend says.
+//  * Autograd kernels for every device: reverse mode through an autograd Node per op (its
+//    backward calls the other ops, so double backward and beyond work), and forward mode
+//    (jvp), like the kernels torch generates for its own ops, so torch.func transforms work.
+//
+// So the default CPU path never enters Python.
+#include <Python.h>
+
+#include "sao_kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace sao {
+namespace {
+
+using at::ScalarType;
+using std::optional;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+// ----------------------------------------------------------------------------- messages
+std::string shape_str(const Tensor& t) {
+  std::string s = "(";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
+  return s + (t.dim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(ScalarType t) {  // as Python prints a torch.dtype
+  switch (t) {
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::Half: return "torch.float16";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Short: return "torch.int16";
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Bool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+// --------------------------------------------------------------------- backend request
+// The thread's request, mirrored from Python's sao_kernels.backend() blocks ("" = none: read
+// SAO_KERNELS_BACKEND).
+thread_local std::string tl_request;
+
+void set_thread_backend(std::string name) { tl_request = std::move(name); }
+
+std::string requested_backend() {
+  std::string s = tl_request;
+  if (s.empty()) {
+    const char* env = std::getenv("SAO_KERNELS_BACKEND");
+    s = env ? env : "";
+    s.erase(0, s.find_first_not_of(" \t\n\r"));
+    s.erase(s.find_last_not_of(" \t\n\r") + 1);
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  }
+  return s.empty() ? "auto" : s;
+}
+
+bool native_dtype(ScalarType t) {  // sao_kernels.backend.NATIVE_DTYPES
+  return t == ScalarType::Float || t == ScalarType::BFloat16 || t == ScalarType::Half || t == ScalarType::Double;
+}
+
+// Whether the CPU kernel runs the native kernels for tensors of dtype t (see the file header).
+bool runs_native(ScalarType t) {
+  const std::string r = requested_backend();
+  if (r == "native") {
+    TORCH_CHECK_TYPE(native_dtype(t), "the native backend supports float32, bfloat16, float16, float64; got ",
+                     dtype_str(t));
+    return true;
+  }
+  return r == "auto" && native_dtype(t);
+}
+
+bool native_runs(ScalarType t) { return runs_native(t); }  // exposed for tests
+
+// ------------------------------------------------------------------------------ checks
+// One O(n) pass per index: range, permutation (counts), identity, aligned runs.
+IndexArg check_index(const char* op, const char* name, const optional<Tensor>& index, int64_t size,
+                     const at::Device& device, int64_t block_size) {
+  if (!index.has_value() || !index->defined()) return {};
+  const Tensor& t = *index;
+  TORCH_CHECK_VALUE(t.scalar_type() == ScalarType::Long, op, ": ", name, " must be an int64 tensor, got dtype ",
+                   dtype_str(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, op, ": ", name, " must have shape (", size, ",), got ",
+                    shape_str(t));
+  TORCH_CHECK_VALUE(t.device() == device, op, ": ", name, " is on ", t.device(), " but the inputs are on ", device,
+                    "; all must share a device");
+  if (size == 0) return {};
+  Tensor c = t.contiguous();
+  const int64_t* p = c.data_ptr<int64_t>();
+  thread_local std::vector<int32_t> counts;
+  counts.assign(size, 0);
+  bool identity = true;
+  for (int64_t i = 0; i < size; ++i) {
+    const int64_t v = p[i];
+    TORCH_CHECK_INDEX(v >= 0 && v < size, op, ": ", name, " has entries outside [0, ", size, "): ", name, "[", i,
+                      "] = ", v, " (it must be a permutation of range(", size, "))");
+    ++counts[v];
+    identity &= v == i;
+  }
+  if (!identity) {
+    for (int64_t f = 0; f < size; ++f)
+      TORCH_CHECK_VALUE(counts[f] <= 1, op, ": ", name, " has duplicated entries (feature ", f, " appears ",
+                        counts[f], " times); it must be a permutation of range(", size,
+                        "), each feature in exactly one group");
+  }
+  if (identity) return {};
+  // block_size promises aligned runs; it is verified, never trusted (a false promise means
+  // element-level gathers, the same results).
+  bool runs = block_size > 1;
+  for (int64_t i = 0; i < size && runs; i += block_size) {
+    runs = p[i] % block_size == 0;
+    for (int64_t j = 1; j < block_size && runs; ++j) runs = p[i + j] == p[i] + j;
+  }
+  return {c, runs ? block_size : 1};
+}
+
+struct Problem {
+  int64_t G, a, c;
+  IndexArg in, out;
+};
+
+void check_values(const char* op, const Tensor& values) {
+  TORCH_CHECK_VALUE(values.dim() == 3 && at::isFloatingType(values.scalar_type()), op,
+                    ": values must be a floating tensor of shape (G, m/G, n/G), got ", dtype_str(values.scalar_type()),
+                    " ", shape_str(values));
+  TORCH_CHECK_VALUE(values.size(0) >= 1 && values.size(1) >= 1 && values.size(2) >= 1, op,
+                    ": values must have G >= 1 groups and non-empty blocks, got shape ", shape_str(values));
+}
+
+void check_activation(const char* op, const char* name, const Tensor& t, int64_t width, const Tensor& like,
+                      const char* like_name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) == width, op, ": ", name, " must have shape (T, ", width, "), got ",
+                    shape_str(t));
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", dtype_str(t.scalar_type()),
+                   " but ", like_name, " have ", dtype_str(like.scalar_type()), "; they must match");
+  TORCH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but ", like_name,
+                    " are on ", like.device(), "; all must share a device");
+}
+
+Problem check_indices(const char* op, const optional<Tensor>& in_index, const optional<Tensor>& out_index, int64_t G,
+                      int64_t a, int64_t c, const at::Device& device, int64_t block_size) {
+  TORCH_CHECK_VALUE(block_size >= 1, op, ": block_size must be a positive int, got ", block_size);
+  const int64_t b = (a % block_size == 0 && c % block_size == 0) ? block_size : 1;  // else nothing to promise
+  return {G, a, c, check_index(op, "in_index", in_index, G * c, device, b),
+          check_index(op, "out_index", out_index, G * a, device, b)};
+}
+
+Problem check_linear(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
+                     const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
+  const char* op = "linear";
+  check_values(op, values);
+  const int64_t G = values.size(0), a = values.size(1), c = values.size(2);
+  check_activation(op, "x", x, G * c, values, "values");
+  if (bias.has_value() && bias->defined()) {
+    const Tensor& b = *bias;
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == G * a, op, ": bias must have shape (", G * a,
+                      ",) or be None, got ", shape_str(b));
+    TORCH_CHECK_TYPE(b.scalar_type() == values.scalar_type(), op, ": bias has dtype ", dtype_str(b.scalar_type()),
+                     " but values have ", dtype_str(values.scalar_type()), "; they must match");
+    TORCH_CHECK_VALUE(b.device() == values.device(), op, ": bias is on ", b.device(), " but values are on ",
+                      values.device(), "; all must share a device");
+  }
+  return check_indices(op, in_index, out_index, G, a, c, values.device(), block_size);
+}
+
+Problem check_linear_grad_input(const Tensor& grad_out, const Tensor& values, const optional<Tensor>& in_index,
+                                const optional<Tensor>& out_index, int64_t block_size) {
+  const char* op = "linear_grad_input";
+  check_values(op, values);
+  const int64_t G = values.size(0), a = values.size(1), c = values.size(2);
+  check_activation(op, "grad_out", grad_out, G * a, values, "values");
+  return check_indices(op, in_index, out_index, G, a, c, values.device(), block_size);
+}
+
+Problem check_linear_grad_values(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
+                                 const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
+  const char* op = "linear_grad_values";
+  TORCH_CHECK_VALUE(grad_out.dim() == 2, op, ": grad_out must be a 2-D (T, features) tensor, got ",
+                    shape_str(grad_out));
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be a 2-D (T, features) tensor, got ", shape_str(x));
+  TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), op, ": grad_out (T, m) and x (T, n) must share T, got ",
+                    shape_str(grad_out), " and ", shape_str(x));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()) && grad_out.scalar_type() == x.scalar_type(), op,
+                   ": grad_out (", dtype_str(grad_out.scalar_type()), ") and x (", dtype_str(x.scalar_type()),
+                   ") must share a floating dtype");
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(), " but x is on ",
+                    x.device(), "; all must share a device");
+  const int64_t m = grad_out.size(1), n = x.size(1);
+  TORCH_CHECK_VALUE(groups >= 1 && m > 0 && n > 0 && m % groups == 0 && n % groups == 0, op, ": groups=", groups,
+                    " must be a positive int dividing m=", m, " and n=", n);
+  return check_indices(op, in_index, out_index, groups, m / groups, n / groups, x.device(), block_size);
+}
+
+// ----------------------------------------------------------------------------- the ops
+using LinearSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
+                         const optional<Tensor>&, int64_t);
+using GradInputSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, int64_t);
+using GradValuesSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, int64_t,
+                             int64_t);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// Calls through the dispatcher (the public ops: used by the autograd kernels, whose calls
+// go on to autograd when differentiating a derivative).
+Tensor linear(const Tensor& x, const Tensor& v, const optional<Tensor>& ii, const optional<Tensor>& oi,
+              const optional<Tensor>& b, int64_t bs) {
+  static const auto op = find_op<LinearSig>("sao_kernels::linear");
+  return op.call(x, v, ii, oi, b, bs);
+}
+Tensor linear_grad_input(const Tensor& dy, const Tensor& v, const optional<Tensor>& ii, const optional<Tensor>& oi,
+                         int64_t bs) {
+  static const auto op = find_op<GradInputSig>("sao_kernels::linear_grad_input");
+  return op.call(dy, v, ii, oi, bs);
+}
+Tensor linear_grad_values(const Tensor& dy, const Tensor& x, const optional<Tensor>& ii, const optional<Tensor>& oi,
+                          int64_t groups, int64_t bs) {
+  static const auto op = find_op<GradValuesSig>("sao_kernels::linear_grad_values");
+  return op.call(dy, x, ii, oi, groups, bs);
+}
+
+// ------------------------------------------------------------------------ CPU kernels
+Tensor linear_cpu(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
+                  const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
+  if (!runs_native(x.scalar_type())) {
+    static const auto py = find_op<LinearSig>("sao_kernels::_linear_python");
+    return py.call(x, values, in_index, out_index, bias, block_size);
+  }
+  const Problem p = check_linear(x, values, in_index, out_index, bias, block_size);
+  return linear_native(x, values, p.in, p.out, bias);
+}
+
+Tensor linear_grad_input_cpu(const Tensor& grad_out, const Tensor& values, const optional<Tensor>& in_index,
+                             const optional<Tensor>& out_index, int64_t block_size) {
+  if (!runs_native(grad_out.scalar_type())) {
+    static const auto py = find_op<GradInputSig>("sao_kernels::_linear_grad_input_python");
+    return py.call(grad_out, values, in_index, out_index, block_size);
+  }
+  const Problem p = check_linear_grad_input(grad_out, values, in_index, out_index, block_size);
+  return linear_grad_input_native(grad_out, values, p.in, p.out);
+}
+
+Tensor linear_grad_values_cpu(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
+                              const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
+  if (!runs_native(x.scalar_type())) {
+    static const auto py = find_op<GradValuesSig>("sao_kernels::_linear_grad_values_python");
+    return py.call(grad_out, x, in_index, out_index, groups, block_size);
+  }
+  const Problem p = check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_size);
+  return linear_grad_values_native(grad_out, x, p.in, p.out, groups);
+}
+
+// ------------------------------------------------------------------- autograd helpers
+bool has_tangent(const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+bool has_tangent(const optional<Tensor>& t) { return t.has_value() && has_tangent(*t); }
+Tensor tangent(const Tensor& t) { return t.defined() ? t._fw_grad(0) : Tensor(); }
+Tensor tangent(const optional<Tensor>& t) { return t.has_value() ? tangent(*t) : Tensor(); }
+// The value without its tangent (so that the ops computing a tangent do not start another).
+Tensor primal(const Tensor& t) { return has_tangent(t) ? t._fw_primal(0) : t; }
+optional<Tensor> primal(const optional<Tensor>& t) {
+  return t.has_value() ? optional<Tensor>(primal(*t)) : std::nullopt;
+}
+optional<Tensor> opt(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; }
+Tensor sum_defined(const Tensor& a, const Tensor& b) { return !a.defined() ? b : (!b.defined() ? a : a + b); }
+// An index map to save for backward.  Inference tensors cannot be saved (nor version-checked):
+// those are copied (O(n), never differentiated).
+Tensor saved(const optional<Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return Tensor();
+  return t->is_inference() ? t->clone() : *t;
+}
+
+// Nodes are c10::intrusive_ptr-owned from torch 2.12/2.13 on, std::shared_ptr-owned before
+// (torch 2.11, the GPU machine): make one either way.  (The shared_ptr branch is only
+// instantiated on old torch; deleteNode, found by argument-dependent lookup, frees deep
+// graphs iteratively.)
+template <typename T, bool intrusive = std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>>
+struct NodeFactory;
+template <typename T>
+struct NodeFactory<T, true> {
+  static auto make() { return c10::make_intrusive<T>(); }
+};
+template <typename T>
+struct NodeFactory<T, false> {
+  static auto make() {
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+  }
+};
+
+// A backward Node holding the op's index maps and block size.
+struct SaoBackward : public torch::autograd::TraceableFunction {
+  SavedVariable in_index, out_index;
+  int64_t block_size = 1;
+  void release_indices() {
+    in_index.reset_data();
+    out_index.reset_data();
+  }
+};
+
+// ----------------------------------------------------------------------- forward op
+struct LinearBackward : public SaoBackward {  // edges: x, values, bias
+  SavedVariable x, values;
+  bool has_bias = false;
+  std::string name() const override { return "SaoLinearBackward"; }
+  void release_variables() override {
+    x.reset_data();
+    values.reset_data();
+    release_indices();
+  }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(3);
+    const Tensor& dy = grads[0];
+    if (!dy.defined()) return out;
+    auto self = getptr();
+    const Tensor v = values.unpack(self);
+    const optional<Tensor> ii = opt(in_index.unpack()), oi = opt(out_index.unpack());
+    if (task_should_compute_output(0)) out[0] = linear_grad_input(dy, v, ii, oi, block_size);
+    if (task_should_compute_output(1)) out[1] = linear_grad_values(dy, x.unpack(self), ii, oi, v.size(0), block_size);
+    if (has_bias && task_should_compute_output(2)) out[2] = dy.sum(0);
+    return out;
+  }
+};
+
+Tensor linear_autograd(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
+                       const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
+  decltype(NodeFactory<LinearBackward>::make()) node;
+  if (torch::autograd::compute_requires_grad(x, values, bias)) {
+    node = NodeFactory<LinearBackward>::make();
+    node->set_next_edges(torch::autograd::collect_next_edges(x, values, bias));
+    node->x = SavedVariable(x, false);
+    node->values = SavedVariable(values, false);
+    node->in_index = SavedVariable(saved(in_index), false);
+    node->out_index = SavedVariable(saved(out_index), false);
+    node->has_bias = bias.has_value() && bias->defined();
+    node->block_size = block_size;
+  }
+  Tensor y;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    y = linear(x, values, in_index, out_index, bias, block_size);
+  }
+  if (node) torch::autograd::set_history(y, node);
+  if (has_tangent(x) || has_tangent(values) || has_tangent(bias)) {
+    // dY = linear(dX; V) + linear(X; dV) + db
+    const Tensor xt = tangent(x), vt = tangent(values), bt = tangent(bias);
+    const Tensor xp = primal(x), vp = primal(values);
+    Tensor t;
+    if (xt.defined()) t = linear(xt, vp, in_index, out_index, std::nullopt, block_size);
+    if (vt.defined()) t = sum_defined(t, linear(xp, vt, in_index, out_index, std::nullopt, block_size));
+    if (bt.defined()) t = t.defined() ? t + bt : bt.expand({x.size(0), bt.size(0)}).clone();
+    y._set_fw_grad(t, /*level=*/0, /*is_inplace_op=*/false);
+  }
+  return y;
+}
+
+// ------------------------------------------------------------------- grad-input op
+struct GradInputBackward : public SaoBackward {  // edges: grad_out, values
+  SavedVariable grad_out, values;
+  std::string name() const override { return "SaoLinearGradInputBackward"; }
+  void release_variables() override {
+    grad_out.reset_data();
+    values.reset_data();
+    release_indices();
+  }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(2);
+    const Tensor& g = grads[0];
+    if (!g.defined()) return out;
+    auto self = getptr();
+    const Tensor v = values.unpack(self);
+    const optional<Tensor> ii = opt(in_index.unpack()), oi = opt(out_index.unpack());
+    // dx = dY @ V per group  =>  d(dY) = g @ V^T (the forward product), dV = dY^T @ g.
+    if (task_should_compute_output(0)) out[0] = linear(g, v, ii, oi, std::nullopt, block_size);
+    if (task_should_compute_output(1))
+      out[1] = linear_grad_values(grad_out.unpack(self), g, ii, oi, v.size(0), block_size);
+    return out;
+  }
+};
+
+Tensor linear_grad_input_autograd(const Tensor& grad_out, const Tensor& values, const optional<Tensor>& in_index,
+                                  const optional<Tensor>& out_index, int64_t block_size) {
+  decltype(NodeFactory<GradInputBackward>::make()) node;
+  if (torch::autograd::compute_requires_grad(grad_out, values)) {
+    node = NodeFactory<GradInputBackward>::make();
+    node->set_next_edges(torch::autograd::collect_next_edges(grad_out, values));
+    node->grad_out = SavedVariable(grad_out, false);
+    node->values = SavedVariable(values, false);
+    node->in_index = SavedVariable(saved(in_index), false);
+    node->out_index = SavedVariable(saved(out_index), false);
+    node->block_size = block_size;
+  }
+  Tensor dx;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    dx = linear_grad_input(grad_out, values, in_index, out_index, block_size);
+  }
+  if (node) torch::autograd::set_history(dx, node);
+  if (has_tangent(grad_out) || has_tangent(values)) {
+    const Tensor gt = tangent(grad_out), vt = tangent(values);
+    Tensor t;
+    if (gt.defined()) t = linear_grad_input(gt, primal(values), in_index, out_index, block_size);
+    if (vt.defined()) t = sum_defined(t, linear_grad_input(primal(grad_out), vt, in_index, out_index, block_size));
+    dx._set_fw_grad(t, 0, false);
+  }
+  return dx;
+}
+
+// ------------------------------------------------------------------ grad-values op
+struct GradValuesBackward : public SaoBackward {  // edges: grad_out, x
+  SavedVariable grad_out, x;
+  std::string name() const override { return "SaoLinearGradValuesBackward"; }
+  void release_variables() override {
+    grad_out.reset_data();
+    x.reset_data();
+    release_indices();
+  }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(2);
+    const Tensor& g = grads[0];
+    if (!g.defined()) return out;
+    auto self = getptr();
+    const optional<Tensor> ii = opt(in_index.unpack()), oi = opt(out_index.unpack());
+    // dV_g = dY_g^T X_g  =>  d(dY)_g = X_g @ g_g^T (forward product with values g),
+    //                        dX_g = dY_g @ g_g (grad-input product with values g).
+    if (task_should_compute_output(0)) out[0] = linear(x.unpack(self), g, ii, oi, std::nullopt, block_size);
+    if (task_should_compute_output(1)) out[1] = linear_grad_input(grad_out.unpack(self), g, ii, oi, block_size);
+    return out;
+  }
+};
+
+Tensor linear_grad_values_autograd(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
+                                   const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
+  decltype(NodeFactory<GradValuesBackward>::make()) node;
+  if (torch::autograd::compute_requires_grad(grad_out, x)) {
+    node = NodeFactory<GradValuesBackward>::make();
+    node->set_next_edges(torch::autograd::collect_next_edges(grad_out, x));
+    node->grad_out = SavedVariable(grad_out, false);
+    node->x = SavedVariable(x, false);
+    node->in_index = SavedVariable(saved(in_index), false);
+    node->out_index = SavedVariable(saved(out_index), false);
+    node->block_size = block_size;
+  }
+  Tensor dv;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    dv = linear_grad_values(grad_out, x, in_index, out_index, groups, block_size);
+  }
+  if (node) torch::autograd::set_history(dv, node);
+  if (has_tangent(grad_out) || has_tangent(x)) {
+    const Tensor gt = tangent(grad_out), xt = tangent(x);
+    Tensor t;
+    if (gt.defined()) t = linear_grad_values(gt, primal(x), in_index, out_index, groups, block_size);
+    if (xt.defined()) t = sum_defined(t, linear_grad_values(primal(grad_out), xt, in_index, out_index, groups, block_size));
+    dv._set_fw_grad(t, 0, false);
+  }
+  return dv;
+}
+
+}  // namespace
+}  // namespace sao
+
+// The schemas of the three ops are defined in Python; these are this library's own helpers.
+TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
+  m.def("_set_thread_backend(str name) -> ()", &sao::set_thread_backend);
+  m.def("_native_runs(ScalarType dtype) -> bool", [](at::ScalarType t) { return sao::native_runs(t); });
+  m.def("_native_build_info() -> str", &sao::native_build_info);
+}
+
+TORCH_LIBRARY_IMPL(sao_kernels, CPU, m) {
+  m.impl("linear", TORCH_FN(sao::linear_cpu));
+  m.impl("linear_grad_input", TORCH_FN(sao::linear_grad_input_cpu));
+  m.impl("linear_grad_values", TORCH_FN(sao::linear_grad_values_cpu));
+}
+
+TORCH_LIBRARY_IMPL(sao_kernels, Autograd, m) {
+  m.impl("linear", TORCH_FN(sao::linear_autograd));
+  m.impl("linear_grad_input", TORCH_FN(sao::linear_grad_input_autograd));
+  m.impl("linear_grad_values", TORCH_FN(sao::linear_grad_values_autograd));
+}
+
+// An importable, empty Python module: ``import sao_kernels._C`` loads this library, whose
+// static initialisers above register the kernels.  No pybind11 (keeps the build fast).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}

@@ -1,0 +1,44 @@
+// sao_kernels C++ library: what csrc/ops.cpp (registration, checks, autograd) and
+// csrc/native_kernels.cpp (the CPU kernels) share.
+//
+// Glossary (as in sao_kernels/ops/__init__.py): T tokens, m = G*a output features, n = G*c
+// input features, G groups, a = m/G and c = n/G the block sides, b = block_size.
+//   forward      Y[:, R_g]  = X[:, C_g] @ V_g^T (+ b[R_g])
+//   grad input   dX[:, C_g] = dY[:, R_g] @ V_g
+//   grad values  dV_g       = dY[:, R_g]^T @ X[:, C_g]
+// C_g = in_index[g*c : (g+1)*c], R_g = out_index[g*a : (g+1)*a].
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace sao {
+
+using at::Tensor;
+
+// A checked index map: `index` is undefined for the identity (no gather), else a contiguous
+// int64 permutation of range(size); `run` is its verified aligned run length (1 when none
+// was declared): every run of `run` entries is `run` consecutive features starting at a
+// multiple of `run`.
+struct IndexArg {
+  Tensor index;
+  int64_t run = 1;
+  const int64_t* data() const { return index.defined() ? index.data_ptr<int64_t>() : nullptr; }
+};
+
+// The native CPU kernels (native_kernels.cpp).  Arguments are checked by the caller (ops.cpp):
+// shapes agree, dtypes are one of float32 / bfloat16 / float16 / float64 and match, every
+// tensor is on the CPU, T may be 0.  Activations may have any strides.
+Tensor linear_native(const Tensor& x, const Tensor& values, const IndexArg& in, const IndexArg& out,
+                     const std::optional<Tensor>& bias);
+Tensor linear_grad_input_native(const Tensor& grad_out, const Tensor& values, const IndexArg& in,
+                                const IndexArg& out);
+Tensor linear_grad_values_native(const Tensor& grad_out, const Tensor& x, const IndexArg& in, const IndexArg& out,
+                                 int64_t groups);
+
+std::string native_build_info();
+
+}  // namespace sao

@@ -1,0 +1,59 @@
+"""The optional native extension ``sao_kernels._C`` (csrc/): whether it is loaded, and why not.
+
+The extension registers, in C++, the CPU kernels and the autograd kernels of the public
+``torch.ops.sao_kernels`` ops (whose schemas ``sao_kernels.ops._library`` defines).  It is
+built by ``pip install --no-build-isolation -e .`` (or ``python setup.py build_ext
+--inplace``).  Without it (not built, built against another torch, or
+``SAO_KERNELS_NO_EXT=1``) nothing raises: :func:`available` is False, one INFO line on the
+``sao_kernels`` logger says why, and the ops run their Python implementations (torch
+composite on CPU); only an explicit request for the ``native`` backend raises.
+
+This module imports nothing from the rest of the package (everything imports it).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from typing import Optional
+
+ENV_NO_EXT = "SAO_KERNELS_NO_EXT"
+
+log = logging.getLogger("sao_kernels")
+_reason: Optional[str] = None
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """True when ``sao_kernels._C`` is loaded (its C++ kernels are registered)."""
+    global _reason
+    if os.environ.get(ENV_NO_EXT, "0") == "1":
+        _reason = f"{ENV_NO_EXT}=1"
+    else:
+        try:
+            importlib.import_module("sao_kernels._C")
+        except ImportError as err:  # not built, or built against another torch
+            _reason = f"sao_kernels._C did not load ({err})"
+        else:
+            return True
+    log.info(
+        "sao_kernels: native CPU kernels unavailable (%s); CPU tensors run the torch composite. "
+        "Build them with: pip install --no-build-isolation -e .",
+        _reason,
+    )
+    return False
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why :func:`available` is False (None when it is True)."""
+    return None if available() else _reason
+
+
+def require() -> None:
+    """Raise RuntimeError (with the reason) unless the extension is loaded."""
+    if not available():
+        raise RuntimeError(
+            f"the native backend was requested but the native CPU kernels are unavailable: {_reason}. "
+            "Build them with: pip install --no-build-isolation -e ."
+        )

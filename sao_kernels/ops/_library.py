@@ -1,0 +1,129 @@
+"""How the three SAO products are registered with the dispatcher (``torch.ops.sao_kernels``).
+
+One schema per op, defined here.  Kernels per dispatch key:
+
+=========================  ==================================  ==============================
+key                        with the native extension           without it
+=========================  ==================================  ==============================
+CPU                        C++ (csrc/ops.cpp): the native      the op's Python implementation
+                           kernels, or the Python
+                           implementation for the backends
+                           it does not run (torch, dense,
+                           triton-interpreted) and dtypes
+CUDA (and other devices)   the op's Python implementation      (same)
+Autograd                   C++: backward and forward-mode AD   Python: an autograd.Function
+                                                               with backward and jvp
+Meta / fake                Python (shape checks, output shape)  (same)
+FuncTorchBatched (vmap)    Python batching rule                (same)
+=========================  ==================================  ==============================
+
+The Python implementation (``linear_python`` etc.) validates its arguments, asks
+``sao_kernels.dispatch.select`` which backend runs, and runs the Triton kernels, the torch
+composite or the masked-dense reference.  For the C++ CPU kernel to reach it, each op has a
+private twin ``_<op>_python`` with the same schema whose only kernel is that function.
+
+So the default CPU path (``auto``, native kernels built) never enters Python: argument
+checks, the backend choice, the autograd node and the kernels are all C++.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch._functorch.utils import enable_single_level_autograd_function
+
+from .. import _extension
+
+NAMESPACE = "sao_kernels"
+LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+SCHEMAS = {
+    "linear": "(Tensor x, Tensor values, Tensor? in_index, Tensor? out_index, Tensor? bias, int block_size=1) -> Tensor",
+    "linear_grad_input": "(Tensor grad_out, Tensor values, Tensor? in_index, Tensor? out_index, int block_size=1) -> Tensor",
+    "linear_grad_values": (
+        "(Tensor grad_out, Tensor x, Tensor? in_index, Tensor? out_index, int groups, int block_size=1) -> Tensor"
+    ),
+}
+
+for _name, _args in SCHEMAS.items():
+    LIB.define(_name + _args)
+    LIB.define(f"_{_name}_python" + _args)
+
+# Importing the extension registers its C++ CPU and Autograd kernels for the ops above.
+NATIVE = _extension.available()
+
+
+def register(name: str, python_impl: Callable, autograd_impl: Callable) -> None:
+    """Register one op's Python kernels (see the table in this module's docstring)."""
+    LIB.impl(f"_{name}_python", python_impl, "CPU")
+    # CompositeExplicitAutograd fills every backend key without a kernel of its own: CUDA
+    # and other devices always, CPU too when the C++ kernel is not there.
+    LIB.impl(name, python_impl, "CompositeExplicitAutograd")
+    if not NATIVE:
+        LIB.impl(name, autograd_impl, "Autograd", with_keyset=True)
+
+
+def _refuse_nested_autodiff(op_name: str) -> None:
+    # Measured: through this Python autograd kernel, a torch.func autodiff transform nested in
+    # another (hessian, jvp(grad(f)), grad(grad(f))) loses the inner level's tangents and
+    # returns zeros.  One level (grad, vjp, jvp, jacrev, jacfwd, with vmap) is right.  The C++
+    # autograd kernels of the native extension handle every nesting.
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    levels = [i for i in retrieve_all_functorch_interpreters() if i.key() in (TransformType.Grad, TransformType.Jvp)]
+    if len(levels) > 1:
+        raise NotImplementedError(
+            f"sao_kernels::{op_name}: nested torch.func autodiff transforms (e.g. hessian, jvp of grad) need the "
+            f"native extension's autograd kernels, which are not loaded ({_extension.unavailable_reason()}); "
+            "build them with: pip install --no-build-isolation -e ."
+        )
+
+
+def python_autograd(op_name: str, setup_context: Callable, backward: Callable, jvp: Callable) -> Callable:
+    """The Autograd kernel used without the native extension: an autograd.Function whose
+    forward redispatches below autograd, with ``backward`` (reverse mode, double backward
+    through the ops' own autograd) and ``jvp`` (forward mode: ``torch.func.jvp`` /
+    ``jacfwd`` / ``hessian``).  The C++ autograd kernels implement the same formulas."""
+    op = getattr(torch.ops.sao_kernels, op_name).default
+
+    class Function(torch.autograd.Function):
+        generate_vmap_rule = True  # vmap runs forward batched (the op's batching rule)
+
+        @staticmethod
+        def forward(keyset, *args):
+            with torch._C._AutoDispatchBelowAutograd():
+                return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            setup_context(ctx, inputs[1:], output)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (None, *backward(ctx, grad))
+
+        @staticmethod
+        def jvp(ctx, _keyset_t, *tangents):
+            return jvp(ctx, *tangents)
+
+    Function.__name__ = f"SAO_{op_name}_Function"
+    _plain_apply = super(torch.autograd.Function, Function).apply  # skips functorch's routing
+
+    def autograd_impl(keyset, *args):
+        # Through the Function unless nothing can be differentiated (forward-mode tangents
+        # are invisible from here, so only inference mode skips it).
+        if torch.is_inference_mode_enabled():
+            with torch._C._AutoDispatchBelowAutograd():
+                return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+        if torch._C._are_functorch_transforms_active():
+            _refuse_nested_autodiff(op_name)
+        # (the dispatcher drops trailing arguments equal to their defaults: put them back)
+        args, _ = torch._library.utils.fill_defaults(op._schema, args, {})
+        # Under torch.func transforms this kernel runs inside the transform's processing of
+        # one level, like torch's generated autograd kernels: the Function records its node
+        # with the plain (single-level) autograd path, as functorch does for its own.
+        with enable_single_level_autograd_function():
+            return _plain_apply(keyset, *args)
+
+    return autograd_impl
