@@ -1,14 +1,15 @@
-"""Packaging, and the optional native CPU extension ``sao_kernels._C`` (csrc/).
+"""The optional native CPU extension ``sao_kernels._C`` (csrc/); the rest of the packaging
+is declared in pyproject.toml.
 
 The extension is compiled with torch.utils.cpp_extension when torch is importable at build
 time and a C++ compiler is present, i.e. with
 
-    python setup.py build_ext --inplace
+    pip install --no-build-isolation -e ".[test]"     (or: python setup.py build_ext --inplace)
 
 (pip's default build isolation hides the installed torch from this script).  Without torch,
 without a compiler, with ``SAO_KERNELS_NO_EXT=1``, or if the compilation fails, the package
-installs without it and the ops run the torch composite (sao_kernels/ops/_native.py logs
-one line saying why).
+installs without it and the ops run their Python implementations (sao_kernels/_extension.py
+logs one line saying why).
 """
 import os
 import shutil
@@ -42,7 +43,7 @@ def _extension_kwargs() -> dict:
     except ImportError:
         _note(
             "torch is not importable here (pip build isolation?): installing without the native CPU kernels; "
-            'to build them: python setup.py build_ext --inplace'
+            'to build them: pip install --no-build-isolation -e .'
         )
         return {}
     if _find_cxx() is None:
@@ -76,27 +77,5 @@ def _extension_kwargs() -> dict:
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension}}
 
 
-setup(
-    name="sao_kernels",
-    version="0.1.0",
-    description="Sparsity-Aware Orthogonal (SAO) sparse layers as grouped block kernels for PyTorch",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    license="MIT",
-    packages=find_packages(include=["sao_kernels", "sao_kernels.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.11",
-        "numpy",
-        "tqdm",
-        "matplotlib",
-        "triton>=3.6; platform_system == 'Linux'",
-    ],
-    extras_require={
-        # scikit-learn: its bundled digits data set, for the paper reproduction (and its CI smoke test).
-        "test": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn"],
-        "paper": ["scikit-learn"],
-    },
-    entry_points={"console_scripts": ["sao-kernels=sao_kernels.cli:main"]},
-    **_extension_kwargs(),
-)
+# Metadata, dependencies and extras are in pyproject.toml; this file adds the optional extension.
+setup(**_extension_kwargs())

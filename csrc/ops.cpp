@@ -22,7 +22,9 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -89,14 +91,11 @@ bool native_dtype(ScalarType t) {  // sao_kernels.backend.NATIVE_DTYPES
 }
 
 // Whether the CPU kernel runs the native kernels for tensors of dtype t (see the file header).
+// A forced "native" always does: its argument checks then refuse any dtype the kernels do not
+// run (every floating dtype is one they run).
 bool runs_native(ScalarType t) {
   const std::string r = requested_backend();
-  if (r == "native") {
-    TORCH_CHECK_TYPE(native_dtype(t), "the native backend supports float32, bfloat16, float16, float64; got ",
-                     dtype_str(t));
-    return true;
-  }
-  return r == "auto" && native_dtype(t);
+  return r == "native" || (r == "auto" && native_dtype(t));
 }
 
 bool native_runs(ScalarType t) { return runs_native(t); }  // exposed for tests
@@ -157,9 +156,9 @@ void check_values(const char* op, const Tensor& values) {
 }
 
 void check_activation(const char* op, const char* name, const Tensor& t, int64_t width, const Tensor& like,
-                      const char* like_name) {
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) == width, op, ": ", name, " must have shape (T, ", width, "), got ",
-                    shape_str(t));
+                      const char* like_name, const char* features) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) == width, op, ": ", name, " must have shape (T, ", features, "=", width,
+                    "), got ", shape_str(t));
   TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", dtype_str(t.scalar_type()),
                    " but ", like_name, " have ", dtype_str(like.scalar_type()), "; they must match");
   TORCH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but ", like_name,
@@ -179,7 +178,7 @@ Problem check_linear(const Tensor& x, const Tensor& values, const optional<Tenso
   const char* op = "linear";
   check_values(op, values);
   const int64_t G = values.size(0), a = values.size(1), c = values.size(2);
-  check_activation(op, "x", x, G * c, values, "values");
+  check_activation(op, "x", x, G * c, values, "values", "in_features");
   if (bias.has_value() && bias->defined()) {
     const Tensor& b = *bias;
     TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == G * a, op, ": bias must have shape (", G * a,
@@ -197,7 +196,7 @@ Problem check_linear_grad_input(const Tensor& grad_out, const Tensor& values, co
   const char* op = "linear_grad_input";
   check_values(op, values);
   const int64_t G = values.size(0), a = values.size(1), c = values.size(2);
-  check_activation(op, "grad_out", grad_out, G * a, values, "values");
+  check_activation(op, "grad_out", grad_out, G * a, values, "values", "out_features");
   return check_indices(op, in_index, out_index, G, a, c, values.device(), block_size);
 }
 
@@ -508,11 +507,76 @@ TORCH_LIBRARY_IMPL(sao_kernels, Autograd, m) {
   m.impl("linear_grad_values", TORCH_FN(sao::linear_grad_values_autograd));
 }
 
-// An importable, empty Python module: ``import sao_kernels._C`` loads this library, whose
-// static initialisers above register the kernels.  No pybind11 (keeps the build fast).
+// ------------------------------------------------------------------ the Python module
+// ``sao_kernels._C.linear(x, values, in_index, out_index, bias, block_size)``: the forward op
+// called from Python without torch.ops' Python layer (argument parsing against the schema
+// costs several microseconds per call, as much as a width-128 layer's whole product).  It is
+// the same dispatcher call as torch.ops.sao_kernels.linear (autograd, modes, vmap, every
+// backend); sao_kernels.functional uses it for plain tensors outside tracing and compiling.
+namespace {
+
+bool parse_optional_tensor(PyObject* obj, const char* name, std::optional<at::Tensor>& out) {
+  if (obj == Py_None) {
+    out = std::nullopt;
+    return true;
+  }
+  if (!THPVariable_Check(obj)) {
+    PyErr_Format(PyExc_TypeError, "linear: %s must be a tensor or None, got %s", name, Py_TYPE(obj)->tp_name);
+    return false;
+  }
+  out = THPVariable_Unpack(obj);
+  return true;
+}
+
+PyObject* py_linear(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 6) {
+    PyErr_Format(PyExc_TypeError, "linear() takes 6 arguments (x, values, in_index, out_index, bias, block_size), got %zd",
+                 nargs);
+    return nullptr;
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (!THPVariable_Check(args[i])) {
+      PyErr_Format(PyExc_TypeError, "linear: %s must be a tensor, got %s", i == 0 ? "x" : "values",
+                   Py_TYPE(args[i])->tp_name);
+      return nullptr;
+    }
+  }
+  std::optional<at::Tensor> ii, oi, b;
+  if (!parse_optional_tensor(args[2], "in_index", ii) || !parse_optional_tensor(args[3], "out_index", oi) ||
+      !parse_optional_tensor(args[4], "bias", b))
+    return nullptr;
+  if (!PyLong_Check(args[5]) || PyBool_Check(args[5])) {
+    PyErr_Format(PyExc_ValueError, "linear: block_size must be a positive int, got %s", Py_TYPE(args[5])->tp_name);
+    return nullptr;
+  }
+  const int64_t block_size = PyLong_AsLongLong(args[5]);
+  if (block_size == -1 && PyErr_Occurred()) return nullptr;
+  const at::Tensor& x = THPVariable_Unpack(args[0]);
+  const at::Tensor& values = THPVariable_Unpack(args[1]);
+  at::Tensor y;
+  {
+    pybind11::gil_scoped_release no_gil;
+    y = sao::linear(x, values, ii, oi, b, block_size);
+  }
+  return THPVariable_Wrap(std::move(y));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"linear", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_linear)), METH_FASTCALL,
+     "linear(x, values, in_index, out_index, bias, block_size) -> Tensor: torch.ops.sao_kernels.linear, "
+     "called without torch.ops' Python layer."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+// ``import sao_kernels._C`` loads this library, whose static initialisers above register the
+// kernels, and returns the module holding the fast entry point.
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

@@ -6,13 +6,14 @@ exactly as the paper does, stores it in a compact grouped block format and runs 
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
 from . import diagnostics, format, init, ops, sizes
-from .backend import backend
+from .dispatch import backend
 from .convert import convert
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
 from .init import sao_blocks
 from .layers import SAOConv2d, SAOLinear
-from .report import Report, report  # the function shadows the module name; import the module as sao_kernels.report
+from .layer_report import Report, report
+from .serialization import from_pretrained, load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "SAOLinear",
     "backend",
     "convert",
+    "from_pretrained",
+    "load_sparse_state_dict",
     "format",
     "init",
     "ops",

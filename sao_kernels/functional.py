@@ -6,17 +6,24 @@ convolution does 1/G of the dense work through cuDNN / oneDNN.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _extension
 from . import dispatch as _dispatch
 from . import ops  # noqa: F401  (registers torch.ops.sao_kernels.*)
 from .ops._validate import check_block_size, check_index
 
 _linear_op = torch.ops.sao_kernels.linear.default
+# The same op without torch.ops' Python layer (see csrc/ops.cpp, py_linear): for plain tensors
+# outside tracing / compiling, where the layer's per-call cost matters most.
+_linear_fast = getattr(importlib.import_module("sao_kernels._C"), "linear", None) if _extension.available() else None
+_is_compiling = torch.compiler.is_compiling
+_any_autocast = torch._C._is_any_autocast_enabled
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -39,8 +46,10 @@ def sao_linear(
     contiguous groups; an identity index costs nothing either: the op detects it).  Under
     ``torch.autocast`` the op runs in the autocast dtype.  Every argument is checked by the op.
     """
-    # The op checks everything else; what is checked here is what only this level knows
-    # (leading dims, the autocast dtype), kept to a few attribute reads: this is the hot path.
+    # The hot path: a plain 2-D tensor, no autocast, not compiling: straight to the C++ entry
+    # point, which checks every argument itself (the op's messages name in_features too).
+    if type(x) is Tensor and _linear_fast is not None and not _any_autocast() and not _is_compiling() and x.dim() == 2:
+        return _linear_fast(x, values, in_index, out_index, bias, block_size)
     if not isinstance(x, Tensor) or x.dim() == 0 or not isinstance(values, Tensor) or values.dim() != 3:
         raise ValueError(
             f"sao_linear: input must be a tensor of shape (*, in_features) and values (G, m/G, n/G); got "
@@ -56,11 +65,26 @@ def sao_linear(
         bias = bias.to(cast) if bias is not None else None
     elif x.dtype != values.dtype:
         raise TypeError(f"sao_linear: input dtype {x.dtype} does not match the layer's dtype {values.dtype}")
+    op = _linear_fast if _linear_fast is not None and type(x) is Tensor and not _is_compiling() else _linear_op
     if x.dim() == 2:
-        return _linear_op(x, values, in_index, out_index, bias, block_size)
+        return op(x, values, in_index, out_index, bias, block_size)
     lead = x.shape[:-1]
-    y = _linear_op(x.reshape(-1, n), values, in_index, out_index, bias, block_size)
+    y = op(x.reshape(-1, n), values, in_index, out_index, bias, block_size)
     return y.view(*lead, y.shape[-1])
+
+
+def _traced_index_check(index: Optional[Tensor], size: int) -> Optional[Tensor]:
+    """Under torch.compile: assert (in the graph) that ``index`` is a permutation of range(size)."""
+    if index is None:
+        return None
+    if index.dtype != torch.int64 or index.dim() != 1 or index.shape[0] != size:
+        raise ValueError(f"sao_conv2d: index maps must be int64 of shape ({size},), got {index.dtype} {tuple(index.shape)}")
+    in_range = ((index >= 0) & (index < size)).all()
+    torch._assert_async(in_range, "sao_conv2d: an index map has entries outside its range")
+    counts = torch.zeros(size, dtype=torch.int64, device=index.device).scatter_add_(
+        0, index.clamp(0, size - 1), torch.ones_like(index))
+    torch._assert_async((counts == 1).all(), "sao_conv2d: an index map is not a permutation (duplicated entries)")
+    return index
 
 
 def sao_conv2d(
@@ -99,8 +123,14 @@ def sao_conv2d(
     if cast is None and x.dtype != values.dtype:
         raise TypeError(f"{op}: input dtype {x.dtype} does not match the layer's dtype {values.dtype}")
     b = check_block_size(op, block_size, a, c)
-    in_index = check_index(op, "in_index", in_index, n, values.device, b).index
-    out_index = check_index(op, "out_index", out_index, m, values.device, b).index
+    if torch.compiler.is_compiling():
+        # Data-dependent checks would break the graph: traced asserts instead (a bad index
+        # still raises, with torch's assertion message), and no identity shortcut.
+        in_index = _traced_index_check(in_index, n)
+        out_index = _traced_index_check(out_index, m)
+    else:
+        in_index = check_index(op, "in_index", in_index, n, values.device, b).index
+        out_index = check_index(op, "out_index", out_index, m, values.device, b).index
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != m):
         raise ValueError(f"{op}: bias must have shape ({m},) or be None, got {tuple(bias.shape)}")
     unbatched = x.dim() == 3

@@ -133,11 +133,12 @@ def _check_values(op: str, values: object) -> tuple[int, int, int]:
     return G, a, c
 
 
-def _check_activation(op: str, name: str, t: object, width: int, like: Tensor, like_name: str) -> None:
-    """A (T, width) activation matching ``like`` in dtype and device."""
+def _check_activation(op: str, name: str, t: object, width: int, like: Tensor, like_name: str, features: str) -> None:
+    """A (T, width) activation matching ``like`` in dtype and device; ``features`` names the width
+    ("in_features" or "out_features")."""
     if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
         got = _shape(t) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"{op}: {name} must have shape (T, {width}), got {got}")
+        raise ValueError(f"{op}: {name} must have shape (T, {features}={width}), got {got}")
     if t.dtype != like.dtype:
         raise TypeError(f"{op}: {name} has dtype {t.dtype} but {like_name} have {like.dtype}; they must match")
     if t.device != like.device:
@@ -157,7 +158,7 @@ def check_linear(x, values, in_index, out_index, bias, block_size, check_data: b
     """x (T, n), values (G, a, c), bias (m,) or None."""
     op = "linear"
     G, a, c = _check_values(op, values)
-    _check_activation(op, "x", x, G * c, values, "values")
+    _check_activation(op, "x", x, G * c, values, "values", "in_features")
     if bias is not None:
         if not isinstance(bias, Tensor) or bias.dim() != 1 or bias.shape[0] != G * a:
             got = _shape(bias) if isinstance(bias, Tensor) else type(bias).__name__
@@ -173,7 +174,7 @@ def check_linear_grad_input(grad_out, values, in_index, out_index, block_size, c
     """grad_out (T, m), values (G, a, c)."""
     op = "linear_grad_input"
     G, a, c = _check_values(op, values)
-    _check_activation(op, "grad_out", grad_out, G * a, values, "values")
+    _check_activation(op, "grad_out", grad_out, G * a, values, "values", "out_features")
     return _indices(op, in_index, out_index, G, a, c, values.device, block_size, check_data)
 
 

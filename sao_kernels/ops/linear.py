@@ -62,7 +62,7 @@ def linear_python(
         from .triton import grouped_gather_matmul
 
         return grouped_gather_matmul(x, p.in_index.index, values, p.out_index.index, bias,
-                                     a_run=p.in_index.run, out_run=p.out_index.run)
+                                     lhs_run=p.in_index.run, out_run=p.out_index.run)
     if name == "native":  # the C++ CPU kernel runs every native case before reaching Python
         raise RuntimeError("linear: the native kernels were selected but the C++ CPU kernel did not run them")
     return linear_torch(x, values, p, bias)

@@ -47,7 +47,7 @@ def linear_grad_input_python(
 
         return grouped_gather_matmul(
             grad_out, p.out_index.index, values.transpose(1, 2), p.in_index.index, None,
-            a_run=p.out_index.run, out_run=p.in_index.run,
+            lhs_run=p.out_index.run, out_run=p.in_index.run,
         )
     if name == "native":  # the C++ CPU kernel runs every native case before reaching Python
         raise RuntimeError("linear_grad_input: the native kernels were selected but the C++ CPU kernel did not run them")

@@ -1,0 +1,224 @@
+"""Backend selection (sao_kernels/dispatch.py): the SAO_KERNELS_BACKEND variable, the
+``sao_kernels.backend`` block, the policy table of "auto", and that the C++ CPU kernels apply
+the same policy as the Python one."""
+from __future__ import annotations
+
+import importlib
+import threading
+
+import pytest
+import torch
+
+import sao_kernels as sk
+from sao_kernels import _extension
+from sao_kernels.dispatch import AUTO, BACKENDS, ENV_VAR, NATIVE_DTYPES, requested_backend, resolve_backend, select
+
+CPU = torch.device("cpu")
+OPS = torch.ops.sao_kernels
+NATIVE = _extension.available()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def _layer_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 24, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 4, 12, generator=g, dtype=torch.float64)
+    return x, v, torch.randperm(24, generator=g), None
+
+
+def test_default_is_auto_and_auto_on_cpu_is_native_when_built():
+    assert requested_backend() == "auto"
+    for dtype in NATIVE_DTYPES:
+        assert select(CPU, dtype) == ("native" if NATIVE else "torch")
+    assert resolve_backend(CPU) == ("native" if NATIVE else "torch")
+    assert AUTO["cpu"][0][0] == "native" and AUTO["cuda"][0][0] == "triton"
+
+
+@pytest.mark.parametrize("name", ["torch", "dense", "auto"])
+def test_env_var_sets_default(monkeypatch, name):
+    monkeypatch.setenv(ENV_VAR, name)
+    assert requested_backend() == name
+    assert resolve_backend(CPU) == (("native" if NATIVE else "torch") if name == "auto" else name)
+
+
+def test_env_var_is_case_and_space_insensitive(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "  Dense ")
+    assert requested_backend() == "dense"
+    monkeypatch.setenv(ENV_VAR, "")
+    assert requested_backend() == "auto"
+
+
+def test_context_manager_overrides_env_and_nests(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "dense")
+    with sk.backend("torch"):
+        assert requested_backend() == "torch"
+        with sk.backend("dense"):
+            assert requested_backend() == "dense"
+            with sk.backend("auto"):
+                assert resolve_backend(CPU) == ("native" if NATIVE else "torch")
+            assert requested_backend() == "dense"
+        assert requested_backend() == "torch"
+    assert requested_backend() == "dense"
+
+
+def test_context_manager_restores_after_exception():
+    with pytest.raises(KeyError):
+        with sk.backend("dense"):
+            raise KeyError("boom")
+    assert requested_backend() == "auto"
+
+
+def test_context_manager_is_thread_local():
+    seen = {}
+
+    def worker():
+        seen["other"] = requested_backend()
+        if NATIVE:  # the C++ kernels' copy of the request is per thread too
+            seen["other_native_runs"] = bool(OPS._native_runs(torch.float32))
+
+    with sk.backend("dense"):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(10)
+        seen["main"] = requested_backend()
+    assert seen["other"] == "auto" and seen["main"] == "dense"
+    if NATIVE:
+        assert seen["other_native_runs"] is True
+
+
+def test_unknown_backend_name_in_context_raises_value_error_listing_allowed():
+    with pytest.raises(ValueError) as err:
+        with sk.backend("cuda"):
+            pass  # pragma: no cover
+    msg = str(err.value)
+    assert "'cuda'" in msg
+    for name in BACKENDS:
+        assert repr(name) in msg
+    assert requested_backend() == "auto"  # nothing was pushed
+
+
+def test_unknown_backend_name_in_env_raises_value_error_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "cublas")
+    x, v, ii, oi = _layer_args()
+    with pytest.raises(ValueError) as err:
+        OPS.linear(x, v, ii, oi, None, 1)
+    msg = str(err.value)
+    assert ENV_VAR in msg and "'cublas'" in msg
+    for name in BACKENDS:
+        assert repr(name) in msg
+
+
+@pytest.mark.parametrize("how", ["context", "env"])
+def test_triton_on_cpu_without_interpreter_raises_runtime_error(monkeypatch, how):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, v, ii, oi = _layer_args()
+    layer = sk.SAOLinear(24, 8, groups=2, dtype=torch.float64)
+    calls = [
+        lambda: OPS.linear(x, v, ii, oi, None, 1),
+        lambda: OPS.linear_grad_input(torch.randn(3, 8, dtype=torch.float64), v, ii, oi, 1),
+        lambda: OPS.linear_grad_values(torch.randn(3, 8, dtype=torch.float64), x, ii, oi, 2, 1),
+        lambda: layer(x),
+    ]
+    for call in calls:
+        if how == "env":
+            monkeypatch.setenv(ENV_VAR, "triton")
+            with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+                call()
+        else:
+            with sk.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+                call()
+
+
+def test_native_on_cuda_or_without_extension_raises():
+    with sk.backend("native"):
+        with pytest.raises(RuntimeError, match="CPU tensors" if NATIVE else "native CPU kernels are unavailable"):
+            select(torch.device("cuda"), torch.float32)
+
+
+def test_public_name_is_the_context_manager_and_does_not_hide_a_module():
+    import sys
+
+    assert sk.backend is sys.modules["sao_kernels.dispatch"].backend
+    assert "sao_kernels.backend" not in sys.modules
+    assert set(BACKENDS) == {"auto", "torch", "triton", "dense", "native"}
+
+
+# ------------------------------------------------------ the backend that runs, observed
+def _spy_torch_paths(monkeypatch):
+    """Count calls of the structured torch composites (the 'torch' backend's code path)."""
+    calls = []
+    for mod_name, fn_name in (
+        ("sao_kernels.ops.linear", "linear_torch"),
+        ("sao_kernels.ops.linear_grad_input", "linear_grad_input_torch"),
+        ("sao_kernels.ops.linear_grad_values", "linear_grad_values_torch"),
+    ):
+        mod = importlib.import_module(mod_name)
+        orig = getattr(mod, fn_name)
+
+        def spy(*args, _orig=orig, _name=fn_name, **kwargs):
+            calls.append(_name)
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(mod, fn_name, spy)
+    return calls
+
+
+def _run_all(x, v, ii, oi):
+    xr, vr = x.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    y = OPS.linear(xr, vr, ii, oi, None, 1)
+    y.backward(torch.ones_like(y))
+    return y
+
+
+@pytest.mark.parametrize("how", ["env", "context"])
+@pytest.mark.parametrize("backend_name", ["torch", "dense"])
+def test_backend_selection_runs_that_backend(monkeypatch, backend_name, how):
+    calls = _spy_torch_paths(monkeypatch)
+    x, v, ii, oi = _layer_args()
+    if how == "env":
+        monkeypatch.setenv(ENV_VAR, backend_name)
+        y = _run_all(x, v, ii, oi)
+    else:
+        monkeypatch.setenv(ENV_VAR, "dense" if backend_name == "torch" else "torch")  # the context wins
+        with sk.backend(backend_name):
+            y = _run_all(x, v, ii, oi)
+    W = torch.zeros(8, 24, dtype=torch.float64)
+    W[torch.arange(8).view(2, 4, 1), ii.view(2, 1, 12)] = v
+    torch.testing.assert_close(y, x @ W.T)
+    if backend_name == "torch":
+        assert set(calls) == {"linear_torch", "linear_grad_input_torch", "linear_grad_values_torch"}
+    else:
+        assert calls == [], f"dense backend ran the structured path: {calls}"
+
+
+def test_auto_on_cpu_runs_native_not_python(monkeypatch):
+    calls = _spy_torch_paths(monkeypatch)
+    x, v, ii, oi = _layer_args()
+    _run_all(x, v, ii, oi)
+    assert calls == ([] if NATIVE else ["linear_torch", "linear_grad_input_torch", "linear_grad_values_torch"])
+    # float16 too: every floating dtype is native on CPU
+    _run_all(x.half(), v.half(), ii, oi)
+    assert len(calls) == (0 if NATIVE else 6)
+
+
+if NATIVE:  # (the C++ CPU kernels' policy exists only with the native extension)
+
+    @pytest.mark.parametrize("request_name", ["auto", "native", "torch", "dense", "triton"])
+    def test_cpp_cpu_policy_agrees_with_python(monkeypatch, request_name):
+        """csrc/ops.cpp applies the "cpu" row of dispatch.AUTO itself: for every dtype and request it
+        runs the native kernels exactly when select() says "native"."""
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        for how in ("context", "env"):
+            for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                if how == "env":
+                    monkeypatch.setenv(ENV_VAR, request_name)
+                    expected, got = select(CPU, dtype) == "native", bool(OPS._native_runs(dtype))
+                    monkeypatch.delenv(ENV_VAR)
+                else:
+                    with sk.backend(request_name):
+                        expected, got = select(CPU, dtype) == "native", bool(OPS._native_runs(dtype))
+                assert got == expected, (how, request_name, dtype)
