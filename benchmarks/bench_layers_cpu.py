@@ -1,91 +1,57 @@
-"""SAOLinear / SAOConv2d vs nn.Linear / nn.Conv2d on CPU, fwd and fwd+bwd, in one process.
+"""SAOLinear / SAOConv2d vs nn.Linear / nn.Conv2d on CPU, fwd and fwd+bwd, interleaved.
 
-    python benchmarks/bench_layers_cpu.py [--out benchmarks/results] [--min-run-time 1.0]
+    python benchmarks/bench_layers_cpu.py [--out benchmarks/results] [--min-run-time 1.0] [--groups 2 4 8 16]
 
-Linear: 4096 x 4096, T = 512, float32, G in {2, 4, 8, 16}.  Conv: 256 -> 256 channels,
-3x3, padding 1, 32 x 32, batch 8, G in {2, 4, 8, 16}.  Writes
-``layers_cpu_<date>.json`` and ``.md`` with the medians and the speed-ups (dense / SAO).
+Linear: 4096 x 4096, T = 512; conv: 256 -> 256 channels, 3x3, padding 1, 8 x 32 x 32; float32,
+G in {2, 4, 8, 16}.  For each layer kind and mode, the dense layer and the SAO layers at every
+G are timed in the same interleaved rounds (sao_kernels.bench); every row carries min / median /
+IQR of both sides, the speed-up with its 95 % interval and flags.  Writes
+``layers_cpu_<machine>_<date>.json`` and ``.md`` into --out.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import pathlib
 
 import torch
-from torch import nn
 
-import sao_kernels as sk
-from sao_kernels.benchmark import machine_meta, median_ms
-
-
-def fwd_and_fwd_bwd(module: nn.Module, x: torch.Tensor, min_run_time: float) -> tuple[float, float]:
-    """Median ms of forward (no grad) and of forward + backward (input and weight grads)."""
-    with torch.no_grad():
-        fwd = median_ms(lambda: module(x), min_run_time=min_run_time)
-    xg = x.detach().requires_grad_(True)
-    grad = torch.randn_like(module(xg))
-
-    def step():
-        xg.grad = None
-        module.zero_grad(set_to_none=True)
-        module(xg).backward(grad)
-
-    return fwd, median_ms(step, min_run_time=min_run_time)
+from sao_kernels.bench import cases
+from sao_kernels.bench.machine import recording_load, results_stem
+from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and Markdown results")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of repeats per measurement")
-    parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 16], help="G values to sweep")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    rows = []
-
-    T, n = 512, 4096
-    x = torch.randn(T, n)
-    dense = nn.Linear(n, n)
-    d_fwd, d_fb = fwd_and_fwd_bwd(dense, x, args.min_run_time)
-    for G in args.groups:
-        layer = sk.SAOLinear(n, n, groups=G)
-        s_fwd, s_fb = fwd_and_fwd_bwd(layer, x, args.min_run_time)
-        rows.append(dict(layer="linear 4096x4096, T=512", groups=G, dense_fwd_ms=d_fwd, sao_fwd_ms=s_fwd,
-                         dense_fwd_bwd_ms=d_fb, sao_fwd_bwd_ms=s_fb))
-
-    B, C, H = 8, 256, 32
-    x = torch.randn(B, C, H, H)
-    dense = nn.Conv2d(C, C, 3, padding=1)
-    d_fwd, d_fb = fwd_and_fwd_bwd(dense, x, args.min_run_time)
-    for G in args.groups:
-        layer = sk.SAOConv2d(C, C, 3, padding=1, groups=G)
-        s_fwd, s_fb = fwd_and_fwd_bwd(layer, x, args.min_run_time)
-        rows.append(dict(layer="conv 256->256 3x3, 8x32x32", groups=G, dense_fwd_ms=d_fwd, sao_fwd_ms=s_fwd,
-                         dense_fwd_bwd_ms=d_fb, sao_fwd_bwd_ms=s_fb))
-
-    for r in rows:
-        r["fwd_speedup"] = r["dense_fwd_ms"] / r["sao_fwd_ms"]
-        r["fwd_bwd_speedup"] = r["dense_fwd_bwd_ms"] / r["sao_fwd_bwd_ms"]
-    meta = machine_meta("cpu")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"layers_cpu_{datetime.date.today().isoformat()}"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    lines = [
-        f"# SAO layers vs dense on CPU ({meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']})",
-        "",
-        "| layer | G | dense fwd ms | SAO fwd ms | fwd speed-up | dense fwd+bwd ms | SAO fwd+bwd ms | fwd+bwd speed-up |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['layer']} | {r['groups']} | {r['dense_fwd_ms']:.2f} | {r['sao_fwd_ms']:.2f} | {r['fwd_speedup']:.2f}x "
-            f"| {r['dense_fwd_bwd_ms']:.2f} | {r['sao_fwd_bwd_ms']:.2f} | {r['fwd_bwd_speedup']:.2f}x |"
-        )
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    add_timing_arguments(parser, min_run_time=1.0)
+    parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8, 16], help="G values")
+    parser.add_argument("--features", type=positive_int, default=4096, help="linear width (square)")
+    parser.add_argument("--tokens", type=positive_int, default=512, help="linear tokens T")
+    parser.add_argument("--conv-channels", type=positive_int, default=256, help="conv channels (square)")
+    parser.add_argument("--conv-size", type=positive_int, default=32, help="conv H = W")
+    parser.add_argument("--conv-batch", type=positive_int, default=8, help="conv batch")
+    args = parser.parse_args(argv)
+    timing, meta = script_setup(args, parser)
+    gen = torch.Generator().manual_seed(0)
+    n, T, C, H, B = args.features, args.tokens, args.conv_channels, args.conv_size, args.conv_batch
+    try:
+        with recording_load(meta):
+            dense, saos = cases.linear_layers(n, args.groups, torch.float32, gen)
+            x = torch.randn(T, n, generator=gen)
+            base = dict(case="linear", shape=f"{n}x{n}, T={T}", backend="auto", dtype="float32", width=n, tokens=T,
+                        depth=1, contention=False)
+            rows = cases.layer_rows(dense, saos, x, timing, base=base, generator=gen)
+            dense, saos = cases.conv_layers(C, 3, args.groups, torch.float32, gen)
+            x = torch.randn(B, C, H, H, generator=gen)
+            base = dict(case="conv", shape=f"{C}->{C} 3x3, {B}x{H}x{H}", backend="auto", dtype="float32", width=C,
+                        tokens=B * H * H, depth=1, contention=False)
+            rows += cases.layer_rows(dense, saos, x, timing, base=base, generator=gen)
+    except ValueError as err:  # a G that does not divide a width: resolve_sizes names it
+        parser.error(str(err))
+    paths = cases.write_case_results(rows, meta, args.out, stem=results_stem("layers_cpu", meta),
+                                     what="SAO layers vs dense", settings=timing, formats=("json", "md"))
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

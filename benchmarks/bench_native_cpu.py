@@ -1,151 +1,108 @@
-"""Native CPU kernels vs the torch composite vs nn.Linear, fwd and fwd+bwd, in one process.
+"""Native CPU kernels vs the torch composite vs nn.Linear, fwd and fwd+bwd, interleaved.
 
-    python benchmarks/bench_native_cpu.py [--out benchmarks/results] [--threads 2] [--rounds 3]
-        [--min-run-time 0.5] [--groups 2 4 8 16] [--tokens 64 512 4096] [--dtypes float32 bfloat16]
+    python benchmarks/bench_native_cpu.py [--out benchmarks/results] [--threads 2] [--min-run-time 0.5]
+        [--groups 2 4 8 16] [--tokens 64 512 4096] [--dtypes float32 bfloat16] [--features 4096]
 
-SAOLinear(n, n, groups=G) with bias (in_index a random partition, contiguous output groups:
-the layer's defaults) on the ``native`` backend (csrc/, ``sao_kernels._C``) and on the
-``torch`` composite (gather + bmm), and nn.Linear(n, n), all on the same x and dy.
-Measurements are interleaved: every round times every candidate of a (dtype, T) once
-(median of a blocked autorange, see ``sao_kernels.benchmark.median_ms``); a result is the
-median over the rounds.  fwd runs under no_grad; fwd+bwd computes the input, values and bias
-grads.  Writes ``native_cpu_<date>.json`` and ``.md``.
-
-The acceptance point of the native kernels (issue 9) is G = 8, n = 4096, T = 512, 2 threads:
-native fwd+bwd at least 1.25x faster than the composite.
+SAOLinear(n, n, groups=G) with bias (the layer's defaults: random in_index, contiguous
+output groups) on the ``native`` backend (csrc/, ``sao_kernels._C``) and on the ``torch``
+composite (gather + bmm), and nn.Linear(n, n), on the same x.  For each (dtype, T, mode)
+nn.Linear and every (backend, G) are timed in the same interleaved rounds
+(sao_kernels.bench): rows carry min / median / IQR, the speed-up over nn.Linear with its 95 %
+interval, native's speed-up over the composite (same rounds, same interval method), and
+flags.  fwd runs under no_grad; fwd+bwd computes the input, values and bias grads.  Writes
+``native_cpu_<machine>_<date>.json`` and ``.md`` into --out.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import pathlib
-import statistics
 
 import torch
 from torch import nn
 
-import sao_kernels as sk
-from sao_kernels.backend import backend
-from sao_kernels.benchmark import machine_meta, median_ms
-from sao_kernels.ops import _native
+from sao_kernels.bench import cases
+from sao_kernels.bench.candidates import on_backend
+from sao_kernels.bench.machine import recording_load, results_stem
+from sao_kernels.bench.results import fmt_speedup
+from sao_kernels.bench.steps import module_steps
+from sao_kernels.bench.timing import compare, interleave
+from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
+from sao_kernels.layers import SAOLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BACKENDS = ("native", "torch")
+FIELDS = cases.CASE_FIELDS + ("speedup_vs_torch", "speedup_vs_torch_lo", "speedup_vs_torch_hi")
 
 
-def _steps(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, backend_name: str | None):
-    """(fwd, fwd+bwd) zero-argument callables for ``module`` on ``backend_name``."""
-    xg = x.detach().clone().requires_grad_(True)
-
-    def fwd():
-        with torch.no_grad():
-            return module(x)
-
-    def fwd_bwd():
-        xg.grad = None
-        module.zero_grad(set_to_none=True)
-        module(xg).backward(dy)
-
-    if backend_name is None:
-        return fwd, fwd_bwd
-
-    def wrap(fn):
-        def run():
-            with backend(backend_name):
-                return fn()
-
-        return run
-
-    return wrap(fwd), wrap(fwd_bwd)
+def native_unavailable_reason() -> str | None:
+    """None when the native backend runs a float32 SAOLinear here, else why not."""
+    layer = SAOLinear(8, 8, groups=2)
+    try:
+        on_backend("native", lambda: layer(torch.randn(2, 8)))()
+    except (RuntimeError, TypeError, ValueError) as err:
+        return str(err).splitlines()[0]
+    return None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and Markdown results")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of repeats per measurement")
-    parser.add_argument("--features", type=int, default=4096, help="square layer width n = m")
-    parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[64, 512, 4096])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
-    args = parser.parse_args()
-
-    if not _native.available():
-        raise SystemExit(f"the native kernels are not built: {_native.unavailable_reason()}")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    n = args.features
+def measure(dtype_name: str, n: int, T: int, groups: list[int], timing, gen) -> list[dict]:
+    dtype = DTYPES[dtype_name]
+    x = torch.randn(T, n, generator=gen).to(dtype)
+    steps = {"dense": module_steps(nn.Linear(n, n).to(dtype), x, generator=gen)}
+    for G in groups:
+        layer = SAOLinear(n, n, groups=G, generator=gen).to(dtype)
+        for backend in BACKENDS:
+            steps[(backend, G)] = tuple(on_backend(backend, fn) for fn in module_steps(layer, x, generator=gen))
     rows = []
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        for T in args.tokens:
-            x = torch.randn(T, n).to(dtype)
-            dy = torch.randn(T, n).to(dtype)
-            cands = {}  # (label, G, mode) -> callable
-            dense = nn.Linear(n, n).to(dtype)
-            cands[("nn.Linear", None, "fwd")], cands[("nn.Linear", None, "fwd_bwd")] = _steps(dense, x, dy, None)
-            for G in args.groups:
-                layer = sk.SAOLinear(n, n, groups=G).to(dtype)
-                for name in ("native", "torch"):
-                    f, fb = _steps(layer, x, dy, name)
-                    cands[(name, G, "fwd")], cands[(name, G, "fwd_bwd")] = f, fb
-            times = {k: [] for k in cands}
-            for r in range(args.rounds):
-                for key, fn in cands.items():
-                    times[key].append(median_ms(fn, min_run_time=args.min_run_time))
-                print(f"{dtype_name} T={T}: round {r + 1}/{args.rounds} done", flush=True)
-            med = {k: statistics.median(v) for k, v in times.items()}
-            for G in args.groups:
-                row = dict(dtype=dtype_name, tokens=T, features=n, groups=G)
-                for mode in ("fwd", "fwd_bwd"):
-                    nat, comp, lin = med[("native", G, mode)], med[("torch", G, mode)], med[("nn.Linear", None, mode)]
-                    row.update({
-                        f"native_{mode}_ms": nat, f"torch_{mode}_ms": comp, f"linear_{mode}_ms": lin,
-                        f"native_vs_torch_{mode}": comp / nat, f"native_vs_linear_{mode}": lin / nat,
-                        f"torch_vs_linear_{mode}": lin / comp,
-                        f"native_{mode}_rounds_ms": times[("native", G, mode)],
-                        f"torch_{mode}_rounds_ms": times[("torch", G, mode)],
-                    })
+    for i, mode in enumerate(("fwd", "fwd_bwd")):
+        stats = interleave({key: pair[i] for key, pair in steps.items()}, timing)
+        for G in groups:
+            vs_torch = compare(stats[("torch", G)], stats[("native", G)], ideal=None,
+                               flag_rel_spread=timing.flag_rel_spread, names=("native", "torch"))
+            for backend in BACKENDS:
+                cmp = compare(stats["dense"], stats[(backend, G)], ideal=float(G),
+                              flag_rel_spread=timing.flag_rel_spread)
+                row = dict(case="linear", shape=f"{n}x{n}, T={T}", mode=mode, backend=backend, dtype=dtype_name,
+                           width=n, tokens=T, depth=1, groups=G, contention=False, **cmp.fields(),
+                           ideal_speedup=float(G), flag=cmp.flag, flag_reason=cmp.flag_reason)
+                if backend == "native":
+                    row.update(speedup_vs_torch=vs_torch.speedup.value, speedup_vs_torch_lo=vs_torch.speedup.lo,
+                               speedup_vs_torch_hi=vs_torch.speedup.hi)
                 rows.append(row)
+    return rows
 
-    meta = machine_meta("cpu")
-    meta["native_build"] = _native.build_info()
-    meta["rounds"] = args.rounds
-    meta["min_run_time"] = args.min_run_time
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"native_cpu_{datetime.date.today().isoformat()}"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
 
-    lines = [
-        f"# Native CPU kernels vs torch composite vs nn.Linear ({meta['cpu']}, {meta['threads']} threads, "
-        f"torch {meta['torch']}, {meta['date']})",
-        "",
-        f"SAOLinear({n}, {n}, groups=G) with bias, random in_index, contiguous output groups; median over "
-        f"{args.rounds} interleaved rounds.  Speed-ups are time ratios (higher = native faster).",
-        "",
-        "| dtype | T | G | native fwd ms | torch fwd ms | nn.Linear fwd ms | native/torch fwd | native/Linear fwd "
-        "| native fwd+bwd ms | torch fwd+bwd ms | nn.Linear fwd+bwd ms | native/torch fwd+bwd | native/Linear fwd+bwd |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['dtype']} | {r['tokens']} | {r['groups']} | {r['native_fwd_ms']:.2f} | {r['torch_fwd_ms']:.2f} "
-            f"| {r['linear_fwd_ms']:.2f} | {r['native_vs_torch_fwd']:.2f}x | {r['native_vs_linear_fwd']:.2f}x "
-            f"| {r['native_fwd_bwd_ms']:.2f} | {r['torch_fwd_bwd_ms']:.2f} | {r['linear_fwd_bwd_ms']:.2f} "
-            f"| {r['native_vs_torch_fwd_bwd']:.2f}x | {r['native_vs_linear_fwd_bwd']:.2f}x |"
-        )
-    acc = [r for r in rows if r["groups"] == 8 and r["tokens"] == 512 and r["features"] == 4096]
-    if acc:
-        lines += ["", "Acceptance point (G = 8, 4096 x 4096, T = 512): target native/torch fwd+bwd >= 1.25x.", ""]
-        for r in acc:
-            verdict = "met" if r["native_vs_torch_fwd_bwd"] >= 1.25 else "not met"
-            lines.append(f"* {r['dtype']}: {r['native_vs_torch_fwd_bwd']:.2f}x over the composite, "
-                         f"{r['native_vs_linear_fwd_bwd']:.2f}x over nn.Linear ({verdict})")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_timing_arguments(parser, min_run_time=0.5)
+    parser.add_argument("--features", type=positive_int, default=4096, help="square layer width n = m")
+    parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--tokens", type=positive_int, nargs="+", default=[64, 512, 4096])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
+    args = parser.parse_args(argv)
+    timing, meta = script_setup(args, parser)
+    reason = native_unavailable_reason()
+    if reason:
+        print(f"{parser.prog}: the native backend cannot run here: {reason}")
+        return 1
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    try:
+        with recording_load(meta):
+            for dtype_name in args.dtypes:
+                for T in args.tokens:
+                    rows += measure(dtype_name, args.features, T, args.groups, timing, gen)
+                    print(f"measured {dtype_name} T={T}", flush=True)
+    except ValueError as err:  # a G that does not divide the width: the layer names it
+        parser.error(str(err))
+    vs_torch = ("native vs torch [95% CI]", lambda r: fmt_speedup(r, "_vs_torch") if r["backend"] == "native" else "",
+                True)
+    paths = cases.write_case_results(
+        rows, meta, args.out, stem=results_stem("native_cpu", meta), what="Native CPU kernels vs torch composite "
+        "vs nn.Linear", settings=timing, formats=("json", "md"), extra_columns=[vs_torch], fields=FIELDS,
+        notes=["speed-up: over nn.Linear; native vs torch: the composite's median / native's median, same rounds."])
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

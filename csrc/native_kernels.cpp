@@ -72,6 +72,7 @@ namespace cpublas = at::native::cpublas;
 // count, so results are the same for any thread count.
 constexpr int64_t kTokBlock = 64;          // tokens per item (float32 brgemm: its best on EPYC and Xeon)
 constexpr int64_t kVnniTokBlock = 128;     // tokens per item with AMX (bigger M per B block: measured faster)
+constexpr int64_t kSmallTokBlock = 512;    // tokens per item of a problem run on one thread
 constexpr int64_t kKBlock = 256;           // float32 brgemm: K block of one call
 constexpr int64_t kNBlock = 64;            // float32 brgemm: N block of one call
 constexpr int64_t kMinItems = 16;          // split groups / dV rows until there are this many items
@@ -473,13 +474,18 @@ template <typename T>
 void grouped_gemm(const Grouped<T>& p, const Engine<T>& eng) {
   using Acc = acc_t<T>;
   const int64_t ldo = p.G * p.N;
-  const Split sp = token_split(p.T_, p.G, eng.vnni ? kVnniTokBlock : kTokBlock);
+  // A problem small enough to run on one thread fits in L2 whole: one token block per group
+  // (fewer, larger GEMM calls); larger problems use blocks sized for cache reuse.
+  const double flops = 2.0 * p.T_ * p.G * p.K * p.N;
+  const int64_t TB = flops < kParallelMinFlops ? std::min<int64_t>(p.T_, kSmallTokBlock)
+                                               : (eng.vnni ? kVnniTokBlock : kTokBlock);
+  const Split sp = token_split(p.T_, p.G, TB);
   // float32 / float64 with outputs in place: the accumulator is the output itself, unless its
   // row stride is a multiple of 1 KiB (rows of C on a few cache sets: 2x slower GEMMs).
   const bool direct = std::is_same_v<T, Acc> && !p.oidx && (ldo * int64_t(sizeof(Acc))) % 1024 != 0;
   const int64_t ldcb = pad_ld<Acc>(p.N);
   const int64_t ldp = pad_ld<T>(sp.GC * p.K);
-  run_items(sp.n_tb * sp.n_gc, 2.0 * p.T_ * p.G * p.K * p.N, [&](int64_t it) {
+  run_items(sp.n_tb * sp.n_gc, flops, [&](int64_t it) {
     Scratch big_panel, big_c;
     const int64_t t0 = (it / sp.n_gc) * sp.TB, g0 = (it % sp.n_gc) * sp.GC;
     const int64_t rows = std::min(sp.TB, p.T_ - t0), gn = std::min(sp.GC, p.G - g0);

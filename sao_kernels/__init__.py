@@ -5,9 +5,9 @@ layer a permuted block-diagonal topology with orthogonal blocks.  This package b
 exactly as the paper does, stores it in a compact grouped block format and runs it as
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
-from . import diagnostics, format, init, ops, sizes
+from . import diagnostics, format, init, ops, pruning, sizes
 from .dispatch import backend
-from .convert import convert
+from .conversion import ReinitializedWarning, convert
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
 from .init import sao_blocks
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GroupedBlockFormat",
+    "ReinitializedWarning",
     "Report",
     "diagnostics",
     "report",
@@ -31,6 +32,7 @@ __all__ = [
     "load_sparse_state_dict",
     "format",
     "init",
+    "pruning",
     "ops",
     "sao_blocks",
     "sao_conv2d",

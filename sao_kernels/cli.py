@@ -1,15 +1,50 @@
-"""Command line: ``python -m sao_kernels bench`` and ``python -m sao_kernels report``."""
+"""Command line: ``python -m sao_kernels bench`` and ``python -m sao_kernels report``.
+
+Exit status: 0 when results were written, 1 when nothing could be measured (what was
+skipped and why goes to stderr), 2 for a usage error (any bad flag value, an --out that
+cannot be written, a --model that does not load), always before any measuring.
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
+from typing import Callable, Sequence
 
 import torch
 
+SUITES = ("sweep", "small-width")
 
-def _positive_int_list(text: str) -> list[int]:
+
+# ------------------------------------------------------------------ argparse types
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(1)(text)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(0)(text)
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -19,7 +54,29 @@ def _positive_int_list(text: str) -> list[int]:
     return values
 
 
-def _choice_list(allowed):
+def finite_float(lo: float, hi: float = math.inf, *, lo_open: bool = True, hi_open: bool = False
+                 ) -> Callable[[str], float]:
+    """argparse type: a finite float in (lo, hi] (brackets per ``lo_open`` / ``hi_open``);
+    nan and inf are refused."""
+    span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open or math.isinf(hi) else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text!r}") from None
+        above = value > lo if lo_open else value >= lo
+        below = value < hi if hi_open else value <= hi
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"expected a finite number in {span}, got {text!r}")
+        return value
+
+    parse.__name__ = f"number in {span}"
+    return parse
+
+
+def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """argparse type: comma-separated values from ``allowed``."""
     def parse(text: str) -> list[str]:
         values = [v.strip() for v in text.split(",") if v.strip()]
         bad = [v for v in values if v not in allowed]
@@ -30,37 +87,102 @@ def _choice_list(allowed):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .benchmark import BACKENDS, DTYPES, OPS
+seconds = finite_float(0.0, 3600.0)
+fraction = finite_float(0.0, 1.0)
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, *, min_run_time: float = 0.2) -> None:
+    """--min-run-time, --max-run-time, --target-spread, --flag-spread, --threads, --machine,
+    --out (the flags every benchmark script shares)."""
+    parser.add_argument("--min-run-time", type=seconds, default=min_run_time,
+                        help=f"seconds of timed calls per candidate before the spread is checked (default "
+                        f"{min_run_time:g})")
+    parser.add_argument("--max-run-time", type=seconds, help="seconds per candidate after which rounds stop even "
+                        "if the spread is still wide (default 5 x --min-run-time)")
+    parser.add_argument("--target-spread", type=fraction, default=0.05,
+                        help="stop once every IQR is at most this fraction of its median (default 0.05)")
+    parser.add_argument("--flag-spread", type=fraction, default=0.10,
+                        help="flag rows whose IQR or speed-up interval exceeds this fraction (default 0.10)")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--machine", help="machine name for the results (default: from the CPU / GPU name)")
+    parser.add_argument("--out", default="benchmarks/results", help="results folder (default: benchmarks/results)")
+
+
+def script_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: str = "cpu"):
+    """Apply --threads, check --out up front, and return (TimingSettings, meta) for a
+    benchmark script; usage errors exit 2 through ``parser.error``."""
+    from .bench.machine import machine_label, machine_meta
+    from .bench.results import check_writable
+    from .bench.timing import TimingSettings
+
+    try:
+        timing = TimingSettings(min_run_time=args.min_run_time, max_run_time=args.max_run_time,
+                                target_rel_iqr=args.target_spread, flag_rel_spread=args.flag_spread)
+        check_writable(args.out, "--out")
+    except ValueError as e:
+        parser.error(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = machine_meta(device)
+    meta["machine"] = args.machine or machine_label(meta)
+    meta["command"] = " ".join([parser.prog, *sys.argv[1:]])
+    meta["timing"] = dict(min_run_time=timing.min_run_time, max_run_time=timing.budget, min_rounds=timing.min_rounds,
+                          target_rel_iqr=timing.target_rel_iqr, flag_rel_spread=timing.flag_rel_spread)
+    return timing, meta
+
+
+# ------------------------------------------------------------------------- parser
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from . import __version__
+    from .bench.sweep import BACKENDS, DTYPES, OPS
     from .models import BUILTIN
 
     parser = argparse.ArgumentParser(
-        prog="sao-kernels",
+        prog=prog,
         description="SAO sparse layers: microbenchmarks against dense and sparse baselines, and per-layer reports.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,report}")
 
     b = sub.add_parser(
         "bench",
-        help="sweep the SAO ops against their baselines and write results.{json,csv,md} and speedup.png",
-        description="Sweep the SAO products over shapes, G, dtype, block_size and backend; every row is timed next "
-        "to the dense product of the same shape in the same process (speedup = dense ms / SAO ms). Defaults: "
-        "about 2 minutes on a 2-core CPU; the full sweep on CUDA. Comma-separated lists override them.",
+        help="time SAO against dense and write results.{json,csv,md} and speedup.png",
+        description="Time the SAO products against dense (and sparse baselines) in one process, interleaved, with "
+        "spread (min / median / IQR), a 95% interval on every speed-up and flags on rows that cannot be trusted. "
+        "--suite sweep (default): ops x shapes x G x dtype x block_size x backend; a few minutes on a 2-core CPU, "
+        "the full sweep on CUDA.  --suite small-width: SAOLinear vs nn.Linear at widths 128 / 512, T 128 / 1024, and "
+        "a 100-layer width-128 tanh MLP training step vs its dense twin.  Comma-separated lists override defaults.",
     )
+    b.set_defaults(subparser=b)
+    b.add_argument("--suite", choices=SUITES, default="sweep", help="what to measure (default: sweep)")
     b.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="where to run (default: cuda if available, else cpu)")
-    b.add_argument("--ops", type=_choice_list(OPS), help=f"ops to measure, from: {', '.join(OPS)}")
-    b.add_argument("--tokens", type=_positive_int_list, help="token counts T of the linear ops, e.g. 16,512")
-    b.add_argument("--features", type=_positive_int_list, help="square layer widths m = n, e.g. 1024,4096")
-    b.add_argument("--groups", type=_positive_int_list, help="group counts G (sparsity 1 - 1/G), e.g. 1,2,4,8")
-    b.add_argument("--dtypes", type=_choice_list(tuple(DTYPES)), help=f"dtypes, from: {', '.join(DTYPES)}")
-    b.add_argument("--block-sizes", type=_positive_int_list, help="block_size values (1 = the paper's construction)")
-    b.add_argument("--backends", type=_choice_list(BACKENDS),
-                   help=f"implementations to time, from: {', '.join(BACKENDS)} (dense is always timed)")
-    b.add_argument("--conv-channels", type=int, help="channels of the conv2d ops (square layer)")
-    b.add_argument("--conv-size", type=int, help="spatial size H = W of the conv2d ops")
-    b.add_argument("--conv-batch", type=int, help="batch of the conv2d ops")
-    b.add_argument("--min-run-time", type=float, help="seconds of timed repeats per measurement")
+                   help="where to run (default: cuda if available, else cpu; small-width: cpu)")
+    b.add_argument("--ops", type=choice_list(OPS), help=f"sweep: ops to measure, from: {', '.join(OPS)}")
+    b.add_argument("--tokens", type=positive_int_list, help="token counts T, e.g. 16,512")
+    b.add_argument("--features", type=positive_int_list, help="square layer widths m = n, e.g. 1024,4096")
+    b.add_argument("--groups", type=positive_int_list, help="group counts G (sparsity 1 - 1/G), e.g. 1,2,4,8")
+    b.add_argument("--dtypes", type=choice_list(tuple(DTYPES)), help=f"dtypes, from: {', '.join(DTYPES)}")
+    b.add_argument("--block-sizes", type=positive_int_list, help="sweep: block_size values (1 = the paper's)")
+    b.add_argument("--backends", type=choice_list(BACKENDS),
+                   help=f"sweep: implementations to time, from: {', '.join(BACKENDS)} (dense is always timed)")
+    b.add_argument("--conv-channels", type=positive_int, help="sweep: channels of the conv2d ops (square layer)")
+    b.add_argument("--conv-size", type=positive_int, help="sweep: spatial size H = W of the conv2d ops")
+    b.add_argument("--conv-batch", type=positive_int, help="sweep: batch of the conv2d ops")
+    b.add_argument("--mlp-depth", type=nonnegative_int,
+                   help="small-width: layers of the tanh MLP step (default 100; 0 leaves it out)")
+    b.add_argument("--min-run-time", type=seconds,
+                   help="seconds of timed calls per candidate before the spread is checked (default 0.2; 0.1 on cuda)")
+    b.add_argument("--max-run-time", type=seconds, help="seconds per candidate after which rounds stop even if "
+                   "the spread is still wide (default 5 x --min-run-time)")
+    b.add_argument("--target-spread", type=fraction, default=0.05,
+                   help="stop adding rounds once every IQR is at most this fraction of its median (default 0.05)")
+    b.add_argument("--flag-spread", type=fraction, default=0.10,
+                   help="flag rows whose IQR or speed-up interval exceeds this fraction (default 0.10)")
+    b.add_argument("--contention", action="store_true",
+                   help="measure everything a second time with a busy-loop process pinned on one core")
+    b.add_argument("--contention-core", type=nonnegative_int, help="the core for --contention (default: the last)")
+    b.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    b.add_argument("--machine", help="machine name recorded in the results (default: from the CPU / GPU name)")
     b.add_argument("--autotune", action="store_true",
                    help="autotune the Triton kernels' tiles per shape class (sets SAO_KERNELS_AUTOTUNE=1)")
     b.add_argument("--out", default="sao_bench", help="output folder (default: ./sao_bench)")
@@ -70,85 +192,218 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="convert a model to SAO and report per-layer FLOPs, parameters and latency vs dense",
         description="Build a model, convert its Linear / Conv2d layers to SAO at --sparsity, and write "
-        "report.{json,csv,md,png}: per-layer stored vs dense parameters, FLOPs (from FlopCounterMode) and "
-        "measured latency of each SAO layer vs its dense equivalent.",
+        "report.{json,csv,md,png}: per-layer stored vs dense parameters, FLOPs (from FlopCounterMode) and the "
+        "latency of each SAO layer vs its dense twin, timed interleaved, with spread and flags.",
     )
+    r.set_defaults(subparser=r)
     r.add_argument("--model", default="mlp",
                    help=f"built-in ({', '.join(BUILTIN)}) or package.module:factory returning (model, inputs)")
-    r.add_argument("--sparsity", type=float, default=0.875, help="target sparsity 1 - 1/G (default 0.875, G=8)")
+    r.add_argument("--sparsity", type=finite_float(0.0, 1.0, lo_open=False, hi_open=True), default=0.875,
+                   help="target sparsity 1 - 1/G, in [0, 1) (default 0.875, G=8)")
     r.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
-    r.add_argument("--repeats", type=int, default=20, help="timed repeats per latency measurement")
+    r.add_argument("--repeats", type=_int_at_least(3), default=10,
+                   help="least interleaved rounds per latency measurement (>= 3, default 10)")
+    r.add_argument("--min-run-time", type=seconds, default=0.1,
+                   help="seconds of timed calls per layer and mode before the spread is checked (default 0.1)")
+    r.add_argument("--flag-spread", type=fraction, default=0.10, help="flag rows whose spread exceeds this fraction")
     r.add_argument("--no-latency", action="store_true", help="count FLOPs and parameters only")
     r.add_argument("--no-backward", action="store_true", help="forward only")
     r.add_argument("--out", default="sao_report", help="output folder (default: ./sao_report)")
     return parser
 
 
-def _bench(args, parser) -> int:
-    from . import benchmark
+def default_prog() -> str:
+    """'python -m sao_kernels' when run that way, else the console script's name."""
+    return "python -m sao_kernels" if os.path.basename(sys.argv[0]) == "__main__.py" else "sao-kernels"
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+# --------------------------------------------------------------------------- bench
+_SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune")
+_SUITE_ONLY = ("mlp_depth",)
+
+
+def _meta(device: str, args, argv: Sequence[str], prog: str) -> dict:
+    from .bench.machine import machine_label, machine_meta
+
+    meta = machine_meta(device)
+    meta["machine"] = args.machine or machine_label(meta)
+    meta["command"] = " ".join([prog, *argv])
+    return meta
+
+
+def _print_skipped(skipped: list[dict]) -> None:
+    from .bench.results import skipped_lines
+
+    for line in skipped_lines(skipped)[1:]:
+        print(line, file=sys.stderr)
+
+
+def _bench(args, argv: Sequence[str], prog: str) -> int:
+    from .bench import machine, results, sweep
+
+    err = args.subparser.error
+    sweep_suite = args.suite == "sweep"
+    for name in _SUITE_ONLY if sweep_suite else _SWEEP_ONLY:
+        if getattr(args, name) not in (None, False):
+            err(f"--{name.replace('_', '-')} applies to --suite {'small-width' if sweep_suite else 'sweep'} only")
+    device = args.device or ("cuda" if torch.cuda.is_available() and sweep_suite else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")
+    if not sweep_suite and device != "cpu":
+        err("--suite small-width runs on the CPU only")
+    if args.contention_core is not None and not args.contention:
+        err("--contention-core needs --contention")
+    core = None
+    if args.contention:
+        cores = machine.usable_cores()
+        core = cores[-1] if args.contention_core is None else args.contention_core
+        if core not in cores:
+            err(f"--contention-core {core}: not a usable core here; usable: {cores}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        out = results.check_writable(args.out, "--out")
+    except ValueError as e:
+        err(str(e))
+
     if args.autotune:
         os.environ["SAO_KERNELS_AUTOTUNE"] = "1"
-    cfg = benchmark.default_config(device)
-    for field, value in (
-        ("ops", args.ops), ("tokens", args.tokens), ("features", args.features), ("groups", args.groups),
-        ("dtypes", args.dtypes), ("block_sizes", args.block_sizes), ("backends", args.backends),
-        ("conv_channels", args.conv_channels), ("conv_size", args.conv_size), ("conv_batch", args.conv_batch),
-        ("min_run_time", args.min_run_time),
-    ):
+    cfg = sweep.default_config(device)
+    for field in ("ops", "tokens", "features", "groups", "dtypes", "block_sizes", "backends", "conv_channels",
+                  "conv_size", "conv_batch", "min_run_time", "max_run_time"):
+        value = getattr(args, field)
         if value is not None:
             setattr(cfg, field, tuple(value) if isinstance(value, list) else value)
+    cfg.target_spread, cfg.flag_spread = args.target_spread, args.flag_spread
+    cfg.contention, cfg.contention_core = args.contention, core
     try:
-        benchmark.validate_config(cfg)
-    except ValueError as err:
-        parser.error(str(err))
+        sweep.validate_config(cfg)
+    except ValueError as e:
+        err(str(e))
+    meta = _meta(device, args, argv, prog)
+    meta["suite"] = args.suite
+    timing = cfg.timing()
+    meta["timing"] = dict(min_run_time=timing.min_run_time, max_run_time=timing.budget, min_rounds=timing.min_rounds,
+                          target_rel_iqr=timing.target_rel_iqr, flag_rel_spread=timing.flag_rel_spread)
+    if core is not None:
+        meta["contention"] = {"core": core}
+    try:
+        with machine.recording_load(meta):
+            run = _run_sweep if sweep_suite else _run_small_width
+            write = run(cfg, args, meta, out, not args.no_progress)
+        paths = write()  # after the load average was recorded
+    except sweep.NothingMeasured as e:
+        print(f"{prog} bench: {e}", file=sys.stderr)
+        _print_skipped(e.skipped)
+        print(f"{prog} bench: nothing was written to {out}", file=sys.stderr)
+        return 1
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_sweep(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
+    from .bench import sweep
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
-        rows = benchmark.run_sweep(cfg, progress=not args.no_progress)
-    paths = benchmark.write_results(rows, benchmark.machine_meta(device), args.out)
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+        result = sweep.run_sweep(cfg, progress=progress)
+    if result.skipped:
+        print(f"note: {len(result.skipped)} combinations were not measured (reasons in results.md):", file=sys.stderr)
+        _print_skipped(result.skipped)
+    return lambda: sweep.write_sweep_results(result, meta, out, flag_spread=cfg.flag_spread)
 
 
-def _report(args, parser) -> int:
-    from .convert import convert
+def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
+    from .bench import cases
+
+    widths = tuple(args.features or cases.SMALL_WIDTHS)
+    tokens = tuple(args.tokens or cases.SMALL_TOKENS)
+    groups = tuple(args.groups or cases.SMALL_GROUPS)
+    dtypes = tuple(args.dtypes or ("float32",))
+    depth = cases.MLP_DEPTH if args.mlp_depth is None else args.mlp_depth
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cases.suite_progress_total(widths, tokens, dtypes, depth, cfg.contention),
+                   desc="sao_kernels bench small-width", unit="config")
+    try:
+        rows, skipped = cases.small_width_suite(
+            cfg.timing(), widths=widths, tokens=tokens, groups=groups, dtypes=dtypes, depth=depth,
+            depth_groups=(4,) if args.groups is None else groups, contention=cfg.contention,
+            contention_core=cfg.contention_core, progress=(lambda label: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if skipped:
+        _print_skipped(skipped)
+    return lambda: cases.write_case_results(rows, meta, out, stem="results", what="Small-width SAO vs dense",
+                                            settings=cfg.timing(), plot_name="speedup.png", skipped=skipped)
+
+
+# -------------------------------------------------------------------------- report
+def _report(args, argv: Sequence[str], prog: str) -> int:
+    from .bench import machine, results
+    from .bench.timing import TimingSettings
+    from .conversion import ReinitializedWarning, convert
+    from .layer_report import report
     from .models import load_model
-    from .report import report
 
+    err = args.subparser.error
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
-    if not 0.0 <= args.sparsity < 1.0:
-        parser.error(f"--sparsity must be in [0, 1), got {args.sparsity}")
+        err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")
+    try:
+        out = results.check_writable(args.out, "--out")
+    except ValueError as e:
+        err(str(e))
     try:
         model, inputs = load_model(args.model)
-    except (ValueError, ImportError, AttributeError) as err:
-        parser.error(f"--model: {err}")
+    except ValueError as e:
+        err(f"--model: {e}")
     dtype = getattr(torch, args.dtype)
     model = model.to(device=device, dtype=dtype)
-    inputs = tuple(t.to(device=device, dtype=dtype) for t in ((inputs,) if torch.is_tensor(inputs) else inputs))
+    inputs = tuple(t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+                   for t in ((inputs,) if torch.is_tensor(inputs) else inputs))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as e:  # noqa: BLE001 - a model that cannot run its own inputs is a bad --model
+        err(f"--model {args.model}: the model fails on its example inputs ({type(e).__name__}: {e})")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        convert(model, sparsity=args.sparsity)
+        # (the models here are freshly built: that their weights are re-initialised is expected)
+        warnings.simplefilter("ignore", ReinitializedWarning)
+        model = convert(model, sparsity=args.sparsity)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
-    rep = report(model, inputs, measure_latency=not args.no_latency, repeats=args.repeats,
-                 backward=not args.no_backward, name=args.model)
-    paths = rep.save(args.out)
+    timing = TimingSettings(min_run_time=args.min_run_time, min_rounds=args.repeats,
+                            max_rounds=max(1000, args.repeats), flag_rel_spread=args.flag_spread)
+    meta_extra = {"command": " ".join([prog, *argv])}
+    with machine.recording_load(meta_extra):
+        rep = report(model, inputs, measure_latency=not args.no_latency, backward=not args.no_backward,
+                     name=args.model, timing=timing)
+    if not rep.rows:
+        print(f"{prog} report: nothing to report: {args.model} has no Linear / Conv2d layer used by its forward",
+              file=sys.stderr)
+        return 1
+    rep.meta.update(meta_extra, machine=machine.machine_label(rep.meta))
+    paths = rep.save(out)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command line; returns the exit status (argparse exits 2 on usage errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or default_prog()
+    args = build_parser(prog).parse_args(argv)
     if args.command == "bench":
-        return _bench(args, parser)
-    return _report(args, parser)
+        return _bench(args, argv, prog)
+    return _report(args, argv, prog)
 
 
 if __name__ == "__main__":

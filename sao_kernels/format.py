@@ -16,15 +16,22 @@ so ``y[:, out_index[g*m/G + i]] = sum_k x[:, in_index[g*n/G + k]] * values[g, i,
 ``block_size`` b declares that both index vectors consist of aligned runs of b consecutive
 features (``index[j*b : (j+1)*b] == index[j*b] + arange(b)`` with ``index[j*b] % b == 0``),
 which is what lets a kernel read contiguous tiles; b = 1 declares nothing.
+
+Tensors on the meta device (deferred initialisation) carry shapes and dtypes but no data:
+the format checks their shapes, dtypes and devices and skips the data checks
+(permutation, runs), which the real tensors get when they are filled or loaded.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .sizes import _divisors
 
 __all__ = ["GroupedBlockFormat", "from_dense", "from_pruned"]
 
@@ -32,6 +39,14 @@ __all__ = ["GroupedBlockFormat", "from_dense", "from_pruned"]
 def _is_permutation(index: Tensor) -> bool:
     n = index.numel()
     return bool(torch.equal(torch.sort(index).values, torch.arange(n, device=index.device, dtype=index.dtype)))
+
+
+def _is_identity(index: Tensor) -> bool:
+    return bool(torch.equal(index, torch.arange(index.numel(), device=index.device, dtype=index.dtype)))
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _has_tiles(index: Tensor, block_size: int) -> bool:
@@ -75,6 +90,10 @@ class GroupedBlockFormat:
             )
         if min(v.shape[:3]) < 1:
             raise ValueError(f"values must have non-empty group dimensions, got {tuple(v.shape)}")
+        if v.dim() == 5 and min(v.shape[3:]) < 1:
+            raise ValueError(f"values must have a non-empty kernel (kh, kw >= 1), got {tuple(v.shape)}")
+        # Data checks need data: meta tensors (deferred init) get the shape checks only.
+        has_data = not (v.is_meta or getattr(ii, "is_meta", False) or getattr(oi, "is_meta", False))
         G, a, c = v.shape[:3]
         for name, idx, size in (("in_index", ii, G * c), ("out_index", oi, G * a)):
             if not isinstance(idx, Tensor) or idx.dtype != torch.int64:
@@ -86,15 +105,30 @@ class GroupedBlockFormat:
                 )
             if idx.device != v.device:
                 raise ValueError(f"{name} is on {idx.device} but values are on {v.device}; all must share a device")
-            if not _is_permutation(idx):
+            if has_data and not _is_permutation(idx):
                 raise ValueError(f"{name} must be a permutation of range({size}) (each feature in exactly one group)")
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1:
             raise ValueError(f"block_size must be a positive int, got {b!r}")
+        b = int(b)
+        object.__setattr__(self, "block_size", b)  # a numpy integer becomes an int
         if a % b or c % b:
             raise ValueError(f"block_size={b} must divide both block sides m/G={a} and n/G={c}")
         for name, idx in (("in_index", ii), ("out_index", oi)):
-            if not _has_tiles(idx, b):
+            if has_data and not _has_tiles(idx, b):
                 raise ValueError(f"{name} is not made of aligned runs of block_size={b} consecutive features")
+
+    # ------------------------------------------------------------- op arguments
+    def op_args(self) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
+        """``(values, in_index, out_index, block_size)`` as the ``torch.ops.sao_kernels`` ops take
+        them, with an identity index given as None (the ops skip that gather).
+
+        >>> y = torch.ops.sao_kernels.linear(x, *blocks.op_args()[:3], bias, blocks.block_size)
+        """
+        if self.values.is_meta:  # no data to look at: pass the indices as they are
+            return self.values, self.in_index, self.out_index, self.block_size
+        in_index = None if _is_identity(self.in_index) else self.in_index
+        out_index = None if _is_identity(self.out_index) else self.out_index
+        return self.values, in_index, out_index, self.block_size
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -139,8 +173,10 @@ class GroupedBlockFormat:
         dense = self.values.new_zeros(self.shape)
         return dense.index_put((self.out_index.view(G, a, 1), self.in_index.view(G, 1, c)), self.values)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GroupedBlockFormat":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GroupedBlockFormat:
         """A copy with values moved/cast and indices moved (indices stay int64)."""
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
         return GroupedBlockFormat(
             self.values.to(device=device, dtype=dtype),
             self.in_index.to(device=device),
@@ -160,8 +196,21 @@ class GroupedBlockFormat:
         """
         if self.kernel_size:
             raise ValueError(f"to_bsr needs a linear (2-D) weight; this one has kernel dims {self.kernel_size}")
-        r, c = (blocksize, blocksize) if isinstance(blocksize, int) else tuple(blocksize)
+        if not isinstance(permuted, bool):
+            raise TypeError(f"permuted must be a bool, got {permuted!r}")
         m, n = self.out_features, self.in_features
+        if _is_int(blocksize):
+            pair: tuple = (blocksize, blocksize)
+        elif isinstance(blocksize, (tuple, list)):
+            pair = tuple(blocksize)
+        else:
+            pair = ()
+        if len(pair) != 2 or not all(_is_int(x) for x in pair):
+            raise ValueError(
+                f"blocksize must be an int or a pair (r, c) of ints dividing the weight shape {m}x{n}, "
+                f"got {blocksize!r}"
+            )
+        r, c = int(pair[0]), int(pair[1])
         if r < 1 or c < 1 or m % r or n % c:
             raise ValueError(f"blocksize={blocksize!r} must be positive and divide the weight shape {m}x{n}")
         dense = torch.block_diag(*self.values.unbind(0)) if permuted else self.to_dense()
@@ -178,8 +227,7 @@ class GroupedBlockFormat:
 
 # ---------------------------------------------------------------------- detection
 def _largest_block_size(in_index: Tensor, out_index: Tensor, a: int, c: int) -> int:
-    g = math.gcd(a, c)
-    for b in sorted((d for d in range(1, g + 1) if g % d == 0), reverse=True):
+    for b in reversed(_divisors(math.gcd(a, c))):
         if _has_tiles(in_index, b) and _has_tiles(out_index, b):
             return b
     return 1
@@ -206,6 +254,8 @@ def from_pruned(weight: Tensor, mask: Tensor, *, block_size: int | None = None) 
         )
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a tensor, got {type(mask).__name__}")
+    if weight.is_meta or mask.is_meta:
+        raise ValueError("from_pruned needs weight and mask with data; they are on the meta device")
     m, n = weight.shape[:2]
     mask = mask.to(device=weight.device) != 0
     if mask.shape == weight.shape and weight.dim() == 4:
@@ -230,7 +280,7 @@ def from_pruned(weight: Tensor, mask: Tensor, *, block_size: int | None = None) 
     if overlap.numel():
         col = int(overlap[0])
         rows = mask[:, col].nonzero().flatten()
-        first = [int(r) for r in rows if not torch.equal(mask[r], mask[rows[0]])][0]
+        first = next(int(r) for r in rows if not torch.equal(mask[r], mask[rows[0]]))
         raise ValueError(
             f"not a permuted block diagonal: rows {int(rows[0])} and {first} both use input {col} "
             "but keep different input sets"
@@ -266,7 +316,8 @@ def from_dense(weight: Tensor, *, block_size: int | None = None) -> GroupedBlock
     to :func:`from_pruned` in that case.
     """
     if not isinstance(weight, Tensor) or weight.dim() not in (2, 4):
-        raise ValueError(f"weight must be a tensor of shape (m, n) or (m, n, kh, kw), got {getattr(weight, 'shape', weight)}")
+        got = getattr(weight, "shape", weight)
+        raise ValueError(f"weight must be a tensor of shape (m, n) or (m, n, kh, kw), got {got}")
     mask = weight != 0
     if weight.dim() == 4:
         mask = mask.flatten(2).any(-1)

@@ -22,6 +22,8 @@ looks-linear doubling is never skipped silently (the code skipped it when in == 
 variance gain^2 / fan_in (the code used unscaled randn / rand); a bug that took the output
 size as the larger dimension is not repeated.
 
+The pruning baselines (LMP, LRP) live in ``sao_kernels.pruning`` and are re-exported here.
+
 Every function builds its random numbers on the generator's device (CPU by default) in
 float64 and only then casts and moves, so a seed gives the same layer on every device and
 dtype.
@@ -30,43 +32,36 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from ._init_checks import _check_dtype, _check_gain, _check_generator, _check_tensor, _gen_device, _target_device
 from .format import GroupedBlockFormat
+from .pruning import magnitude_prune_, random_prune_
 from .sizes import SAOSizes, resolve_sizes, valid_sparsities
 
 __all__ = [
-    "LINEAR_INITS",
     "CONV_INITS",
-    "valid_sparsities",
-    "resolve_sizes",
-    "sao_topology",
-    "sao_blocks",
-    "sao_",
-    "sao_delta_",
-    "sao_eco_",
-    "rg_normal_",
-    "rg_uniform_",
+    "LINEAR_INITS",
+    "eco_frequency_pairs",
     "magnitude_prune_",
     "random_prune_",
-    "eco_frequency_pairs",
+    "resolve_sizes",
+    "rg_normal_",
+    "rg_uniform_",
+    "sao_",
+    "sao_blocks",
+    "sao_delta_",
+    "sao_eco_",
+    "sao_topology",
+    "valid_sparsities",
 ]
 
 LINEAR_INITS = ("sao", "rg-n", "rg-u")
 CONV_INITS = ("delta", "eco", "rg-n", "rg-u")
 SMALLER_GROUP_RULES = ("interleaved", "contiguous")
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
-def _check_generator(generator: torch.Generator | None) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 # ------------------------------------------------------------------- topology
@@ -88,7 +83,9 @@ def sao_topology(
         (out_index (m,), in_index (n,)), int64 on the generator's device, in group order;
         features ascending within each group.
     """
-    if smaller_groups not in SMALLER_GROUP_RULES:
+    if not isinstance(sizes, SAOSizes):
+        raise TypeError(f"sizes must be an SAOSizes (see resolve_sizes), got {type(sizes).__name__}")
+    if not isinstance(smaller_groups, str) or smaller_groups not in SMALLER_GROUP_RULES:
         raise ValueError(f"smaller_groups={smaller_groups!r} is not supported; allowed: {SMALLER_GROUP_RULES}")
     if sizes.activation == "relu":
         raise ValueError("sao_topology: pass the half-size base sizes of a ReLU layer, not the doubled ones")
@@ -153,11 +150,20 @@ def _double_index(index: Tensor, G: int, half: int) -> Tensor:
     return torch.cat([per, per + half], dim=1).flatten()
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _kernel_pair(kernel_size: int | Sequence[int]) -> tuple[int, int]:
-    k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    if len(k) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in k):
+    if _is_int(kernel_size):
+        k: tuple = (kernel_size, kernel_size)
+    elif isinstance(kernel_size, (tuple, list, torch.Size)):
+        k = tuple(kernel_size)
+    else:
+        k = ()
+    if len(k) != 2 or any(not _is_int(x) or x < 1 for x in k):
         raise ValueError(f"kernel_size must be a positive int or a pair of them, got {kernel_size!r}")
-    return k  # type: ignore[return-value]
+    return int(k[0]), int(k[1])
 
 
 def eco_frequency_pairs(kh: int, kw: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -167,6 +173,8 @@ def eco_frequency_pairs(kh: int, kw: int) -> list[tuple[tuple[int, int], tuple[i
     A[-f] = conj(A[f]); with a real A[f] that is A[-f] = A[f].  For odd k x k there are
     (k*k + 1) // 2 classes, as in the ECO construction.
     """
+    if not (_is_int(kh) and _is_int(kw) and kh >= 1 and kw >= 1):
+        raise ValueError(f"kh and kw must be positive ints, got kh={kh!r}, kw={kw!r}")
     seen: set[tuple[int, int]] = set()
     pairs = []
     for p in range(kh):
@@ -206,9 +214,15 @@ def sao_blocks(
             "rg-n", "rg-u"} (default "delta").
         kernel_size: None for a linear layer, an int or (kh, kw) for a convolution.
         block_size: tile width b of the partitions (1 = the paper's construction).
-        gain: scale of the values.
+        gain: scale of the values, a finite float > 0.
         smaller_groups: "interleaved" (paper) or "contiguous" rule for the smaller dim.
-        generator, device, dtype: randomness source, and where / how to put the result.
+        generator, device, dtype: randomness source, and where / how to put the result
+            (device None: torch's default device; dtype None: the default dtype).  The
+            random numbers are drawn on the generator's device (CPU without one) in
+            float64 and only then cast and moved, so a seed gives the same layer anywhere.
+            On the meta device nothing is drawn (and the generator is not advanced): the
+            result has the right shapes and dtypes and no data, in microseconds at any
+            size; fill it later (e.g. a layer's ``reset_parameters()``).
 
     Returns:
         GroupedBlockFormat with values (G, m/G, n/G[, kh, kw]).
@@ -223,17 +237,33 @@ def sao_blocks(
     kh, kw = _kernel_pair(kernel_size) if conv else (1, 1)
     if init == "delta" and (kh % 2 == 0 or kw % 2 == 0):
         raise ValueError(f"init='delta' needs odd kernel sizes to have a centre tap, got kernel_size={(kh, kw)}")
-    if not isinstance(gain, (int, float)) or isinstance(gain, bool):
-        raise TypeError(f"gain must be a number, got {type(gain).__name__}")
+    gain = _check_gain(gain)
+    _check_dtype(dtype)
+    if not isinstance(smaller_groups, str) or smaller_groups not in SMALLER_GROUP_RULES:
+        raise ValueError(f"smaller_groups={smaller_groups!r} is not supported; allowed: {SMALLER_GROUP_RULES}")
+    target = _target_device(device)
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
 
     full = resolve_sizes(
         out_features, in_features, sparsity=sparsity, degree=degree, groups=groups,
         activation=activation, block_size=block_size,
     )
+    if target.type == "meta":  # shapes only: nothing to draw, nothing to check
+        G = full.groups
+        m, n = full.out_features, full.in_features
+        shape = (G, m // G, n // G, kh, kw) if conv else (G, m // G, n // G)
+        return GroupedBlockFormat(
+            torch.empty(shape, dtype=dtype, device=target),
+            torch.empty(n, dtype=torch.int64, device=target),
+            torch.empty(m, dtype=torch.int64, device=target),
+            full.block_size,
+        )
     relu = activation == "relu"
     base = full
     if relu:
-        base = SAOSizes(out_features // 2, in_features // 2, full.groups, full.degree // 2, block_size, "linear")
+        base = SAOSizes(
+            full.out_features // 2, full.in_features // 2, full.groups, full.degree // 2, full.block_size, "linear"
+        )
     G = base.groups
     a, c = base.out_features // G, base.in_features // G
     out_index, in_index = sao_topology(base, smaller_groups=smaller_groups, generator=generator)
@@ -262,12 +292,11 @@ def sao_blocks(
         out_index = _double_index(out_index, G, base.out_features)
         in_index = _double_index(in_index, G, base.in_features)
     values = values * gain
-    dtype = dtype if dtype is not None else torch.get_default_dtype()
     return GroupedBlockFormat(
-        values.to(device=device, dtype=dtype).contiguous(),
-        in_index.to(device=device),
-        out_index.to(device=device),
-        block_size,
+        values.to(device=target, dtype=dtype).contiguous(),
+        in_index.to(device=target),
+        out_index.to(device=target),
+        full.block_size,
     )
 
 
@@ -281,12 +310,19 @@ def _fill_(tensor: Tensor, blocks: GroupedBlockFormat) -> Tensor:
     return mask.to(tensor.device).contiguous()
 
 
-def _check_tensor(name: str, tensor: Tensor, dims: tuple[int, ...]) -> None:
-    if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-        raise TypeError(f"{name}: tensor must be a floating-point tensor, got {getattr(tensor, 'dtype', type(tensor).__name__)}")
-    if tensor.dim() not in dims:
-        want = " or ".join({2: "(out, in)", 4: "(out, in, kh, kw)"}[d] for d in dims)
-        raise ValueError(f"{name}: tensor must have shape {want}, got {tuple(tensor.shape)}")
+def _fill_with_(
+    name: str, init: str, dims: tuple[int, ...], tensor: Tensor, sparsity, degree, groups, activation, gain,
+    block_size, generator,
+) -> Tensor:
+    """The in-place helpers' common body: check ``tensor`` (one of ``dims``), draw the
+    layer with ``init`` in float64 and copy its dense form in; return the bool mask."""
+    _check_tensor(name, tensor, dims)
+    blocks = sao_blocks(
+        tensor.shape[0], tensor.shape[1], sparsity=sparsity, degree=degree, groups=groups,
+        activation=activation, init=init, kernel_size=tuple(tensor.shape[2:]) if tensor.dim() == 4 else None,
+        block_size=block_size, gain=gain, generator=generator, device=tensor.device, dtype=torch.float64,
+    )
+    return _fill_(tensor, blocks)
 
 
 def sao_(
@@ -306,25 +342,7 @@ def sao_(
     >>> mask.float().mean().item(), torch.allclose(w @ w.T, torch.eye(64), atol=1e-5)
     (0.25, True)
     """
-    _check_tensor("sao_", tensor, (2,))
-    blocks = sao_blocks(
-        tensor.shape[0], tensor.shape[1], sparsity=sparsity, degree=degree, groups=groups,
-        activation=activation, init="sao", block_size=block_size, gain=gain, generator=generator,
-        dtype=torch.float64,
-    )
-    return _fill_(tensor, blocks)
-
-
-def _conv_fill_(
-    name: str, init: str, tensor: Tensor, sparsity, degree, groups, activation, gain, block_size, generator
-) -> Tensor:
-    _check_tensor(name, tensor, (4,))
-    blocks = sao_blocks(
-        tensor.shape[0], tensor.shape[1], sparsity=sparsity, degree=degree, groups=groups,
-        activation=activation, init=init, kernel_size=tuple(tensor.shape[2:]), block_size=block_size,
-        gain=gain, generator=generator, dtype=torch.float64,
-    )
-    return _fill_(tensor, blocks)
+    return _fill_with_("sao_", "sao", (2,), tensor, sparsity, degree, groups, activation, gain, block_size, generator)
 
 
 def sao_delta_(
@@ -341,7 +359,9 @@ def sao_delta_(
     """SAO-Delta: fill a conv weight (out, in, kh, kw) with an SAO matrix at the centre tap
     and zeros elsewhere (delta-orthogonal, Xiao et al. 2018).  Kernel sizes must be odd.
     Returns the bool mask of kept (out, in) kernels, broadcast to the tensor's shape."""
-    return _conv_fill_("sao_delta_", "delta", tensor, sparsity, degree, groups, activation, gain, block_size, generator)
+    return _fill_with_(
+        "sao_delta_", "delta", (4,), tensor, sparsity, degree, groups, activation, gain, block_size, generator
+    )
 
 
 def sao_eco_(
@@ -363,17 +383,9 @@ def sao_eco_(
     convolution is then an orthogonal operator on kh x kw-periodic inputs (for an even k the
     circular padding must be uneven, k//2 before and k//2 - 1 after, to keep the output
     k x k).  Returns the bool mask of kept kernels, broadcast to the tensor's shape."""
-    return _conv_fill_("sao_eco_", "eco", tensor, sparsity, degree, groups, activation, gain, block_size, generator)
-
-
-def _rg_fill_(name, init, tensor, sparsity, degree, groups, activation, gain, block_size, generator) -> Tensor:
-    _check_tensor(name, tensor, (2, 4))
-    blocks = sao_blocks(
-        tensor.shape[0], tensor.shape[1], sparsity=sparsity, degree=degree, groups=groups,
-        activation=activation, init=init, kernel_size=tuple(tensor.shape[2:]) if tensor.dim() == 4 else None,
-        block_size=block_size, gain=gain, generator=generator, dtype=torch.float64,
+    return _fill_with_(
+        "sao_eco_", "eco", (4,), tensor, sparsity, degree, groups, activation, gain, block_size, generator
     )
-    return _fill_(tensor, blocks)
 
 
 def rg_normal_(
@@ -389,7 +401,9 @@ def rg_normal_(
 ) -> Tensor:
     """RG-N baseline: the SAO mask with N(0, gain^2 / fan_in) values (fan_in counts the
     kept inputs of one output, times kh*kw for a conv).  Linear or conv weight."""
-    return _rg_fill_("rg_normal_", "rg-n", tensor, sparsity, degree, groups, activation, gain, block_size, generator)
+    return _fill_with_(
+        "rg_normal_", "rg-n", (2, 4), tensor, sparsity, degree, groups, activation, gain, block_size, generator
+    )
 
 
 def rg_uniform_(
@@ -405,80 +419,6 @@ def rg_uniform_(
 ) -> Tensor:
     """RG-U baseline: the SAO mask with U(-sqrt(3/fan_in), sqrt(3/fan_in)) * gain values
     (same variance as RG-N).  Linear or conv weight."""
-    return _rg_fill_("rg_uniform_", "rg-u", tensor, sparsity, degree, groups, activation, gain, block_size, generator)
-
-
-# ---------------------------------------------------------- pruning baselines
-PRUNE_BASES = ("orthogonal", "kaiming")
-
-
-def _dense_base(tensor: Tensor, base: str, activation: str, gain: float, generator: torch.Generator | None) -> Tensor:
-    if base not in PRUNE_BASES:
-        raise ValueError(f"base={base!r} is not supported; allowed: {', '.join(map(repr, PRUNE_BASES))}")
-    w = torch.empty(tensor.shape, dtype=torch.float64, device=_gen_device(generator))
-    if base == "orthogonal":
-        torch.nn.init.orthogonal_(w, gain=gain, generator=generator)
-    else:
-        nonlinearity = {"linear": "linear", "tanh": "tanh", "relu": "relu"}[activation]
-        torch.nn.init.kaiming_normal_(w, nonlinearity=nonlinearity, generator=generator)
-        w *= gain
-    return w
-
-
-def _kept_count(sparsity: float, total: int) -> int:
-    """round((1 - s) * total) entries (Python rounding), but at least one."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not (0.0 <= sparsity < 1.0):
-        raise ValueError(f"sparsity must be a float in [0, 1), got {sparsity!r}")
-    return max(1, round((1.0 - float(sparsity)) * total))
-
-
-def _prune_fill_(tensor: Tensor, w: Tensor, keep_pairs: Tensor) -> Tensor:
-    """keep_pairs: flat indices of kept entries (linear) or kept (out, in) kernels (conv)."""
-    m, n = tensor.shape[:2]
-    flat = torch.zeros(m * n if tensor.dim() == 4 else tensor.numel(), dtype=torch.bool, device=w.device)
-    flat[keep_pairs] = True
-    mask = flat.view(m, n)
-    if tensor.dim() == 4:
-        mask = mask[:, :, None, None].expand(tensor.shape)
-    with torch.no_grad():
-        tensor.copy_(w * mask)
-    return mask.to(tensor.device).contiguous()
-
-
-def magnitude_prune_(
-    tensor: Tensor,
-    sparsity: float,
-    *,
-    base: str = "orthogonal",
-    activation: str = "tanh",
-    gain: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """LMP baseline: a dense ``base`` init ("orthogonal" or "kaiming") pruned layer-wise by
-    magnitude to ``sparsity`` (|w| for a linear weight, the kernel L1 norm for a conv).
-    Keeps round((1 - s) * count) entries / kernels (at least one); returns the bool mask."""
-    _check_tensor("magnitude_prune_", tensor, (2, 4))
-    _check_generator(generator)
-    w = _dense_base(tensor, base, activation, gain, generator)
-    score = w.abs().flatten(2).sum(-1).flatten() if w.dim() == 4 else w.abs().flatten()
-    keep = torch.topk(score, _kept_count(sparsity, score.numel())).indices
-    return _prune_fill_(tensor, w, keep)
-
-
-def random_prune_(
-    tensor: Tensor,
-    sparsity: float,
-    *,
-    base: str = "orthogonal",
-    activation: str = "tanh",
-    gain: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """LRP baseline: a dense ``base`` init with a uniformly random mask (entries for a
-    linear weight, whole kernels for a conv) at ``sparsity``; returns the bool mask."""
-    _check_tensor("random_prune_", tensor, (2, 4))
-    _check_generator(generator)
-    w = _dense_base(tensor, base, activation, gain, generator)
-    total = tensor.shape[0] * tensor.shape[1] if tensor.dim() == 4 else tensor.numel()
-    keep = torch.randperm(total, generator=generator, device=w.device)[: _kept_count(sparsity, total)]
-    return _prune_fill_(tensor, w, keep)
+    return _fill_with_(
+        "rg_uniform_", "rg-u", (2, 4), tensor, sparsity, degree, groups, activation, gain, block_size, generator
+    )

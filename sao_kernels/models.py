@@ -25,7 +25,8 @@ def cnn(channels: int = 64, depth: int = 4, size: int = 32, batch: int = 8) -> t
     return nn.Sequential(*layers), torch.randn(batch, 16, size, size)
 
 
-def transformer_block(d_model: int = 512, nhead: int = 8, tokens: int = 128, batch: int = 4) -> tuple[nn.Module, torch.Tensor]:
+def transformer_block(d_model: int = 512, nhead: int = 8, tokens: int = 128,
+                      batch: int = 4) -> tuple[nn.Module, torch.Tensor]:
     """nn.TransformerEncoderLayer (FFN 4x, no dropout); input (batch, tokens, d_model)."""
     layer = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout=0.0, batch_first=True)
     return layer, torch.randn(batch, tokens, d_model)
@@ -40,14 +41,34 @@ BUILTIN: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
 
 def load_model(spec: str) -> tuple[nn.Module, object]:
     """A built-in name, or ``package.module:factory`` where ``factory()`` returns
-    ``(model, example_inputs)``."""
+    ``(model, example_inputs)`` (inputs: a tensor or a tuple of tensors).
+
+    Raises:
+        ValueError: for any spec that does not give that (unknown name, module that does not
+            import, missing attribute, a factory that raises or returns something else);
+            the message names the spec and what went wrong.
+    """
     if spec in BUILTIN:
         return BUILTIN[spec]()
-    if ":" not in spec:
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
         raise ValueError(f"model {spec!r} is not a built-in ({', '.join(BUILTIN)}) nor 'package.module:factory'")
-    mod_name, attr = spec.split(":", 1)
-    factory = getattr(importlib.import_module(mod_name), attr)
-    result = factory()
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's spec
+        raise ValueError(f"model {spec!r}: cannot import {mod_name!r} ({type(err).__name__}: {err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"model {spec!r}: {mod_name!r} has no callable {attr!r}")
+    try:
+        result = factory()
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"model {spec!r}: {attr}() raised {type(err).__name__}: {err}") from None
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
-        raise ValueError(f"{spec}() must return (model, example_inputs), got {type(result).__name__}")
+        raise ValueError(f"model {spec!r}: {attr}() must return (model, example_inputs), got {type(result).__name__}")
+    inputs = result[1]
+    tensors = (inputs,) if torch.is_tensor(inputs) else inputs
+    if not isinstance(tensors, (tuple, list)) or not tensors or not all(torch.is_tensor(t) for t in tensors):
+        raise ValueError(f"model {spec!r}: example_inputs must be a tensor or a tuple of tensors, "
+                         f"got {type(inputs).__name__}")
     return result

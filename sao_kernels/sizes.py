@@ -10,6 +10,10 @@ reachable values.
 
 ReLU ("looks-linear") layers are built from a half-size (m/2, n/2) SAO matrix with degree
 d/2, so m, n and d must be even and the half-size problem must be valid too.
+
+A valid G divides both dimensions, hence their gcd: the searches below enumerate the
+divisors of the gcd (from its prime factorisation), never a range of sizes, so they take
+microseconds to milliseconds for any size (``valid_sparsities(10**9, 10**9)`` included).
 """
 from __future__ import annotations
 
@@ -57,13 +61,110 @@ class SAOSizes:
 
 
 def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not supported; allowed: {', '.join(map(repr, ACTIVATIONS))}")
 
 
-def _check_dim(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+INT64_MAX = 2**63 - 1  # torch sizes are int64
+
+
+def _check_dim(name: str, value: int) -> int:
+    """``value`` as a Python int; a positive integer (numpy integers too), never a bool,
+    at most 2**63 - 1 (a torch size)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if value > INT64_MAX:
+        raise ValueError(f"{name} must be a positive int, got {value!r} (at most 2**63 - 1, a torch size)")
+    return int(value)
+
+
+# ------------------------------------------------------------------ divisors
+_SMALL_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+
+
+def _is_prime(n: int) -> bool:
+    """Miller-Rabin with the first 13 prime bases: deterministic below 3.3e24."""
+    if n < 2:
+        return False
+    for p in _SMALL_PRIMES:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in _SMALL_PRIMES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _pollard_brent(n: int) -> int:
+    """A non-trivial factor of the odd composite ``n`` (Brent's variant of Pollard's rho)."""
+    for c in range(1, n):
+        y, m, g, r, q = 2, 128, 1, 1, 1
+        x = ys = y
+        while g == 1:
+            x = y
+            for _ in range(r):
+                y = (y * y + c) % n
+            k = 0
+            while k < r and g == 1:
+                ys = y
+                for _ in range(min(m, r - k)):
+                    y = (y * y + c) % n
+                    q = q * abs(x - y) % n
+                g = math.gcd(q, n)
+                k += m
+            r *= 2
+        if g == n:
+            g = 1
+            while g == 1:
+                ys = (ys * ys + c) % n
+                g = math.gcd(abs(x - ys), n)
+        if g != n:
+            return g
+    raise ArithmeticError(f"no factor found for {n}")  # unreachable for a composite n
+
+
+def _prime_factors(n: int) -> dict[int, int]:
+    """{prime: exponent} of n >= 1: trial division by small primes, then Pollard-Brent."""
+    factors: dict[int, int] = {}
+    for p in (2, 3, 5, 7, 11, 13):
+        while n % p == 0:
+            factors[p] = factors.get(p, 0) + 1
+            n //= p
+    stack = [n] if n > 1 else []
+    while stack:
+        k = stack.pop()
+        root = math.isqrt(k)
+        if root * root == k:  # rho is slow on squares of large primes; split them directly
+            stack += [root, root]
+        elif _is_prime(k):
+            factors[k] = factors.get(k, 0) + 1
+        else:
+            f = _pollard_brent(k)
+            stack += [f, k // f]
+    return factors
+
+
+def _divisors(n: int) -> list[int]:
+    """All positive divisors of ``n`` (1 <= n < 2**63), ascending, from its factorisation.
+
+    Trial division by the primes up to 13, then Miller-Rabin and Pollard-Brent: a composite
+    below 2**63 has a prime factor below 2**31.5, which rho finds in about 2**16 steps, so
+    any size takes at most milliseconds."""
+    n = _check_dim("n", n)
+    divs = [1]
+    for p, e in _prime_factors(n).items():
+        divs = [d * p**k for d in divs for k in range(e + 1)]
+    return sorted(divs)
 
 
 def _why_invalid(m: int, n: int, groups: int, activation: str, block_size: int) -> str | None:
@@ -84,26 +185,33 @@ def _why_invalid(m: int, n: int, groups: int, activation: str, block_size: int) 
     if degree < MIN_DEGREE["tanh"]:
         full = degree * (2 if activation == "relu" else 1)
         return f"degree {full} is below the minimum {MIN_DEGREE[activation]} for activation={activation!r}"
-    if block_size > 1:
-        if degree % block_size or (S // groups) % block_size:
-            return (
-                f"block_size={block_size} must divide both block sides, "
-                f"{L // groups} and {S // groups}{where}"
-            )
+    if block_size > 1 and (degree % block_size or (S // groups) % block_size):
+        return f"block_size={block_size} must divide both block sides, {L // groups} and {S // groups}{where}"
     return None
 
 
 def valid_groups(out_features: int, in_features: int, activation: str = "tanh", *, block_size: int = 1) -> list[int]:
-    """All group counts G that give a valid SAO layer of this shape, ascending."""
-    _check_dim("out_features", out_features)
-    _check_dim("in_features", in_features)
-    _check_dim("block_size", block_size)
+    """All group counts G that give a valid SAO layer of this shape, ascending.
+
+    G must divide both dimensions (the half-size ones for ReLU), so only the divisors of
+    their gcd are tried: O(sqrt-free factorisation + number of divisors), any size.
+    """
+    m = _check_dim("out_features", out_features)
+    n = _check_dim("in_features", in_features)
+    block_size = _check_dim("block_size", block_size)
     _check_activation(activation)
-    S = min(out_features, in_features)
-    return [g for g in range(1, S + 1) if _why_invalid(out_features, in_features, g, activation, block_size) is None]
+    if activation == "relu":
+        if m % 2 or n % 2:
+            return []
+        common = math.gcd(m // 2, n // 2)
+    else:
+        common = math.gcd(m, n)
+    return [g for g in _divisors(common) if _why_invalid(m, n, g, activation, block_size) is None]
 
 
-def valid_sparsities(out_features: int, in_features: int, activation: str = "tanh", *, block_size: int = 1) -> list[float]:
+def valid_sparsities(
+    out_features: int, in_features: int, activation: str = "tanh", *, block_size: int = 1
+) -> list[float]:
     """Every sparsity 1 - 1/G reachable by SAO for an (out, in) weight, ascending.
 
     >>> valid_sparsities(100, 100)
@@ -118,12 +226,18 @@ def degree_from_sparsity(sparsity: float, larger: int) -> int:
     ``(1 - 0.9) * 100`` is 9.999999999999998 in floating point; the user meant degree 10,
     so a product within 1e-6 (relative: enough for a float32 sparsity) of an integer is
     rounded to it before truncation.
+
+    Raises:
+        ValueError: ``sparsity`` not a real number in [0, 1], or ``larger`` not a positive int.
     """
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not (0.0 <= sparsity <= 1.0):
+        raise ValueError(f"sparsity must be a real number in [0, 1], got {sparsity!r}")
+    larger = _check_dim("larger", larger)
     exact = (1.0 - float(sparsity)) * larger
     nearest = round(exact)
     if abs(exact - nearest) <= 1e-6 * max(1.0, abs(exact)):
         return int(nearest)
-    return int(math.floor(exact))
+    return math.floor(exact)
 
 
 def _fmt(s: float) -> str:
@@ -163,9 +277,9 @@ def resolve_sizes(
             for this shape; the message names the argument, the shape and the nearest
             valid values.  It never loops.
     """
-    _check_dim("out_features", out_features)
-    _check_dim("in_features", in_features)
-    _check_dim("block_size", block_size)
+    out_features = _check_dim("out_features", out_features)
+    in_features = _check_dim("in_features", in_features)
+    block_size = _check_dim("block_size", block_size)
     _check_activation(activation)
     given = [k for k, v in (("sparsity", sparsity), ("degree", degree), ("groups", groups)) if v is not None]
     if len(given) != 1:

@@ -9,8 +9,12 @@ from torch import nn
 
 import sao_kernels as sk
 from sao_kernels import SAOConv2d, SAOLinear
+from sao_kernels.conversion import ReinitializedWarning
 
 F64 = torch.float64
+
+# convert() says, once per call, that it re-initialised the layers; the tests that check it record it.
+pytestmark = pytest.mark.filterwarnings("ignore:convert.*re-initialised by SAO")
 
 
 def mlp():
@@ -31,10 +35,12 @@ def cnn():
 
 
 def convert_recording(model, **kwargs):
+    """(new root, the other warnings, the ReinitializedWarning messages)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = sk.convert(model, **kwargs)
-    return out, [str(w.message) for w in caught]
+    reinit = [str(w.message) for w in caught if issubclass(w.category, ReinitializedWarning)]
+    return out, [str(w.message) for w in caught if not issubclass(w.category, ReinitializedWarning)], reinit
 
 
 def run_forward_backward(model, x):
@@ -52,12 +58,15 @@ def test_mlp():
     model = mlp()
     before = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     biases = {n: m.bias.detach().clone() for n, m in before.items()}
-    out, warns = convert_recording(model, sparsity=0.75, generator=torch.Generator().manual_seed(0))
+    out, warns, reinit = convert_recording(model, sparsity=0.75, generator=torch.Generator().manual_seed(0))
     assert out is model
     # 0 and 2 convert; Linear(64, 10) cannot reach 0.75 (4 groups do not divide 10): stays dense
     assert isinstance(model[0], SAOLinear) and isinstance(model[2], SAOLinear)
     assert type(model[4]) is nn.Linear and model[4] is before["4"]
     assert len(warns) == 1 and warns[0].startswith("convert: left 4 dense") and "10" in warns[0]
+    # and, once, that the converted layers were re-initialised (naming them)
+    assert len(reinit) == 1 and "2 layer(s) were re-initialised by SAO (0, 2)" in reinit[0]
+    assert "from_dense" in reinit[0]
     for i in (0, 2):
         layer = model[i]
         assert layer.sparsity == 0.75 and layer.groups == 4
@@ -82,11 +91,12 @@ def test_filter_fn_respected():
         seen.append(name)
         return name == "0"
 
-    out, warns = convert_recording(model, groups=2, filter_fn=only_first)
+    _out, warns, reinit = convert_recording(model, groups=2, filter_fn=only_first)
     assert seen == ["0", "2", "4"]
     assert isinstance(model[0], SAOLinear) and model[0].groups == 2
     assert type(model[2]) is nn.Linear and type(model[4]) is nn.Linear
     assert warns == []
+    assert len(reinit) == 1 and "(0)" in reinit[0]
 
 
 def test_degree_and_exactly_one_argument():
@@ -103,7 +113,7 @@ def test_cnn():
     model = cnn()
     model.eval()
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    out, warns = convert_recording(model, sparsity=0.5, conv_init="delta")
+    _out, warns, _ = convert_recording(model, sparsity=0.5, conv_init="delta")
     # Conv2d(3, 16): 2 groups do not divide 3 input channels -> dense with a warning
     assert type(model[0]) is nn.Conv2d
     assert any(w.startswith("convert: left 0 dense") for w in warns), warns
@@ -133,7 +143,7 @@ def test_transformer_encoder_layer():
     layer = nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=256, dropout=0.0, dtype=F64)
     lin1_bias = layer.linear1.bias.detach().clone()
     out_proj = layer.self_attn.out_proj
-    out, warns = convert_recording(layer, sparsity=0.75)
+    _out, warns, reinit = convert_recording(layer, sparsity=0.75)
     assert isinstance(layer.linear1, SAOLinear) and isinstance(layer.linear2, SAOLinear)
     assert layer.linear1.values.shape == (4, 64, 16) and layer.linear2.values.shape == (4, 16, 64)
     assert torch.equal(layer.linear1.bias.detach(), lin1_bias)
@@ -141,6 +151,7 @@ def test_transformer_encoder_layer():
     assert layer.self_attn.out_proj is out_proj
     assert isinstance(layer.self_attn.out_proj, nn.Linear) and not isinstance(layer.self_attn.out_proj, SAOLinear)
     assert len(warns) == 1 and "self_attn.out_proj" in warns[0] and "MultiheadAttention" in warns[0]
+    assert len(reinit) == 1 and "linear1, linear2" in reinit[0]
     x = torch.randn(5, 2, 64, dtype=F64)  # (S, B, E)
     y = run_forward_backward(layer, x)
     assert y.shape == (5, 2, 64)

@@ -99,17 +99,46 @@ def test_jacobian_of_sao_matches_dense_equivalent():
                         sk.SAOLinear(24, 48, sparsity=0.75, generator=g, dtype=torch.float64))
     dense = nn.Sequential(nn.Linear(48, 24), nn.Tanh(), nn.Linear(24, 48)).double()
     with torch.no_grad():
-        for s, d in zip(sao[::2], dense[::2]):
+        for s, d in zip(sao[::2], dense[::2], strict=True):
             d.weight.copy_(s.dense_weight())
             d.bias.copy_(s.bias)
     x = torch.randn(3, 48, dtype=torch.float64, generator=g)
-    torch.testing.assert_close(dg.jacobian_singular_values(sao, x), dg.jacobian_singular_values(dense, x, method="jacrev"))
+    torch.testing.assert_close(
+        dg.jacobian_singular_values(sao, x), dg.jacobian_singular_values(dense, x, method="jacrev")
+    )
 
 
-def test_jacrev_through_sao_ops_fails_with_a_clear_message():
-    net = sk.SAOLinear(16, 16, sparsity=0.5, dtype=torch.float64)
+def test_jacrev_through_sao_ops_matches_autograd():
+    """The sao_kernels ops have functorch rules now: jacrev through them is exact."""
+    g = _gen(14)
+    net = nn.Sequential(sk.SAOLinear(16, 24, sparsity=0.5, generator=g, dtype=torch.float64), nn.Tanh(),
+                        sk.SAOLinear(24, 12, sparsity=0.5, generator=g, dtype=torch.float64))
+    x = torch.randn(3, 16, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(dg.jacobian_singular_values(net, x, method="jacrev"),
+                               dg.jacobian_singular_values(net, x), rtol=1e-12, atol=1e-12)
+
+
+class _NoFunctorch(torch.autograd.Function):
+    """An old-style autograd.Function (forward takes ctx): torch.func cannot transform it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+def test_jacrev_through_an_op_without_functorch_rules_fails_with_a_clear_message():
+    net = nn.Sequential(sk.SAOLinear(16, 16, sparsity=0.5, dtype=torch.float64), nn.Tanh())
+
+    def model(v):
+        return _NoFunctorch.apply(net(v))
+
     with pytest.raises(RuntimeError, match="method='autograd'"):
-        dg.jacobian_singular_values(net, torch.randn(2, 16, dtype=torch.float64), method="jacrev")
+        dg.jacobian_singular_values(model, torch.randn(2, 16, dtype=torch.float64), method="jacrev")
+    assert dg.jacobian_singular_values(model, torch.randn(2, 16, dtype=torch.float64)).shape == (2, 16)
 
 
 def test_jacobian_of_a_conv_net_flattens_per_sample():
@@ -289,7 +318,7 @@ def test_stack_spectral_gap_mixes_with_depth():
     assert st.exact
     assert st.sigma1 == pytest.approx([1.0] * 5)
     assert st.sigma2[0] == pytest.approx(1.0)  # one layer: disconnected
-    assert all(b < a for a, b in zip(st.sigma2, st.sigma2[1:]))
+    assert all(b < a for a, b in zip(st.sigma2, st.sigma2[1:], strict=False))
     assert st.sigma2[-1] < 0.05
     assert st.layer_bounds[0] == pytest.approx(2 * math.sqrt(15) / 16)
     assert st.ramanujan_reference[1] == pytest.approx(st.layer_bounds[0] ** 2)

@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.utils.prune as prune
 from torch import nn
+from torch.nn.utils import prune
 
 from sao_kernels.format import GroupedBlockFormat, from_dense, from_pruned
 from sao_kernels.init import sao_blocks
@@ -56,14 +56,14 @@ def random_format(G, a, c, kernel=(), b=1, seed=0, dtype=torch.float64) -> Group
 
 
 FORMAT_SHAPES = [
-    dict(G=1, a=3, c=5),
-    dict(G=4, a=2, c=3),
-    dict(G=3, a=5, c=1),
-    dict(G=6, a=1, c=1),
-    dict(G=2, a=4, c=8, b=4),
-    dict(G=4, a=2, c=2, kernel=(3, 3)),
-    dict(G=2, a=3, c=4, kernel=(3, 5)),
-    dict(G=2, a=4, c=2, kernel=(1, 1), b=2),
+    {"G": 1, "a": 3, "c": 5},
+    {"G": 4, "a": 2, "c": 3},
+    {"G": 3, "a": 5, "c": 1},
+    {"G": 6, "a": 1, "c": 1},
+    {"G": 2, "a": 4, "c": 8, "b": 4},
+    {"G": 4, "a": 2, "c": 2, "kernel": (3, 3)},
+    {"G": 2, "a": 3, "c": 4, "kernel": (3, 5)},
+    {"G": 2, "a": 4, "c": 2, "kernel": (1, 1), "b": 2},
 ]
 
 
@@ -117,14 +117,17 @@ def test_to_dtype():
 # ================================================================= validation
 def _fmt_args():
     g = gen(5)
-    return torch.randn(2, 3, 4, dtype=torch.float64, generator=g), torch.randperm(8, generator=g), torch.randperm(6, generator=g)
+    values = torch.randn(2, 3, 4, dtype=torch.float64, generator=g)
+    return values, torch.randperm(8, generator=g), torch.randperm(6, generator=g)
 
 
 @pytest.mark.parametrize(
     "mutate, exc, pattern",
     [
-        (lambda v, i, o: (v, torch.tensor([0, 0, 2, 3, 4, 5, 6, 7]), o, 1), ValueError, r"in_index must be a permutation of range\(8\)"),
-        (lambda v, i, o: (v, i, torch.tensor([0, 1, 2, 3, 4, 6]), 1), ValueError, r"out_index must be a permutation of range\(6\)"),
+        (lambda v, i, o: (v, torch.tensor([0, 0, 2, 3, 4, 5, 6, 7]), o, 1), ValueError,
+         r"in_index must be a permutation of range\(8\)"),
+        (lambda v, i, o: (v, i, torch.tensor([0, 1, 2, 3, 4, 6]), 1), ValueError,
+         r"out_index must be a permutation of range\(6\)"),
         (lambda v, i, o: (v, torch.arange(7), o, 1), ValueError, r"in_index must have shape \(8,\)"),
         (lambda v, i, o: (v, i, torch.arange(12), 1), ValueError, r"out_index must have shape \(6,\)"),
         (lambda v, i, o: (v, i.view(2, 4), o, 1), ValueError, r"in_index must have shape \(8,\)"),
@@ -137,7 +140,8 @@ def _fmt_args():
         (lambda v, i, o: (v[:, :0], i, torch.arange(0), 1), ValueError, r"non-empty group dimensions"),
         (lambda v, i, o: (v, i, o, 0), ValueError, r"block_size must be a positive int, got 0"),
         (lambda v, i, o: (v, i, o, 2.0), ValueError, r"block_size must be a positive int"),
-        (lambda v, i, o: (v, torch.arange(8), torch.arange(6), 2), ValueError, r"block_size=2 must divide both block sides m/G=3 and n/G=4"),
+        (lambda v, i, o: (v, torch.arange(8), torch.arange(6), 2), ValueError,
+         r"block_size=2 must divide both block sides m/G=3 and n/G=4"),
         (lambda v, i, o: (v, torch.arange(8), torch.arange(6), 3), ValueError, r"block_size=3 must divide"),
     ],
 )
@@ -160,21 +164,21 @@ def test_validation_not_tiled():
 
 # ============================================================== from_dense
 SAO_LAYERS = [
-    dict(out_features=64, in_features=128, groups=4),
-    dict(out_features=128, in_features=64, sparsity=0.5),
-    dict(out_features=48, in_features=48, groups=6),
-    dict(out_features=32, in_features=32, groups=1),
-    dict(out_features=32, in_features=128, groups=32),
-    dict(out_features=128, in_features=32, groups=32, smaller_groups="contiguous"),
-    dict(out_features=64, in_features=128, groups=4, activation="relu"),
-    dict(out_features=64, in_features=128, groups=4, block_size=4),
-    dict(out_features=96, in_features=48, groups=3, block_size=16),
-    dict(out_features=256, in_features=64, groups=8, activation="relu", block_size=4),
-    dict(out_features=16, in_features=32, groups=4, kernel_size=3),
-    dict(out_features=32, in_features=16, groups=2, kernel_size=(3, 5), init="eco"),
-    dict(out_features=32, in_features=32, groups=4, kernel_size=3, init="rg-n", block_size=2),
-    dict(out_features=16, in_features=32, groups=2, kernel_size=5, init="rg-u", activation="relu"),
-    dict(out_features=64, in_features=64, groups=8, init="rg-n"),
+    {"out_features": 64, "in_features": 128, "groups": 4},
+    {"out_features": 128, "in_features": 64, "sparsity": 0.5},
+    {"out_features": 48, "in_features": 48, "groups": 6},
+    {"out_features": 32, "in_features": 32, "groups": 1},
+    {"out_features": 32, "in_features": 128, "groups": 32},
+    {"out_features": 128, "in_features": 32, "groups": 32, "smaller_groups": "contiguous"},
+    {"out_features": 64, "in_features": 128, "groups": 4, "activation": "relu"},
+    {"out_features": 64, "in_features": 128, "groups": 4, "block_size": 4},
+    {"out_features": 96, "in_features": 48, "groups": 3, "block_size": 16},
+    {"out_features": 256, "in_features": 64, "groups": 8, "activation": "relu", "block_size": 4},
+    {"out_features": 16, "in_features": 32, "groups": 4, "kernel_size": 3},
+    {"out_features": 32, "in_features": 16, "groups": 2, "kernel_size": (3, 5), "init": "eco"},
+    {"out_features": 32, "in_features": 32, "groups": 4, "kernel_size": 3, "init": "rg-n", "block_size": 2},
+    {"out_features": 16, "in_features": 32, "groups": 2, "kernel_size": 5, "init": "rg-u", "activation": "relu"},
+    {"out_features": 64, "in_features": 64, "groups": 8, "init": "rg-n"},
 ]
 
 
@@ -274,9 +278,9 @@ def test_from_pruned_refuses_a_dropped_tap():
 @pytest.mark.parametrize(
     "spec",
     [
-        dict(out_features=32, in_features=64, groups=4),
-        dict(out_features=64, in_features=32, groups=8, activation="relu"),
-        dict(out_features=48, in_features=48, groups=3, block_size=4),
+        {"out_features": 32, "in_features": 64, "groups": 4},
+        {"out_features": 64, "in_features": 32, "groups": 8, "activation": "relu"},
+        {"out_features": 48, "in_features": 48, "groups": 3, "block_size": 4},
     ],
     ids=str,
 )
@@ -337,10 +341,10 @@ def test_from_pruned_keeps_exact_zeros_inside_blocks():
 @pytest.mark.parametrize(
     "spec, blocksizes",
     [
-        (dict(G=4, a=4, c=8), [1, 2, 4, (4, 8), (2, 4)]),
-        (dict(G=2, a=8, c=4, b=4), [4, (8, 4), (2, 2)]),
-        (dict(G=8, a=2, c=2), [2, (16, 2)]),
-        (dict(G=1, a=6, c=3), [3, (6, 1)]),
+        ({"G": 4, "a": 4, "c": 8}, [1, 2, 4, (4, 8), (2, 4)]),
+        ({"G": 2, "a": 8, "c": 4, "b": 4}, [4, (8, 4), (2, 2)]),
+        ({"G": 8, "a": 2, "c": 2}, [2, (16, 2)]),
+        ({"G": 1, "a": 6, "c": 3}, [3, (6, 1)]),
     ],
     ids=str,
 )
@@ -395,3 +399,28 @@ def test_from_dense_of_random_formats_all_shapes():
         back = from_dense(W)
         assert back.groups == G
         assert torch.equal(back.to_dense(), W)
+
+
+# ======================================================================= meta
+def test_meta_format_checks_shapes_not_data():
+    meta = {"device": "meta"}
+    fmt = GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(8, dtype=torch.int64, **meta),
+                             torch.empty(6, dtype=torch.int64, **meta), 1)
+    assert fmt.shape == (6, 8) and fmt.groups == 2
+    _values, in_index, out_index, b = fmt.op_args()  # no data to detect an identity: passed as they are
+    assert in_index is fmt.in_index and out_index is fmt.out_index and b == 1
+    with pytest.raises(ValueError, match=r"in_index must have shape \(8,\)"):
+        GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(7, dtype=torch.int64, **meta),
+                           torch.empty(6, dtype=torch.int64, **meta))
+    with pytest.raises(TypeError, match=r"out_index must be an int64 tensor"):
+        GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(8, dtype=torch.int64, **meta),
+                           torch.empty(6, dtype=torch.int32, **meta))
+    with pytest.raises(ValueError, match=r"block_size=2 must divide"):
+        GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(8, dtype=torch.int64, **meta),
+                           torch.empty(6, dtype=torch.int64, **meta), 2)
+
+
+def test_block_size_detection_on_wide_blocks():
+    """The largest declared block size is searched over the divisors of gcd(m/G, n/G)."""
+    src = sao_blocks(2 * 384, 2 * 256, groups=2, block_size=128, generator=gen(17))
+    assert from_dense(src.to_dense()).block_size == 128

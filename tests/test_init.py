@@ -45,7 +45,7 @@ def components(mask: np.ndarray) -> list[tuple[list[int], list[int]]]:
             x = parent[x]
         return x
 
-    for r, c in zip(*np.nonzero(mask)):
+    for r, c in zip(*np.nonzero(mask), strict=True):
         ra, rb = find(int(r)), find(m + int(c))
         if ra != rb:
             parent[ra] = rb
@@ -188,30 +188,30 @@ def _random_cases(seed: int, count: int) -> list[Case]:
 
 
 CASES = [
-    Case(64, 64, 4, dict(groups=4)),
-    Case(100, 100, 10, dict(sparsity=0.9)),
-    Case(48, 48, 1, dict(groups=1)),  # G = 1: dense orthogonal
-    Case(32, 128, 32, dict(groups=32)),  # G = min(m, n), m < n
-    Case(128, 32, 32, dict(groups=32)),  # G = min(m, n), m > n
-    Case(64, 128, 4, dict(sparsity=0.75, gain=2.0)),
-    Case(96, 48, 6, dict(degree=16)),
-    Case(24, 96, 12, dict(degree=8)),
-    Case(200, 40, 40, dict(groups=40)),
-    Case(7, 21, 7, dict(groups=7)),
-    Case(64, 128, 4, dict(groups=4, activation="relu")),
-    Case(128, 64, 16, dict(groups=16, activation="relu")),
-    Case(100, 100, 5, dict(sparsity=0.8, activation="relu")),
-    Case(32, 128, 16, dict(groups=16, activation="relu")),
-    Case(128, 32, 16, dict(groups=16, activation="relu", gain=0.5)),
-    Case(64, 64, 1, dict(groups=1, activation="relu")),
-    Case(64, 128, 4, dict(groups=4, block_size=4)),
-    Case(128, 256, 2, dict(groups=2, block_size=16)),
-    Case(96, 48, 3, dict(groups=3, block_size=16)),
-    Case(64, 64, 4, dict(groups=4, block_size=16)),
-    Case(256, 64, 16, dict(groups=16, block_size=4)),
-    Case(64, 128, 2, dict(groups=2, activation="relu", block_size=4)),
-    Case(128, 128, 4, dict(degree=32, activation="relu", block_size=8)),
-    Case(64, 32, 4, dict(groups=4, activation="linear")),
+    Case(64, 64, 4, {"groups": 4}),
+    Case(100, 100, 10, {"sparsity": 0.9}),
+    Case(48, 48, 1, {"groups": 1}),  # G = 1: dense orthogonal
+    Case(32, 128, 32, {"groups": 32}),  # G = min(m, n), m < n
+    Case(128, 32, 32, {"groups": 32}),  # G = min(m, n), m > n
+    Case(64, 128, 4, {"sparsity": 0.75, "gain": 2.0}),
+    Case(96, 48, 6, {"degree": 16}),
+    Case(24, 96, 12, {"degree": 8}),
+    Case(200, 40, 40, {"groups": 40}),
+    Case(7, 21, 7, {"groups": 7}),
+    Case(64, 128, 4, {"groups": 4, "activation": "relu"}),
+    Case(128, 64, 16, {"groups": 16, "activation": "relu"}),
+    Case(100, 100, 5, {"sparsity": 0.8, "activation": "relu"}),
+    Case(32, 128, 16, {"groups": 16, "activation": "relu"}),
+    Case(128, 32, 16, {"groups": 16, "activation": "relu", "gain": 0.5}),
+    Case(64, 64, 1, {"groups": 1, "activation": "relu"}),
+    Case(64, 128, 4, {"groups": 4, "block_size": 4}),
+    Case(128, 256, 2, {"groups": 2, "block_size": 16}),
+    Case(96, 48, 3, {"groups": 3, "block_size": 16}),
+    Case(64, 64, 4, {"groups": 4, "block_size": 16}),
+    Case(256, 64, 16, {"groups": 16, "block_size": 4}),
+    Case(64, 128, 2, {"groups": 2, "activation": "relu", "block_size": 4}),
+    Case(128, 128, 4, {"degree": 32, "activation": "relu", "block_size": 8}),
+    Case(64, 32, 4, {"groups": 4, "activation": "linear"}),
 ] + _random_cases(11, 16)
 
 
@@ -369,11 +369,11 @@ def test_sao_blocks_device_and_dtype():
 
 # ================================================================== SAO-Delta
 DELTA_CASES = [
-    Case(16, 32, 4, dict(groups=4)),
-    Case(32, 16, 4, dict(groups=4)),
-    Case(24, 24, 3, dict(groups=3, gain=2.0)),
-    Case(16, 32, 2, dict(groups=2, activation="relu")),
-    Case(32, 64, 4, dict(groups=4, block_size=4)),
+    Case(16, 32, 4, {"groups": 4}),
+    Case(32, 16, 4, {"groups": 4}),
+    Case(24, 24, 3, {"groups": 3, "gain": 2.0}),
+    Case(16, 32, 2, {"groups": 2, "activation": "relu"}),
+    Case(32, 64, 4, {"groups": 4, "block_size": 4}),
 ]
 
 
@@ -409,7 +409,7 @@ def circular_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def conv_jacobian(weight: torch.Tensor) -> torch.Tensor:
     """The (out*kh*kw, in*kh*kw) matrix of x (in, kh, kw) -> circular conv (out, kh, kw),
     by pushing the identity basis through the convolution."""
-    m, n, kh, kw = weight.shape
+    _m, n, kh, kw = weight.shape
     N = n * kh * kw
     basis = torch.eye(N, dtype=torch.float64).view(N, n, kh, kw)
     return circular_conv(basis, weight).reshape(N, -1).T
@@ -422,14 +422,14 @@ def check_operator_orthogonal(J: torch.Tensor, gain: float = 1.0) -> None:
 
 
 ECO_CASES = [
-    Case(16, 32, 4, dict(groups=4)),  # m < n
-    Case(32, 16, 2, dict(groups=2)),  # m > n
-    Case(12, 12, 3, dict(groups=3)),  # m == n
-    Case(8, 8, 1, dict(groups=1, gain=1.5)),  # G = 1: a plain ECO convolution
-    Case(8, 24, 8, dict(groups=8)),  # G = min(m, n)
-    Case(16, 32, 4, dict(groups=4, block_size=2)),
-    Case(16, 32, 2, dict(groups=2, activation="relu")),
-    Case(32, 16, 4, dict(degree=8, activation="relu")),
+    Case(16, 32, 4, {"groups": 4}),  # m < n
+    Case(32, 16, 2, {"groups": 2}),  # m > n
+    Case(12, 12, 3, {"groups": 3}),  # m == n
+    Case(8, 8, 1, {"groups": 1, "gain": 1.5}),  # G = 1: a plain ECO convolution
+    Case(8, 24, 8, {"groups": 8}),  # G = min(m, n)
+    Case(16, 32, 4, {"groups": 4, "block_size": 2}),
+    Case(16, 32, 2, {"groups": 2, "activation": "relu"}),
+    Case(32, 16, 4, {"degree": 8, "activation": "relu"}),
 ]
 
 
@@ -521,11 +521,11 @@ def test_eco_frequency_pairs():
 @pytest.mark.parametrize(
     "shape, kw, G",
     [
-        ((256, 256), dict(groups=4, gain=1.5), 4),
-        ((128, 256), dict(sparsity=0.5), 2),
-        ((256, 64), dict(groups=8, activation="relu"), 8),
-        ((64, 128, 3, 3), dict(groups=4, gain=0.7), 4),
-        ((128, 64, 3, 5), dict(groups=2, block_size=4), 2),
+        ((256, 256), {"groups": 4, "gain": 1.5}, 4),
+        ((128, 256), {"sparsity": 0.5}, 2),
+        ((256, 64), {"groups": 8, "activation": "relu"}, 8),
+        ((64, 128, 3, 3), {"groups": 4, "gain": 0.7}, 4),
+        ((128, 64, 3, 5), {"groups": 2, "block_size": 4}, 2),
     ],
 )
 def test_rg_statistics_and_mask(fill, shape, kw, G):
@@ -642,34 +642,48 @@ def test_prune_errors():
     [
         (lambda: sao_blocks(8, 8, groups=2, init="foo"), ValueError, r"init='foo' is not supported for a linear layer"),
         (lambda: sao_blocks(8, 8, groups=2, init="delta"), ValueError, r"init='delta' is not supported for a linear"),
-        (lambda: sao_blocks(8, 8, groups=2, init="sao", kernel_size=3), ValueError, r"init='sao' is not supported for a convolution"),
+        (lambda: sao_blocks(8, 8, groups=2, init="sao", kernel_size=3), ValueError,
+         r"init='sao' is not supported for a convolution"),
         (lambda: sao_blocks(8, 8, groups=2, kernel_size=(3,)), ValueError, r"kernel_size must be"),
         (lambda: sao_blocks(8, 8, groups=2, kernel_size=0), ValueError, r"kernel_size must be"),
-        (lambda: sao_blocks(8, 8, groups=2, kernel_size=4), ValueError, r"init='delta' needs odd kernel sizes.*\(4, 4\)"),
+        (lambda: sao_blocks(8, 8, groups=2, kernel_size=4), ValueError,
+         r"init='delta' needs odd kernel sizes.*\(4, 4\)"),
         (lambda: sao_blocks(8, 8, groups=2, smaller_groups="random"), ValueError, r"smaller_groups='random'"),
         (lambda: sao_blocks(8, 8, groups=2, generator=1), TypeError, r"generator must be a torch.Generator"),
         (lambda: sao_blocks(8, 8, groups=2, gain="1"), TypeError, r"gain must be a number"),
         (lambda: sao_delta_(torch.empty(8, 8, 2, 2), groups=2), ValueError, r"init='delta' needs odd kernel sizes"),
-        (lambda: sao_delta_(torch.empty(8, 8, 3, 4), groups=2), ValueError, r"init='delta' needs odd kernel sizes.*\(3, 4\)"),
-        (lambda: sao_(torch.empty(8, 8, 3, 3), groups=2), ValueError, r"sao_: tensor must have shape \(out, in\), got \(8, 8, 3, 3\)"),
-        (lambda: sao_delta_(torch.empty(8, 8), groups=2), ValueError, r"sao_delta_: tensor must have shape \(out, in, kh, kw\), got \(8, 8\)"),
-        (lambda: sao_eco_(torch.empty(8, 8), groups=2), ValueError, r"sao_eco_: tensor must have shape \(out, in, kh, kw\)"),
-        (lambda: rg_normal_(torch.empty(8), groups=2), ValueError, r"rg_normal_: tensor must have shape \(out, in\) or \(out, in, kh, kw\)"),
+        (lambda: sao_delta_(torch.empty(8, 8, 3, 4), groups=2), ValueError,
+         r"init='delta' needs odd kernel sizes.*\(3, 4\)"),
+        (lambda: sao_(torch.empty(8, 8, 3, 3), groups=2), ValueError,
+         r"sao_: tensor must have shape \(out, in\), got \(8, 8, 3, 3\)"),
+        (lambda: sao_delta_(torch.empty(8, 8), groups=2), ValueError,
+         r"sao_delta_: tensor must have shape \(out, in, kh, kw\), got \(8, 8\)"),
+        (lambda: sao_eco_(torch.empty(8, 8), groups=2), ValueError,
+         r"sao_eco_: tensor must have shape \(out, in, kh, kw\)"),
+        (lambda: rg_normal_(torch.empty(8), groups=2), ValueError,
+         r"rg_normal_: tensor must have shape \(out, in\) or \(out, in, kh, kw\)"),
         (lambda: rg_uniform_(torch.empty(2, 8, 8), groups=2), ValueError, r"rg_uniform_: tensor must have shape"),
-        (lambda: sao_(torch.empty(8, 8, dtype=torch.int64), groups=2), TypeError, r"sao_: tensor must be a floating-point"),
+        (lambda: sao_(torch.empty(8, 8, dtype=torch.int64), groups=2), TypeError,
+         r"sao_: tensor must be a floating-point"),
         (lambda: sao_(torch.empty(100, 100), sparsity=0.7), ValueError, r"sparsity=0.7 is not reachable for 100x100"),
-        (lambda: sao_(torch.empty(100, 100), degree=3), ValueError, r"degree=3 is not reachable for 100x100.*does not divide 100"),
+        (lambda: sao_(torch.empty(100, 100), degree=3), ValueError,
+         r"degree=3 is not reachable for 100x100.*does not divide 100"),
         (lambda: sao_(torch.empty(100, 100), 0.5, degree=50), ValueError, r"exactly one.*sparsity and degree"),
         (lambda: sao_(torch.empty(100, 100)), ValueError, r"exactly one.*got none"),
         (lambda: sao_(torch.empty(100, 100), 1.0), ValueError, r"sparsity must be a float in \[0, 1\)"),
-        (lambda: sao_(torch.empty(10, 8), groups=2, activation="relu"), ValueError, r"groups=2 .*10x8.*2 groups do not divide"),
+        (lambda: sao_(torch.empty(10, 8), groups=2, activation="relu"), ValueError,
+         r"groups=2 .*10x8.*2 groups do not divide"),
         (lambda: sao_(torch.empty(10, 9), groups=1, activation="relu"), ValueError, r"even sizes"),
-        (lambda: sao_(torch.empty(100, 100), degree=2, activation="relu"), ValueError, r"degree 2 is below the minimum 4"),
-        (lambda: sao_(torch.empty(100, 100), degree=10, activation="relu", block_size=2), ValueError, r"degree=10 .*block_size=2 must divide"),
-        (lambda: sao_(torch.empty(100, 100), degree=1), ValueError, r"degree 1 is below the minimum 2 for activation='tanh'"),
+        (lambda: sao_(torch.empty(100, 100), degree=2, activation="relu"), ValueError,
+         r"degree 2 is below the minimum 4"),
+        (lambda: sao_(torch.empty(100, 100), degree=10, activation="relu", block_size=2), ValueError,
+         r"degree=10 .*block_size=2 must divide"),
+        (lambda: sao_(torch.empty(100, 100), degree=1), ValueError,
+         r"degree 1 is below the minimum 2 for activation='tanh'"),
         (lambda: sao_(torch.empty(64, 64), groups=4, block_size=32), ValueError, r"block_size=32 must divide"),
         (lambda: sao_eco_(torch.empty(64, 64, 3, 3), groups=4, block_size=3), ValueError, r"block_size=3 must divide"),
-        (lambda: rg_normal_(torch.empty(64, 60), groups=8), ValueError, r"groups=8 .*do not divide the smaller dimension 60"),
+        (lambda: rg_normal_(torch.empty(64, 60), groups=8), ValueError,
+         r"groups=8 .*do not divide the smaller dimension 60"),
     ],
 )
 def test_errors(call, exc, pattern):
@@ -692,7 +706,7 @@ def test_no_hang_on_reference_code_hanging_cases():
         "    except ValueError as e:\n"
         "        print('ValueError:', e)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ValueError:")]
     assert len(lines) == 4

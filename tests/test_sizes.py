@@ -142,7 +142,9 @@ def test_resolve_every_request_exhaustively(activation):
 def test_resolve_returns_frozen_dataclass():
     r = resolve_sizes(64, 128, sparsity=0.75, block_size=4)
     assert r == SAOSizes(64, 128, 4, 32, 4, "tanh")
-    with pytest.raises(Exception):
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
         r.groups = 2  # type: ignore[misc]
 
 
@@ -231,35 +233,40 @@ def test_nearest_valid_values_rederived_for_random_shapes():
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        (dict(sparsity=0.5, degree=50), r"exactly one of sparsity, degree or groups.*sparsity and degree"),
-        (dict(sparsity=0.5, groups=2), r"exactly one.*sparsity and groups"),
-        (dict(degree=50, groups=2), r"exactly one.*degree and groups"),
-        (dict(sparsity=0.5, degree=50, groups=2), r"exactly one.*sparsity and degree and groups"),
-        (dict(), r"exactly one.*got none"),
-        (dict(sparsity=-0.1), r"sparsity must be a float in \[0, 1\), got -0.1"),
-        (dict(sparsity=1.0), r"sparsity must be a float in \[0, 1\), got 1.0"),
-        (dict(sparsity=1.5), r"sparsity must be a float in \[0, 1\)"),
-        (dict(sparsity=True), r"sparsity must be"),
-        (dict(sparsity="0.5"), r"sparsity must be"),
-        (dict(degree=30), r"degree=30 is not reachable for 100x100.*degree 30 does not divide 100"),
-        (dict(degree=3), r"degree=3 .*degree 3 does not divide 100"),
-        (dict(degree=200), r"degree=200 .*exceeds the larger dimension 100"),
-        (dict(degree=0), r"degree must be a positive int"),
-        (dict(degree=2.5), r"degree must be a positive int"),
-        (dict(degree=1), r"degree=1 .*below the minimum 2 for activation='tanh'"),
-        (dict(sparsity=0.99), r"sparsity=0.99 .*degree 1 is below the minimum 2"),
-        (dict(groups=3), r"groups=3 is not reachable for 100x100.*3 groups do not divide the larger dimension 100"),
-        (dict(groups=100), r"groups=100 .*degree 1 is below the minimum 2"),
-        (dict(groups=0), r"groups must be a positive int"),
-        (dict(groups=2.0), r"groups must be a positive int"),
-        (dict(groups=2, activation="gelu"), r"activation='gelu' is not supported"),
-        (dict(groups=2, block_size=0), r"block_size must be a positive int"),
-        (dict(degree=2, activation="relu"), r"degree=2 .*degree 2 is below the minimum 4 for activation='relu'"),
-        (dict(degree=5, activation="relu"), r"degree=5 .*halves the degree, so it must be even, got 5"),
-        (dict(sparsity=0.95, activation="relu"), r"sparsity=0.95 .*with activation='relu'.*must be even, got 5; nearest valid: 0.96 \(degree 4, groups 25\), 0.9 \(degree 10"),
-        (dict(groups=20, activation="relu"), r"groups=20 .*20 groups do not divide the larger dimension 50 of the half-size 50x50"),
-        (dict(groups=50, activation="relu"), r"groups=50 .*degree 2 is below the minimum 4"),
-        (dict(groups=4, block_size=8), r"groups=4 .*with block_size=8: block_size=8 must divide both block sides, 25 and 25; no sparsity is reachable"),
+        ({"sparsity": 0.5, "degree": 50}, r"exactly one of sparsity, degree or groups.*sparsity and degree"),
+        ({"sparsity": 0.5, "groups": 2}, r"exactly one.*sparsity and groups"),
+        ({"degree": 50, "groups": 2}, r"exactly one.*degree and groups"),
+        ({"sparsity": 0.5, "degree": 50, "groups": 2}, r"exactly one.*sparsity and degree and groups"),
+        ({}, r"exactly one.*got none"),
+        ({"sparsity": -0.1}, r"sparsity must be a float in \[0, 1\), got -0.1"),
+        ({"sparsity": 1.0}, r"sparsity must be a float in \[0, 1\), got 1.0"),
+        ({"sparsity": 1.5}, r"sparsity must be a float in \[0, 1\)"),
+        ({"sparsity": True}, r"sparsity must be"),
+        ({"sparsity": "0.5"}, r"sparsity must be"),
+        ({"degree": 30}, r"degree=30 is not reachable for 100x100.*degree 30 does not divide 100"),
+        ({"degree": 3}, r"degree=3 .*degree 3 does not divide 100"),
+        ({"degree": 200}, r"degree=200 .*exceeds the larger dimension 100"),
+        ({"degree": 0}, r"degree must be a positive int"),
+        ({"degree": 2.5}, r"degree must be a positive int"),
+        ({"degree": 1}, r"degree=1 .*below the minimum 2 for activation='tanh'"),
+        ({"sparsity": 0.99}, r"sparsity=0.99 .*degree 1 is below the minimum 2"),
+        ({"groups": 3}, r"groups=3 is not reachable for 100x100.*3 groups do not divide the larger dimension 100"),
+        ({"groups": 100}, r"groups=100 .*degree 1 is below the minimum 2"),
+        ({"groups": 0}, r"groups must be a positive int"),
+        ({"groups": 2.0}, r"groups must be a positive int"),
+        ({"groups": 2, "activation": "gelu"}, r"activation='gelu' is not supported"),
+        ({"groups": 2, "block_size": 0}, r"block_size must be a positive int"),
+        ({"degree": 2, "activation": "relu"}, r"degree=2 .*degree 2 is below the minimum 4 for activation='relu'"),
+        ({"degree": 5, "activation": "relu"}, r"degree=5 .*halves the degree, so it must be even, got 5"),
+        ({"sparsity": 0.95, "activation": "relu"},
+         r"sparsity=0.95 .*with activation='relu'.*must be even, got 5; "
+         r"nearest valid: 0.96 \(degree 4, groups 25\), 0.9 \(degree 10"),
+        ({"groups": 20, "activation": "relu"},
+         r"groups=20 .*20 groups do not divide the larger dimension 50 of the half-size 50x50"),
+        ({"groups": 50, "activation": "relu"}, r"groups=50 .*degree 2 is below the minimum 4"),
+        ({"groups": 4, "block_size": 8},
+         r"groups=4 .*with block_size=8: block_size=8 must divide both block sides, 25 and 25; "
+         r"no sparsity is reachable"),
     ],
 )
 def test_error_messages_100x100(kwargs, pattern):
@@ -276,16 +283,17 @@ def test_degree_4_relu_100x100_is_fine():
 @pytest.mark.parametrize(
     "m, n, kwargs, pattern",
     [
-        (10, 9, dict(groups=1, activation="relu"), r"groups=1 .*10x9.*even sizes, got 10x9"),
-        (9, 10, dict(sparsity=0.0, activation="relu"), r"sparsity=0.0 .*even sizes"),
-        (100, 30, dict(groups=4), r"groups=4 .*4 groups do not divide the smaller dimension 30"),
-        (30, 100, dict(degree=25), r"degree=25 .*30x100.*4 groups do not divide the smaller dimension 30"),
-        (64, 64, dict(groups=4, block_size=32), r"block_size=32 must divide both block sides, 16 and 16"),
-        (64, 128, dict(sparsity=0.5, block_size=3), r"sparsity=0.5 .*with block_size=3.*block_size=3 must divide"),
-        (0, 10, dict(groups=1), r"out_features must be a positive int, got 0"),
-        (10, -1, dict(groups=1), r"in_features must be a positive int, got -1"),
-        (10, 10.0, dict(groups=1), r"in_features must be a positive int"),
-        (1, 1, dict(groups=1), r"groups=1 .*degree 1 is below the minimum 2 for activation='tanh'; no sparsity is reachable"),
+        (10, 9, {"groups": 1, "activation": "relu"}, r"groups=1 .*10x9.*even sizes, got 10x9"),
+        (9, 10, {"sparsity": 0.0, "activation": "relu"}, r"sparsity=0.0 .*even sizes"),
+        (100, 30, {"groups": 4}, r"groups=4 .*4 groups do not divide the smaller dimension 30"),
+        (30, 100, {"degree": 25}, r"degree=25 .*30x100.*4 groups do not divide the smaller dimension 30"),
+        (64, 64, {"groups": 4, "block_size": 32}, r"block_size=32 must divide both block sides, 16 and 16"),
+        (64, 128, {"sparsity": 0.5, "block_size": 3}, r"sparsity=0.5 .*with block_size=3.*block_size=3 must divide"),
+        (0, 10, {"groups": 1}, r"out_features must be a positive int, got 0"),
+        (10, -1, {"groups": 1}, r"in_features must be a positive int, got -1"),
+        (10, 10.0, {"groups": 1}, r"in_features must be a positive int"),
+        (1, 1, {"groups": 1},
+         r"groups=1 .*degree 1 is below the minimum 2 for activation='tanh'; no sparsity is reachable"),
     ],
 )
 def test_error_messages_other_shapes(m, n, kwargs, pattern):

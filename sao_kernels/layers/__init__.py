@@ -1,4 +1,5 @@
+from ._base import SAOLayerBase
 from .conv import SAOConv2d
 from .linear import SAOLinear
 
-__all__ = ["SAOLinear", "SAOConv2d"]
+__all__ = ["SAOConv2d", "SAOLayerBase", "SAOLinear"]

@@ -1,49 +1,227 @@
-"""What SAOLinear and SAOConv2d share: the compact parameters and their index buffers."""
+"""What SAOLinear and SAOConv2d share: the compact parameters and their index buffers,
+construction from a GroupedBlockFormat, the bias init, ``reset_parameters`` and a
+state_dict load that validates before it writes.
+
+The layers keep no derived state about their indices (an identity index is detected by
+the ops, per index version), so ``layer.out_index.copy_(perm)``, assigning a new buffer
+and ``load_state_dict`` all take effect in the next forward.
+"""
 from __future__ import annotations
 
+import math
+import numbers
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..format import GroupedBlockFormat
+from ..init import CONV_INITS, LINEAR_INITS, _check_gain, sao_blocks
+from ..sizes import _check_activation
+
+__all__ = ["SAOLayerBase"]
 
 
-def _is_identity(index: Tensor) -> bool:
-    return bool(torch.equal(index, torch.arange(index.numel(), device=index.device)))
+def check_bias_flag(layer: str, bias: object) -> bool:
+    """``bias`` as a bool.  A float there is almost always a sparsity passed positionally
+    (``SAOLinear(1024, 1024, 0.875)``): say so instead of building a layer with a bias and
+    then complaining that no sparsity was given."""
+    if isinstance(bias, (bool, np.bool_)):
+        return bool(bias)
+    if isinstance(bias, numbers.Integral) and bias in (0, 1):
+        return bool(bias)
+    if isinstance(bias, numbers.Real):
+        raise TypeError(
+            f"{layer}: bias must be a bool, got {bias!r}. A number in the bias position is probably a "
+            f"sparsity: sparsity, degree and groups are keyword-only, e.g. {layer}(..., sparsity={bias!r})"
+        )
+    raise TypeError(f"{layer}: bias must be a bool, got {type(bias).__name__} {bias!r}")
 
 
-class SAOBlocksMixin(nn.Module):
-    """Holds ``values`` (the only trainable weight) and the ``in_index`` / ``out_index``
-    buffers, and remembers which index is the identity so that gather is skipped.
+class SAOLayerBase(nn.Module):
+    """Holds ``values`` (the only trainable weight), the ``in_index`` / ``out_index`` buffers
+    and ``bias``, and how to draw them again (``activation``, ``init``, ``gain``).
 
-    The identity flags are plain Python bools (so torch.compile sees constants); they are
-    recomputed whenever the buffers are replaced through ``load_state_dict``.
+    Subclasses set ``DEFAULT_INIT``, ``VALUE_DIMS`` (3 or 5) and implement ``_shape()``:
+    (out_features, in_features, kernel_size or None).
     """
+
+    DEFAULT_INIT: str = ""
+    VALUE_DIMS: int = 3
 
     values: nn.Parameter
     in_index: Tensor
     out_index: Tensor
+    bias: nn.Parameter | None
+    block_size: int
+    activation: str
+    init: str
+    gain: float
 
-    def _set_blocks(self, blocks: GroupedBlockFormat) -> None:
-        self.values = nn.Parameter(blocks.values)
+    def _shape(self) -> tuple[int, int, tuple[int, int] | None]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ construction
+    def _build(
+        self,
+        bias: bool,
+        *,
+        sparsity: float | None,
+        degree: int | None,
+        groups: int | None,
+        block_size: int,
+        activation: str,
+        init: str | None,
+        gain: float,
+        generator: torch.Generator | None,
+        device,
+        dtype,
+        blocks: GroupedBlockFormat | None = None,
+        bias_tensor: Tensor | None = None,
+    ) -> None:
+        """The one construction path: draw an SAO layer of the requested sparsity / degree /
+        groups, or take ``blocks`` (and ``bias_tensor``) as they are."""
+        out_f, in_f, kernel = self._shape()
+        init = self._default_init(kernel) if init is None else init
+        if blocks is None:
+            blocks = sao_blocks(
+                out_f, in_f, sparsity=sparsity, degree=degree, groups=groups, activation=activation, init=init,
+                kernel_size=kernel, block_size=block_size, gain=gain, smaller_groups="contiguous",
+                generator=generator, device=device, dtype=dtype,
+            )
+            bias_tensor = self._draw_bias(blocks.values, generator) if bias else None
+        else:
+            expected = (out_f, in_f, *(kernel or ()))
+            if blocks.shape != expected:
+                raise ValueError(
+                    f"blocks of shape {blocks.shape} given for a layer of shape {expected}; use from_blocks"
+                )
+            if (sparsity, degree, groups) != (None, None, None):
+                raise ValueError("sparsity / degree / groups given with blocks, which fix them; use from_blocks")
+            # the recipe reset_parameters() will use must at least name valid choices
+            _check_activation(activation)
+            allowed = LINEAR_INITS if kernel is None else CONV_INITS
+            if not isinstance(init, str) or init not in allowed:
+                raise ValueError(f"init={init!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
+        self.activation, self.init, self.gain = activation, init, _check_gain(gain)
+        self.values = nn.Parameter(blocks.values.detach())
         self.register_buffer("in_index", blocks.in_index)
         self.register_buffer("out_index", blocks.out_index)
         self.block_size = blocks.block_size
-        self._refresh_index_flags()
+        if bias_tensor is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(bias_tensor.detach())
 
-    def _refresh_index_flags(self) -> None:
-        self._in_identity = _is_identity(self.in_index)
-        self._out_identity = _is_identity(self.out_index)
+    def _default_init(self, kernel: tuple[int, int] | None) -> str:
+        return self.DEFAULT_INIT
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        # The ops trust their index maps (checking them on every call would cost a sort and
-        # break torch.compile), so a loaded state is validated here, once.
+    def _draw_bias(self, values: Tensor, generator: torch.Generator | None) -> Tensor:
+        """nn.Linear's / nn.Conv2d's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the
+        dense fan_in (in_features * kh * kw), drawn in float64 on the generator's device."""
+        out_f, in_f, kernel = self._shape()
+        if values.is_meta:
+            return torch.empty(out_f, device=values.device, dtype=values.dtype)
+        bound = 1.0 / math.sqrt(in_f * (math.prod(kernel) if kernel else 1))
+        u = torch.rand(out_f, generator=generator, dtype=torch.float64,
+                       device=generator.device if generator is not None else "cpu")
+        return ((2 * u - 1) * bound).to(device=values.device, dtype=values.dtype)
+
+    @classmethod
+    def _check_blocks(cls, blocks: object, bias: object) -> None:
+        if not isinstance(blocks, GroupedBlockFormat):
+            raise TypeError(
+                f"{cls.__name__}.from_blocks: blocks must be a GroupedBlockFormat, got {type(blocks).__name__}"
+            )
+        if blocks.values.dim() != cls.VALUE_DIMS:
+            want = "(G, m/G, n/G)" if cls.VALUE_DIMS == 3 else "(G, m/G, n/G, kh, kw)"
+            raise ValueError(
+                f"{cls.__name__}.from_blocks: blocks.values must have shape {want}, got {tuple(blocks.values.shape)}"
+            )
+        if bias is None:
+            return
+        v = blocks.values
+        if not isinstance(bias, Tensor) or not bias.is_floating_point() or tuple(bias.shape) != (blocks.out_features,):
+            got = f"{bias.dtype} {tuple(bias.shape)}" if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(
+                f"{cls.__name__}.from_blocks: bias must be a floating tensor of shape ({blocks.out_features},) "
+                f"or None, got {got}"
+            )
+        if bias.device != v.device or bias.dtype != v.dtype:
+            raise ValueError(
+                f"{cls.__name__}.from_blocks: bias ({bias.dtype} on {bias.device}) must match blocks.values "
+                f"({v.dtype} on {v.device})"
+            )
+
+    # -------------------------------------------------------------------- re-init
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw a new SAO topology, values and bias in place, as the constructor does, with
+        this layer's groups, block_size, activation, init and gain, on its device and dtype.
+
+        The tensors are written in place (optimizers and shards keep their references).
+        This is the second half of deferred initialisation: build on the meta device,
+        ``to_empty(device=...)``, then ``reset_parameters()``.  On the meta device it draws
+        nothing.
+        """
+        out_f, in_f, kernel = self._shape()
+        blocks = sao_blocks(
+            out_f, in_f, groups=self.groups, activation=self.activation, init=self.init, kernel_size=kernel,
+            block_size=self.block_size, gain=self.gain, smaller_groups="contiguous", generator=generator,
+            device=self.values.device, dtype=self.values.dtype,
+        )
+        bias = self._draw_bias(blocks.values, generator) if self.bias is not None else None
+        self.values.copy_(blocks.values)
+        self.in_index.copy_(blocks.in_index)
+        self.out_index.copy_(blocks.out_index)
+        if bias is not None:
+            self.bias.copy_(bias)
+
+    # ---------------------------------------------------------------- state_dict
+    def _check_incoming(self, state_dict: dict, prefix: str) -> None:
+        """Validate what a load would leave in this layer (incoming tensors, current ones
+        where a key is absent) without touching the layer."""
+        def get(name: str):
+            return state_dict.get(prefix + name, getattr(self, name))
+
+        values, in_index, out_index = get("values"), get("in_index"), get("out_index")
+        if not isinstance(values, Tensor) or not values.is_floating_point():
+            got = getattr(values, "dtype", type(values).__name__)
+            raise ValueError(f"values must be a floating-point tensor, got {got}")
+        if values.shape != self.values.shape:
+            raise ValueError(
+                f"values has shape {tuple(values.shape)} but the layer's is {tuple(self.values.shape)} "
+                f"(G={self.groups} groups, block_size={self.block_size})"
+            )
+        for name, idx in (("in_index", in_index), ("out_index", out_index)):
+            if not isinstance(idx, Tensor) or idx.dtype != torch.int64:
+                raise ValueError(f"{name} must be an int64 tensor, got {getattr(idx, 'dtype', type(idx).__name__)}")
+        if self.bias is not None and prefix + "bias" in state_dict:
+            bias = state_dict[prefix + "bias"]
+            m = self.bias.shape[0]
+            if not isinstance(bias, Tensor) or not bias.is_floating_point() or tuple(bias.shape) != (m,):
+                got = f"{bias.dtype} {tuple(bias.shape)}" if isinstance(bias, Tensor) else type(bias).__name__
+                raise ValueError(f"bias must be a floating tensor of shape ({m},), got {got}")
+        # Shapes, permutation and block_size runs of the indices, by the format's own checks;
+        # a zero-stride stand-in carries the values' shape without copying them.
+        stand_in = torch.zeros((), device=in_index.device).expand(values.shape)
+        GroupedBlockFormat(stand_in, in_index, out_index.to(in_index.device), self.block_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Validate first: a rejected state leaves the layer exactly as it was (torch copies
+        # tensor by tensor, so checking afterwards would leave it half loaded).
         try:
-            GroupedBlockFormat(self.values.detach(), self.in_index, self.out_index, self.block_size)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"load_state_dict: {prefix or type(self).__name__} is not a valid SAO layer: {err}") from err
-        self._refresh_index_flags()
+            self._check_incoming(state_dict, prefix)
+        except (TypeError, ValueError) as err:
+            name = prefix.rstrip(".") or type(self).__name__
+            raise ValueError(
+                f"load_state_dict: {name} is not a valid SAO layer: {err}; the layer was left unchanged"
+            ) from None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
+    # -------------------------------------------------------------------- views
     @property
     def groups(self) -> int:
         """G, the number of blocks."""
@@ -53,9 +231,6 @@ class SAOBlocksMixin(nn.Module):
     def sparsity(self) -> float:
         """Exactly 1 - 1/G."""
         return 1.0 - 1.0 / self.groups
-
-    def _indices(self) -> tuple[Tensor | None, Tensor | None]:
-        return (None if self._in_identity else self.in_index, None if self._out_identity else self.out_index)
 
     def blocks(self) -> GroupedBlockFormat:
         """The layer's weight in the compact format (shares storage with ``values``)."""

@@ -37,17 +37,17 @@ def twin_conv(layer, **kwargs):
 
 
 CONV_ARGS = [
-    dict(kernel_size=3, padding=1),
-    dict(kernel_size=3, padding=1, padding_mode="reflect"),
-    dict(kernel_size=3, padding=(1, 2), padding_mode="replicate"),
-    dict(kernel_size=3, padding=1, padding_mode="circular"),
-    dict(kernel_size=(3, 5), padding="same"),
-    dict(kernel_size=(3, 5), padding="same", dilation=2, padding_mode="reflect"),
-    dict(kernel_size=(2, 4), padding="same", padding_mode="circular"),  # asymmetric 'same'
-    dict(kernel_size=(2, 4), padding="same", dilation=(2, 1)),
-    dict(kernel_size=3, padding="valid", stride=2),
-    dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
-    dict(kernel_size=3, stride=2, padding=2, dilation=2, padding_mode="replicate", bias=False),
+    {"kernel_size": 3, "padding": 1},
+    {"kernel_size": 3, "padding": 1, "padding_mode": "reflect"},
+    {"kernel_size": 3, "padding": (1, 2), "padding_mode": "replicate"},
+    {"kernel_size": 3, "padding": 1, "padding_mode": "circular"},
+    {"kernel_size": (3, 5), "padding": "same"},
+    {"kernel_size": (3, 5), "padding": "same", "dilation": 2, "padding_mode": "reflect"},
+    {"kernel_size": (2, 4), "padding": "same", "padding_mode": "circular"},  # asymmetric 'same'
+    {"kernel_size": (2, 4), "padding": "same", "dilation": (2, 1)},
+    {"kernel_size": 3, "padding": "valid", "stride": 2},
+    {"kernel_size": (1, 3), "stride": (2, 1), "padding": (0, 1), "dilation": (1, 2)},
+    {"kernel_size": 3, "stride": 2, "padding": 2, "dilation": 2, "padding_mode": "replicate", "bias": False},
 ]
 
 
@@ -139,8 +139,13 @@ def test_conv_errors():
 
 # ----------------------------------------------------------------------------------- flops
 @pytest.mark.parametrize(
-    "kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=(3, 5), stride=2, padding_mode="reflect", padding=2),
-               dict(kernel_size=1)], ids=_id,
+    "kwargs",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": (3, 5), "stride": 2, "padding_mode": "reflect", "padding": 2},
+        {"kernel_size": 1},
+    ],
+    ids=_id,
 )
 @pytest.mark.parametrize("G", [2, 4])
 def test_flops_are_one_over_g_of_dense(kwargs, G):
@@ -183,7 +188,7 @@ def test_from_dense_of_pruned_conv():
 def test_from_dense_refuses_bad_convs():
     conv = nn.Conv2d(8, 8, 3)
     with torch.no_grad():
-        conv.weight.mul_((torch.rand(8, 8, 1, 1, generator=gen(11)) < 0.5))
+        conv.weight.mul_(torch.rand(8, 8, 1, 1, generator=gen(11)) < 0.5)
     with pytest.raises(ValueError):
         SAOConv2d.from_dense(conv)
     with pytest.raises(ValueError, match="groups"):
@@ -220,7 +225,7 @@ def test_state_dict_round_trip_and_copies(tmp_path):
         assert torch.equal(clone(x), src(x))
 
 
-def test_load_state_dict_refreshes_identity_flags():
+def test_load_state_dict_index_change_takes_effect():
     # out > in: in_index (the smaller side) is the identity
     layer = SAOConv2d(4, 8, 3, padding=1, groups=2, generator=gen(17), dtype=F64)
     assert torch.equal(layer.in_index, torch.arange(4))

@@ -47,7 +47,7 @@ def test_compile_fullgraph_matches_eager():
         ye.square().sum().backward()
         yc.square().sum().backward()
         torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-10, atol=1e-12)
-        for (name, pe), (_, pc) in zip(eager.named_parameters(), compiled_model.named_parameters()):
+        for (name, pe), (_, pc) in zip(eager.named_parameters(), compiled_model.named_parameters(), strict=True):
             torch.testing.assert_close(pc.grad, pe.grad, rtol=1e-10, atol=1e-12, msg=name)
         eager.zero_grad()
         compiled_model.zero_grad()

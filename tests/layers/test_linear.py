@@ -282,7 +282,7 @@ def test_state_dict_round_trip_into_other_seed(tmp_path):
     assert torch.equal(dst(x), src(x))
 
 
-def test_load_state_dict_refreshes_identity_flags(tmp_path):
+def test_load_state_dict_index_change_takes_effect(tmp_path):
     # out > in: the input side uses contiguous groups, so in_index is the identity
     layer = SAOLinear(24, 48, groups=2, generator=gen(24), dtype=F64)
     assert torch.equal(layer.in_index, torch.arange(24))

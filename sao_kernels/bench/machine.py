@@ -1,0 +1,166 @@
+"""Machine metadata for results files, the load around a run, and the contention case.
+
+:func:`machine_meta` is the one place that says what a result was measured on: CPU / GPU
+name, cores, threads, library versions, date.  :func:`recording_load` adds the load average
+before and after the run; :func:`busy_core` starts a busy-loop process pinned on one core
+(issue 13's contention case: another process competing for one of the cores while timing).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import os
+import platform
+import re
+import subprocess
+import sys
+from typing import Callable, Iterator
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cores() -> list[int]:
+    """The CPU cores this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+def _optional(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - metadata must never stop a run
+        return None
+
+
+def _native_build() -> str | None:
+    """The native extension's build line, when it is loaded (op namespace of today or of
+    the pre-rework layout)."""
+    if os.environ.get("SAO_KERNELS_NO_EXT", "0") == "1":
+        return None
+    importlib.import_module("sao_kernels._C")
+    for namespace in ("sao_kernels", "sao_kernels_native"):
+        try:
+            return str(getattr(torch.ops, namespace).build_info())
+        except (AttributeError, RuntimeError):
+            continue
+    return None
+
+
+def machine_meta(device: torch.device | str = "cpu") -> dict:
+    """Device, CPU / GPU name, cores, threads, versions and date (UTC), for results files."""
+    package = sys.modules.get(__name__.split(".")[0])  # already imported: this module is inside it
+    device = torch.device(device)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device.type,
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": len(usable_cores()),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "sao_kernels": getattr(package, "__version__", None),
+        "native_build": _optional(_native_build),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
+def machine_label(meta: dict) -> str:
+    """A short file-name-safe machine name, e.g. ``amd-epyc-7b13-2c`` or ``nvidia-h100-80gb-hbm3``."""
+    name = meta.get("gpu") or meta.get("cpu") or "unknown"
+    name = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\b\d+-core\b", " ", name, flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    slug = "-".join(slug.split("-")[:4]) or "unknown"
+    if not meta.get("gpu"):
+        slug += f"-{meta.get('usable_cores') or meta.get('cpu_count')}c"
+    return slug
+
+
+def results_stem(prefix: str, meta: dict) -> str:
+    """``<prefix>_<machine>_<date>``: the name of a results file in benchmarks/results/."""
+    return f"{prefix}_{meta.get('machine') or machine_label(meta)}_{meta['date'][:10]}"
+
+
+@contextlib.contextmanager
+def recording_load(meta: dict) -> Iterator[dict]:
+    """Store ``load_before`` / ``load_after`` (1, 5, 15 min load averages) in ``meta``."""
+    meta["load_before"] = load_average()
+    try:
+        yield meta
+    finally:
+        meta["load_after"] = load_average()
+
+
+def busy_load_note(meta: dict) -> str | None:
+    """A sentence when the 1-minute load before or after the run exceeded half the usable
+    cores (other processes were competing for the CPU), else None."""
+    cores = meta.get("usable_cores") or meta.get("cpu_count") or 1
+    loads = [lo[0] for lo in (meta.get("load_before"), meta.get("load_after")) if lo]
+    if meta.get("contention"):
+        return None  # the run loaded the machine on purpose
+    if loads and max(loads) > 0.5 * cores:
+        return (f"The machine was busy: 1-minute load average {max(loads):.2f} on {cores} usable cores "
+                "(before/after the run); expect wide spreads.")
+    return None
+
+
+_BUSY_LOOP = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_core(core: int | None = None) -> Iterator[dict]:
+    """Run a busy-loop process pinned on ``core`` (default: the last usable core) while the
+    block runs; yields {"core", "pid"}.  The process is killed (by its pid) on exit.
+
+    Raises:
+        ValueError: ``core`` is not one this process may use.
+        RuntimeError: the OS cannot pin a process to a core (no ``sched_setaffinity``).
+    """
+    cores = usable_cores()
+    if core is None:
+        core = cores[-1]
+    if core not in cores:
+        raise ValueError(f"busy_core: core={core!r} is not usable here; usable cores: {cores}")
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("busy_core: this OS cannot pin a process to a core (no os.sched_setaffinity)")
+    proc = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(proc.pid, {core})
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"busy_core: the busy-loop process exited early (rc {proc.poll()})")
+        yield {"core": core, "pid": proc.pid}
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

@@ -1,0 +1,76 @@
+"""sao_kernels.bench.results: atomic result sets, up-front write checks, tables with flags."""
+import csv
+import io
+import os
+import stat
+
+import pytest
+
+from sao_kernels.bench.results import (
+    check_writable, flag_cells, fmt_ms, fmt_speedup, markdown_table, text_file, to_csv, write_outputs,
+)
+
+
+def test_write_outputs_replaces_the_set_and_removes_stale_files(tmp_path):
+    (tmp_path / "results.json").write_text("old")
+    (tmp_path / "speedup.png").write_text("old plot")
+    paths = write_outputs(tmp_path, {"results.json": text_file("new")}, owned=["results.json", "speedup.png"])
+    assert paths == {"results.json": tmp_path / "results.json"}
+    assert (tmp_path / "results.json").read_text() == "new"
+    assert not (tmp_path / "speedup.png").exists()  # no previous run's plot next to the new results
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary files left
+
+
+def test_a_failing_producer_leaves_the_old_files_untouched(tmp_path):
+    (tmp_path / "results.json").write_text("old")
+    (tmp_path / "speedup.png").write_text("old plot")
+
+    def broken_plot(path):
+        path.write_text("half")
+        raise RuntimeError("matplotlib exploded")
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        write_outputs(tmp_path, {"results.json": text_file("new"), "speedup.png": broken_plot},
+                      owned=["results.json", "speedup.png"])
+    assert (tmp_path / "results.json").read_text() == "old"
+    assert (tmp_path / "speedup.png").read_text() == "old plot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "speedup.png"]
+
+
+def test_producers_get_a_temporary_path_with_the_real_suffix(tmp_path):
+    seen = []
+    write_outputs(tmp_path, {"a.png": lambda p: (seen.append(p), p.write_bytes(b"x"))})
+    assert seen[0].suffix == ".png" and seen[0].parent == tmp_path and seen[0].name != "a.png"
+    assert stat.S_IMODE(os.stat(tmp_path / "a.png").st_mode) == 0o644
+
+
+def test_check_writable(tmp_path):
+    assert check_writable(tmp_path / "new" / "dir") == tmp_path / "new" / "dir"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="--out: cannot write results to"):
+        check_writable(blocker / "sub", "--out")
+    if os.geteuid() != 0:  # root ignores permissions
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="cannot write"):
+            check_writable(ro)
+
+
+def test_tables_show_spread_and_numbered_flag_reasons():
+    rows = [
+        dict(name="a", ms=1.0, ms_iqr=0.01, ms_dense=4.0, ms_dense_iqr=0.02, speedup=4.0, speedup_lo=3.9,
+             speedup_hi=4.1, flag="", flag_reason=""),
+        dict(name="b", ms=1.0, ms_iqr=0.5, ms_dense=4.0, ms_dense_iqr=0.02, speedup=4.0, speedup_lo=2.0,
+             speedup_hi=6.0, flag="noisy", flag_reason="noisy: SAO IQR 50%"),
+        dict(name="c", ms=1.0, ms_iqr=0.5, ms_dense=4.0, ms_dense_iqr=0.02, speedup=4.0, speedup_lo=2.0,
+             speedup_hi=6.0, flag="noisy", flag_reason="noisy: SAO IQR 50%"),
+    ]
+    assert fmt_ms(rows[0]) == "1 (0.01)" and fmt_ms(rows[0], side="_dense") == "4 (0.02)"
+    assert fmt_speedup(rows[1]) == "4.00x [2.00-6.00]"
+    cell, notes = flag_cells(rows)
+    assert [cell(r) for r in rows] == ["", "noisy [1]", "noisy [1]"] and notes == ["1. noisy: SAO IQR 50%"]
+    lines = markdown_table(rows, [("name", lambda r: r["name"], False), ("flag", cell, False)])
+    assert lines[0] == "| name | flag |" and lines[3] == "| b | noisy [1] |"
+    back = list(csv.DictReader(io.StringIO(to_csv(rows, ("name", "speedup_lo", "flag_reason", "missing")))))
+    assert back[1] == {"name": "b", "speedup_lo": "2.0", "flag_reason": "noisy: SAO IQR 50%", "missing": ""}

@@ -1,0 +1,221 @@
+"""What sao_kernels.convert keeps, and what it says it does not keep.
+
+Weight ties (GPT-2's lm_head / wte) are kept by leaving the tied layer dense with a warning
+naming both; frozen flags are kept; forward hooks, forward pre-hooks and full backward hooks
+move to the SAO layer (and their handles still remove them), others are named in a warning;
+a model that *is* a Linear / Conv2d comes back converted (the return value is the new root);
+the re-initialisation of the weights is said once per call; bad arguments raise up front.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sao_kernels as sk
+from sao_kernels import SAOConv2d, SAOLinear
+from sao_kernels.conversion import ReinitializedWarning
+
+F64 = torch.float64
+
+# convert() says, once per call, that it re-initialised the layers; the tests that check it record it.
+pytestmark = pytest.mark.filterwarnings("ignore:convert.*re-initialised by SAO")
+
+
+def run_convert(model, **kwargs):
+    """(new root, [(category, message)]) with every warning recorded."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sk.convert(model, **kwargs)
+    return out, [(w.category, str(w.message)) for w in caught]
+
+
+class TinyGPT(nn.Module):
+    """GPT-2's tie: the output projection's weight *is* the token embedding's."""
+
+    def __init__(self, vocab=64, d=32):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, tokens):
+        return self.lm_head(self.mlp(self.wte(tokens)))
+
+
+# ---------------------------------------------------------------------------------- ties
+def test_weight_tied_to_an_embedding_stays_dense_and_tied():
+    torch.manual_seed(0)
+    model = TinyGPT()
+    wte = model.wte.weight
+    out, caught = run_convert(model, sparsity=0.5)
+    assert out is model
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is wte is model.wte.weight
+    assert isinstance(model.mlp[0], SAOLinear) and isinstance(model.mlp[2], SAOLinear)
+    tie = [m for c, m in caught if "lm_head" in m]
+    assert len(tie) == 1 and "left lm_head dense" in tie[0] and "tied to wte.weight" in tie[0]
+    tokens = torch.randint(0, 64, (2, 5))
+    model(tokens).sum().backward()
+    assert wte.grad is not None  # one parameter, trained through both uses
+
+
+def test_two_linears_sharing_one_weight_both_stay_dense():
+    a, b = nn.Linear(16, 16), nn.Linear(16, 16)
+    b.weight = a.weight
+    model = nn.Sequential(a, nn.Tanh(), b, nn.Tanh(), nn.Linear(16, 16))
+    _out, caught = run_convert(model, groups=2)
+    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear and model[0].weight is model[2].weight
+    assert isinstance(model[4], SAOLinear)
+    msgs = [m for _, m in caught]
+    assert any("left 0 dense" in m and "tied to 2.weight" in m for m in msgs), msgs
+    assert any("left 2 dense" in m and "tied to 0.weight" in m for m in msgs), msgs
+
+
+def test_a_shared_module_is_not_a_tie():
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    _out, caught = run_convert(model, groups=2)
+    assert isinstance(model[0], SAOLinear) and model[0] is model[2]
+    assert [c for c, _ in caught] == [ReinitializedWarning]
+
+
+# ---------------------------------------------------------------------- frozen flags
+def test_frozen_flags_are_kept():
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 16), nn.Conv2d(8, 8, 3))
+    model[0].requires_grad_(False)  # weight and bias frozen
+    model[2].weight.requires_grad_(False)  # only the weight
+    model[3].bias.requires_grad_(False)  # only the bias
+    sk.convert(model, groups=2)
+    assert not model[0].values.requires_grad and not model[0].bias.requires_grad
+    assert not model[2].values.requires_grad and model[2].bias.requires_grad
+    assert model[3].values.requires_grad and not model[3].bias.requires_grad
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"2.bias", "3.values"}
+
+
+def test_the_bias_parameter_itself_is_kept():
+    lin = nn.Linear(16, 32)
+    bias = lin.bias
+    model = nn.Sequential(lin)
+    sk.convert(model, groups=2)
+    assert model[0].bias is bias
+
+
+# ----------------------------------------------------------------------------- hooks
+def test_forward_hooks_and_pre_hooks_are_carried_and_removable():
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 16))
+    calls = []
+    h1 = model[0].register_forward_pre_hook(lambda m, args: calls.append(("pre", type(m).__name__)))
+    h2 = model[0].register_forward_hook(lambda m, args, out: calls.append(("post", type(m).__name__, out.shape)))
+    model[2].register_forward_hook(lambda m, args, kwargs, out: out * 2, with_kwargs=True)
+    model[2].register_forward_pre_hook(lambda m, args, kwargs: None, with_kwargs=True)
+    sk.convert(model, groups=2)
+    x = torch.randn(3, 16)
+    y = model(x)
+    assert calls == [("pre", "SAOLinear"), ("post", "SAOLinear", torch.Size([3, 32]))]
+    torch.testing.assert_close(y, 2 * model[2].__class__.forward(model[2], torch.tanh(model[0](x))))
+    h1.remove()
+    h2.remove()
+    calls.clear()
+    model(x)
+    assert calls == []  # the handles taken on the dense layer removed the hooks from the SAO layer
+
+
+def test_full_backward_hooks_are_carried():
+    model = nn.Sequential(nn.Linear(16, 32))
+    seen = []
+    model[0].register_full_backward_hook(lambda m, gin, gout: seen.append((type(m).__name__, gout[0].shape)))
+    model[0].register_full_backward_pre_hook(lambda m, gout: seen.append(("pre", gout[0].shape)))
+    sk.convert(model, groups=2)
+    model(torch.randn(3, 16, requires_grad=True)).sum().backward()
+    assert seen == [("pre", torch.Size([3, 32])), ("SAOLinear", torch.Size([3, 32]))]
+
+
+def test_hooks_that_cannot_be_carried_are_named():
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # register_backward_hook is deprecated
+        model[0].register_backward_hook(lambda m, gin, gout: None)
+    model[0]._register_state_dict_hook(lambda m, sd, prefix, meta: None)
+    model[1].weight.register_hook(lambda g: g)
+    _out, caught = run_convert(model, groups=2)
+    msgs = [m for c, m in caught if c is not ReinitializedWarning]
+    assert len(msgs) == 2, msgs
+    assert msgs[0].startswith("convert: 0: not carried to the SAO layer") and "register_backward_hook" in msgs[0]
+    assert "state_dict hook" in msgs[0]
+    assert msgs[1].startswith("convert: 1: not carried") and "hook(s) on its weight tensor" in msgs[1]
+
+
+# ------------------------------------------------------------------------------ root
+@pytest.mark.parametrize("root", [nn.Linear(16, 32), nn.Conv2d(8, 16, 3)], ids=["linear", "conv"])
+def test_a_model_that_is_a_linear_or_conv_returns_the_converted_layer(root):
+    frozen_bias = root.bias
+    root.weight.requires_grad_(False)
+    out, caught = run_convert(root, groups=2)
+    assert isinstance(out, SAOLinear if isinstance(root, nn.Linear) else SAOConv2d)
+    assert out.bias is frozen_bias and not out.values.requires_grad
+    reinit = [m for c, m in caught if c is ReinitializedWarning]
+    assert len(reinit) == 1 and "the model itself" in reinit[0]
+
+
+def test_a_root_that_stays_dense_is_returned_as_is():
+    root = nn.Linear(16, 10)
+    out, caught = run_convert(root, sparsity=0.75)
+    assert out is root
+    assert next(m for _, m in caught).startswith("convert: left the model itself (Linear) dense")
+    assert sk.convert(root, groups=2, filter_fn=lambda name, m: name != "") is root
+
+
+# ---------------------------------------------------------------------- re-init warning
+def test_reinitialisation_is_said_once_per_call():
+    model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(8)])
+    pretrained = model[0].weight.detach().clone()
+    _out, caught = run_convert(model, groups=2)
+    reinit = [m for c, m in caught if c is ReinitializedWarning]
+    assert len(reinit) == 1
+    assert "8 layer(s) were re-initialised by SAO (0, 1, 2, 3, 4 and 3 more)" in reinit[0]
+    assert "not kept" in reinit[0] and "SAOLinear.from_dense" in reinit[0]
+    assert issubclass(ReinitializedWarning, UserWarning)
+    assert not torch.allclose(model[0].dense_weight().detach(), pretrained)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error")
+        warnings.filterwarnings("ignore", category=ReinitializedWarning)
+        sk.convert(nn.Sequential(nn.Linear(32, 32)), groups=2)  # silenced by category
+    assert "re-initialised by SAO" in sk.convert.__doc__ and "return value" in sk.convert.__doc__
+
+
+# ----------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        ({"sparsity": float("nan")}, ValueError, r"convert: sparsity must be a float in \[0, 1\), got nan"),
+        ({"sparsity": float("inf")}, ValueError, r"convert: sparsity must be"),
+        ({"sparsity": True}, ValueError, r"convert: sparsity must be"),
+        ({"sparsity": "0.5"}, ValueError, r"convert: sparsity must be"),
+        ({"degree": 2.5}, ValueError, r"convert: degree must be a positive int, got 2.5"),
+        ({"groups": 0}, ValueError, r"convert: groups must be a positive int, got 0"),
+        ({"groups": 2, "gain": float("nan")}, ValueError, r"convert: gain must be a finite float > 0, got nan"),
+        ({"groups": 2, "gain": float("inf")}, ValueError, r"convert: gain must be a finite float > 0"),
+        ({"groups": 2, "gain": "1"}, TypeError, r"convert: gain must be a number"),
+        ({"groups": 2, "block_size": 0}, ValueError, r"convert: block_size must be a positive int"),
+        ({"groups": 2, "activation": "gelu"}, ValueError, r"convert: activation='gelu' is not supported"),
+        ({"groups": 2, "linear_init": "delta"}, ValueError, r"convert: linear_init='delta' is not supported"),
+        ({"groups": 2, "conv_init": "sao"}, ValueError, r"convert: conv_init='sao' is not supported"),
+        ({"groups": 2, "filter_fn": 3}, TypeError, r"convert: filter_fn must be a callable"),
+        ({"groups": 2, "skip_invalid": "yes"}, TypeError, r"convert: skip_invalid must be a bool"),
+        ({"groups": 2, "generator": 0}, TypeError, r"convert: generator must be a torch.Generator"),
+    ],
+)
+def test_bad_arguments_raise_up_front_even_with_skip_invalid(kwargs, exc, pattern):
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16))
+    first = model[0]
+    with pytest.raises(exc, match=pattern):
+        sk.convert(model, **kwargs)
+    assert model[0] is first  # nothing replaced
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(TypeError, match="convert: model must be an nn.Module"):
+        sk.convert([nn.Linear(4, 4)], groups=2)
