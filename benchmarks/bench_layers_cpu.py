@@ -2,8 +2,8 @@
 
     python benchmarks/bench_layers_cpu.py [--out benchmarks/results] [--min-run-time 1.0] [--groups 2 4 8 16]
 
-Linear: 4096 x 4096, T = 512; conv: 256 -> 256 channels, 3x3, padding 1, 8 x 32 x 32; float32,
-G in {2, 4, 8, 16}.  For each layer kind and mode, the dense layer and the SAO layers at every
+Linear: 4096 x 4096, T = 512 (float32, or --dtypes); conv: 256 -> 256 channels, 3x3, padding 1,
+8 x 32 x 32, float32; G in {2, 4, 8, 16}.  For each layer kind and mode, the dense layer and the SAO layers at every
 G are timed in the same interleaved rounds (sao_kernels.bench); every row carries min / median /
 IQR of both sides, the speed-up with its 95 % interval and flags.  Writes
 ``layers_cpu_<machine>_<date>.json`` and ``.md`` into --out.
@@ -28,17 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-channels", type=positive_int, default=256, help="conv channels (square)")
     parser.add_argument("--conv-size", type=positive_int, default=32, help="conv H = W")
     parser.add_argument("--conv-batch", type=positive_int, default=8, help="conv batch")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(cases.DTYPES),
+                        help="dtypes of the linear layers (the conv runs float32)")
     args = parser.parse_args(argv)
     timing, meta = script_setup(args, parser)
     gen = torch.Generator().manual_seed(0)
     n, T, C, H, B = args.features, args.tokens, args.conv_channels, args.conv_size, args.conv_batch
     try:
         with recording_load(meta):
-            dense, saos = cases.linear_layers(n, args.groups, torch.float32, gen)
-            x = torch.randn(T, n, generator=gen)
-            base = dict(case="linear", shape=f"{n}x{n}, T={T}", backend="auto", dtype="float32", width=n, tokens=T,
-                        depth=1, contention=False)
-            rows = cases.layer_rows(dense, saos, x, timing, base=base, generator=gen)
+            rows = []
+            for dtype_name in args.dtypes:
+                dtype = cases.DTYPES[dtype_name]
+                dense, saos = cases.linear_layers(n, args.groups, dtype, gen)
+                x = torch.randn(T, n, generator=gen).to(dtype)
+                base = dict(case="linear", shape=f"{n}x{n}, T={T}", backend="auto", dtype=dtype_name, width=n,
+                            tokens=T, depth=1, contention=False)
+                rows += cases.layer_rows(dense, saos, x, timing, base=base, generator=gen)
             dense, saos = cases.conv_layers(C, 3, args.groups, torch.float32, gen)
             x = torch.randn(B, C, H, H, generator=gen)
             base = dict(case="conv", shape=f"{C}->{C} 3x3, {B}x{H}x{H}", backend="auto", dtype="float32", width=C,

@@ -455,19 +455,45 @@ struct Grouped {
 };
 
 // Items: (token block, chunk of groups).  The number of chunks grows only when there are too
-// few token blocks to keep kMinItems items.
+// few token blocks to keep kMinItems items, and stays 1 (all groups in one item) when the
+// outputs are scattered (see grouped_gemm).
 struct Split {
   int64_t n_tb, TB, n_gc, GC;
 };
 
-Split token_split(int64_t T, int64_t G, int64_t TB) {
+Split token_split(int64_t T, int64_t G, int64_t TB, bool all_groups) {
   Split sp;
   sp.TB = TB;
   sp.n_tb = ceil_div(T, TB);
-  sp.n_gc = std::min(G, ceil_div(kMinItems, std::max<int64_t>(sp.n_tb, 1)));
+  sp.n_gc = all_groups ? 1 : std::min(G, ceil_div(kMinItems, std::max<int64_t>(sp.n_tb, 1)));
   sp.GC = ceil_div(G, sp.n_gc);
   sp.n_gc = ceil_div(G, sp.GC);
   return sp;
+}
+
+// The inverse of a permutation, as the positions to read an output row from: out[r, k] =
+// acc[r, inv[k]].  With aligned runs of `run`, one entry per run.
+std::vector<int64_t> inverse_runs(const int64_t* idx, int64_t n, int64_t run) {
+  std::vector<int64_t> inv(ceil_div(n, run));
+  for (int64_t j = 0; j < n; j += run) inv[idx[j] / run] = j;
+  return inv;
+}
+
+// Epilogue of a scattered output: out[r, k] = T(acc[r, inv(k)]) for a token block, every row
+// written once, left to right (reads scattered within an accumulator row that stays in L1,
+// writes sequential).
+template <typename T, typename Acc>
+void unpermute_rows(const Acc* acc, int64_t ldc, const std::vector<int64_t>& inv, int64_t run, int64_t rows,
+                    int64_t n, T* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const Acc* s = acc + r * ldc;
+    T* d = out + r * ldo;
+    if (run > 1) {
+      for (int64_t k = 0; k < n; k += run) convert_row(s + inv[k / run], d + k, std::min(run, n - k));
+    } else {
+      for (int64_t k = 0; k < n; ++k) d[k] = static_cast<T>(s[inv[k]]);
+    }
+  }
 }
 
 template <typename T>
@@ -477,23 +503,37 @@ void grouped_gemm(const Grouped<T>& p, const Engine<T>& eng) {
   // A problem small enough to run on one thread fits in L2 whole: one token block per group
   // (fewer, larger GEMM calls); larger problems use blocks sized for cache reuse.
   const double flops = 2.0 * p.T_ * p.G * p.K * p.N;
-  const int64_t TB = flops < kParallelMinFlops ? std::min<int64_t>(p.T_, kSmallTokBlock)
-                                               : (eng.vnni ? kVnniTokBlock : kTokBlock);
-  const Split sp = token_split(p.T_, p.G, TB);
+  int64_t TB = flops < kParallelMinFlops ? std::min<int64_t>(p.T_, kSmallTokBlock)
+                                         : (eng.vnni ? kVnniTokBlock : kTokBlock);
+  // (with all groups in one item, smaller token blocks keep enough items for the threads)
+  if (p.oidx && flops >= kParallelMinFlops) TB = std::min(TB, std::max<int64_t>(16, ceil_div(ceil_div(p.T_, 8), 16) * 16));
+  // Scattered outputs: one item computes every group of its token block into a group-ordered
+  // accumulator and then writes each output row once, in feature order, through the inverse
+  // map.  (Scattering group by group from separate items made every item touch every cache
+  // line of the token block's output rows: measured 2x slower grad-input.)
+  const Split sp = token_split(p.T_, p.G, TB, p.oidx != nullptr);
+  const std::vector<int64_t> inv = p.oidx ? inverse_runs(p.oidx, ldo, p.o_run) : std::vector<int64_t>();
   // float32 / float64 with outputs in place: the accumulator is the output itself, unless its
   // row stride is a multiple of 1 KiB (rows of C on a few cache sets: 2x slower GEMMs).
   const bool direct = std::is_same_v<T, Acc> && !p.oidx && (ldo * int64_t(sizeof(Acc))) % 1024 != 0;
-  const int64_t ldcb = pad_ld<Acc>(p.N);
+  const int64_t ldcb = pad_ld<Acc>(sp.GC * p.N);
   const int64_t ldp = pad_ld<T>(sp.GC * p.K);
+  // The A operand read in place only if its row stride is harmless; else packed like a gather.
+  const bool pack_a = p.aidx || (p.lda * int64_t(sizeof(T))) % 1024 == 0;
   run_items(sp.n_tb * sp.n_gc, flops, [&](int64_t it) {
     Scratch big_panel, big_c;
     const int64_t t0 = (it / sp.n_gc) * sp.TB, g0 = (it % sp.n_gc) * sp.GC;
     const int64_t rows = std::min(sp.TB, p.T_ - t0), gn = std::min(sp.GC, p.G - g0);
     const T* A0;  // (rows, gn*K) in group order
     int64_t lda;
-    if (p.aidx) {
+    if (pack_a) {
       T* panel = scratch<T>(kSlotPanel, sp.TB * ldp, big_panel);
-      gather_cols(p.a + t0 * p.lda, p.lda, p.aidx + g0 * p.K, rows, gn * p.K, p.a_run, panel, ldp);
+      if (p.aidx) {
+        gather_cols(p.a + t0 * p.lda, p.lda, p.aidx + g0 * p.K, rows, gn * p.K, p.a_run, panel, ldp);
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(panel + r * ldp, p.a + (t0 + r) * p.lda + g0 * p.K, sizeof(T) * gn * p.K);
+      }
       A0 = panel;
       lda = ldp;
     } else {
@@ -502,16 +542,19 @@ void grouped_gemm(const Grouped<T>& p, const Engine<T>& eng) {
     }
     Acc* cbuf = direct ? nullptr : scratch<Acc>(kSlotC, sp.TB * ldcb, big_c);
     for (int64_t g = g0; g < g0 + gn; ++g) {
-      const int64_t* ocols = p.oidx ? p.oidx + g * p.N : nullptr;
-      Acc* C = direct ? reinterpret_cast<Acc*>(p.out + t0 * ldo + g * p.N) : cbuf;
+      // the accumulator: the output itself, this group's columns of the group-ordered buffer
+      // (scattered outputs), or a per-group buffer
+      Acc* C = direct ? reinterpret_cast<Acc*>(p.out + t0 * ldo + g * p.N) : cbuf + (p.oidx ? (g - g0) * p.N : 0);
       const int64_t ldc = direct ? ldo : ldcb;
-      if (p.bias) {  // the bias is the GEMM's initial C
+      if (p.bias) {  // the bias is the GEMM's initial C (in group order)
+        const int64_t* ocols = p.oidx ? p.oidx + g * p.N : nullptr;
         for (int64_t j = 0; j < p.N; ++j) C[j] = static_cast<Acc>(p.bias[ocols ? ocols[j] : g * p.N + j]);
         for (int64_t r = 1; r < rows; ++r) std::memcpy(C + r * ldc, C, sizeof(Acc) * p.N);
       }
       eng.gemm(rows, p.N, p.K, A0 + (g - g0) * p.K, lda, p.b + g * p.sgb, p.ldb, C, ldc, p.bias != nullptr);
-      if (!direct) store_cols(C, ldc, ocols, p.o_run, rows, p.N, p.out + t0 * ldo + (ocols ? 0 : g * p.N), ldo);
+      if (!direct && !p.oidx) store_cols(C, ldc, nullptr, 1, rows, p.N, p.out + t0 * ldo + g * p.N, ldo);
     }
+    if (p.oidx) unpermute_rows(cbuf, ldcb, inv, p.o_run, rows, ldo, p.out + t0 * ldo, ldo);
     eng.release();
   });
 }

@@ -316,35 +316,50 @@ struct NodeFactory<T, false> {
   }
 };
 
-// A backward Node holding the op's index maps and block size.
+// A backward node of one of the three ops: its two saved operands (an op is bilinear in
+// them), index maps and block size.  Each op's node adds only its name and its formulas.
 struct SaoBackward : public torch::autograd::TraceableFunction {
-  SavedVariable in_index, out_index;
+  SavedVariable first, second, in_index, out_index;
   int64_t block_size = 1;
-  void release_indices() {
+  void release_variables() override {
+    first.reset_data();
+    second.reset_data();
     in_index.reset_data();
     out_index.reset_data();
   }
+  optional<Tensor> in_map() const { return opt(in_index.unpack()); }
+  optional<Tensor> out_map() const { return opt(out_index.unpack()); }
 };
 
+// The node of an op whose differentiable inputs are `edges` (none requiring grad: no node).
+template <typename NodeT, typename... Edges>
+auto make_node(const Tensor& first, const Tensor& second, const optional<Tensor>& in_index,
+               const optional<Tensor>& out_index, int64_t block_size, const Edges&... edges) {
+  decltype(NodeFactory<NodeT>::make()) node;
+  if (!torch::autograd::compute_requires_grad(edges...)) return node;
+  node = NodeFactory<NodeT>::make();
+  node->set_next_edges(torch::autograd::collect_next_edges(edges...));
+  node->first = SavedVariable(first, false);
+  node->second = SavedVariable(second, false);
+  node->in_index = SavedVariable(saved(in_index), false);
+  node->out_index = SavedVariable(saved(out_index), false);
+  node->block_size = block_size;
+  return node;
+}
+
 // ----------------------------------------------------------------------- forward op
-struct LinearBackward : public SaoBackward {  // edges: x, values, bias
-  SavedVariable x, values;
+struct LinearBackward : public SaoBackward {  // first x, second values; edges: x, values, bias
   bool has_bias = false;
   std::string name() const override { return "SaoLinearBackward"; }
-  void release_variables() override {
-    x.reset_data();
-    values.reset_data();
-    release_indices();
-  }
   variable_list apply(variable_list&& grads) override {
     variable_list out(3);
     const Tensor& dy = grads[0];
     if (!dy.defined()) return out;
     auto self = getptr();
-    const Tensor v = values.unpack(self);
-    const optional<Tensor> ii = opt(in_index.unpack()), oi = opt(out_index.unpack());
-    if (task_should_compute_output(0)) out[0] = linear_grad_input(dy, v, ii, oi, block_size);
-    if (task_should_compute_output(1)) out[1] = linear_grad_values(dy, x.unpack(self), ii, oi, v.size(0), block_size);
+    const Tensor v = second.unpack(self);
+    if (task_should_compute_output(0)) out[0] = linear_grad_input(dy, v, in_map(), out_map(), block_size);
+    if (task_should_compute_output(1))
+      out[1] = linear_grad_values(dy, first.unpack(self), in_map(), out_map(), v.size(0), block_size);
     if (has_bias && task_should_compute_output(2)) out[2] = dy.sum(0);
     return out;
   }
@@ -352,17 +367,8 @@ struct LinearBackward : public SaoBackward {  // edges: x, values, bias
 
 Tensor linear_autograd(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
                        const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
-  decltype(NodeFactory<LinearBackward>::make()) node;
-  if (torch::autograd::compute_requires_grad(x, values, bias)) {
-    node = NodeFactory<LinearBackward>::make();
-    node->set_next_edges(torch::autograd::collect_next_edges(x, values, bias));
-    node->x = SavedVariable(x, false);
-    node->values = SavedVariable(values, false);
-    node->in_index = SavedVariable(saved(in_index), false);
-    node->out_index = SavedVariable(saved(out_index), false);
-    node->has_bias = bias.has_value() && bias->defined();
-    node->block_size = block_size;
-  }
+  auto node = make_node<LinearBackward>(x, values, in_index, out_index, block_size, x, values, bias);
+  if (node) node->has_bias = bias.has_value() && bias->defined();
   Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -372,10 +378,9 @@ Tensor linear_autograd(const Tensor& x, const Tensor& values, const optional<Ten
   if (has_tangent(x) || has_tangent(values) || has_tangent(bias)) {
     // dY = linear(dX; V) + linear(X; dV) + db
     const Tensor xt = tangent(x), vt = tangent(values), bt = tangent(bias);
-    const Tensor xp = primal(x), vp = primal(values);
     Tensor t;
-    if (xt.defined()) t = linear(xt, vp, in_index, out_index, std::nullopt, block_size);
-    if (vt.defined()) t = sum_defined(t, linear(xp, vt, in_index, out_index, std::nullopt, block_size));
+    if (xt.defined()) t = linear(xt, primal(values), in_index, out_index, std::nullopt, block_size);
+    if (vt.defined()) t = sum_defined(t, linear(primal(x), vt, in_index, out_index, std::nullopt, block_size));
     if (bt.defined()) t = t.defined() ? t + bt : bt.expand({x.size(0), bt.size(0)}).clone();
     y._set_fw_grad(t, /*level=*/0, /*is_inplace_op=*/false);
   }
@@ -383,41 +388,25 @@ Tensor linear_autograd(const Tensor& x, const Tensor& values, const optional<Ten
 }
 
 // ------------------------------------------------------------------- grad-input op
-struct GradInputBackward : public SaoBackward {  // edges: grad_out, values
-  SavedVariable grad_out, values;
+struct GradInputBackward : public SaoBackward {  // first grad_out, second values
   std::string name() const override { return "SaoLinearGradInputBackward"; }
-  void release_variables() override {
-    grad_out.reset_data();
-    values.reset_data();
-    release_indices();
-  }
   variable_list apply(variable_list&& grads) override {
     variable_list out(2);
     const Tensor& g = grads[0];
     if (!g.defined()) return out;
     auto self = getptr();
-    const Tensor v = values.unpack(self);
-    const optional<Tensor> ii = opt(in_index.unpack()), oi = opt(out_index.unpack());
+    const Tensor v = second.unpack(self);
     // dx = dY @ V per group  =>  d(dY) = g @ V^T (the forward product), dV = dY^T @ g.
-    if (task_should_compute_output(0)) out[0] = linear(g, v, ii, oi, std::nullopt, block_size);
+    if (task_should_compute_output(0)) out[0] = linear(g, v, in_map(), out_map(), std::nullopt, block_size);
     if (task_should_compute_output(1))
-      out[1] = linear_grad_values(grad_out.unpack(self), g, ii, oi, v.size(0), block_size);
+      out[1] = linear_grad_values(first.unpack(self), g, in_map(), out_map(), v.size(0), block_size);
     return out;
   }
 };
 
 Tensor linear_grad_input_autograd(const Tensor& grad_out, const Tensor& values, const optional<Tensor>& in_index,
                                   const optional<Tensor>& out_index, int64_t block_size) {
-  decltype(NodeFactory<GradInputBackward>::make()) node;
-  if (torch::autograd::compute_requires_grad(grad_out, values)) {
-    node = NodeFactory<GradInputBackward>::make();
-    node->set_next_edges(torch::autograd::collect_next_edges(grad_out, values));
-    node->grad_out = SavedVariable(grad_out, false);
-    node->values = SavedVariable(values, false);
-    node->in_index = SavedVariable(saved(in_index), false);
-    node->out_index = SavedVariable(saved(out_index), false);
-    node->block_size = block_size;
-  }
+  auto node = make_node<GradInputBackward>(grad_out, values, in_index, out_index, block_size, grad_out, values);
   Tensor dx;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -435,40 +424,25 @@ Tensor linear_grad_input_autograd(const Tensor& grad_out, const Tensor& values, 
 }
 
 // ------------------------------------------------------------------ grad-values op
-struct GradValuesBackward : public SaoBackward {  // edges: grad_out, x
-  SavedVariable grad_out, x;
+struct GradValuesBackward : public SaoBackward {  // first grad_out, second x
   std::string name() const override { return "SaoLinearGradValuesBackward"; }
-  void release_variables() override {
-    grad_out.reset_data();
-    x.reset_data();
-    release_indices();
-  }
   variable_list apply(variable_list&& grads) override {
     variable_list out(2);
     const Tensor& g = grads[0];
     if (!g.defined()) return out;
     auto self = getptr();
-    const optional<Tensor> ii = opt(in_index.unpack()), oi = opt(out_index.unpack());
     // dV_g = dY_g^T X_g  =>  d(dY)_g = X_g @ g_g^T (forward product with values g),
     //                        dX_g = dY_g @ g_g (grad-input product with values g).
-    if (task_should_compute_output(0)) out[0] = linear(x.unpack(self), g, ii, oi, std::nullopt, block_size);
-    if (task_should_compute_output(1)) out[1] = linear_grad_input(grad_out.unpack(self), g, ii, oi, block_size);
+    if (task_should_compute_output(0))
+      out[0] = linear(second.unpack(self), g, in_map(), out_map(), std::nullopt, block_size);
+    if (task_should_compute_output(1)) out[1] = linear_grad_input(first.unpack(self), g, in_map(), out_map(), block_size);
     return out;
   }
 };
 
 Tensor linear_grad_values_autograd(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
                                    const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
-  decltype(NodeFactory<GradValuesBackward>::make()) node;
-  if (torch::autograd::compute_requires_grad(grad_out, x)) {
-    node = NodeFactory<GradValuesBackward>::make();
-    node->set_next_edges(torch::autograd::collect_next_edges(grad_out, x));
-    node->grad_out = SavedVariable(grad_out, false);
-    node->x = SavedVariable(x, false);
-    node->in_index = SavedVariable(saved(in_index), false);
-    node->out_index = SavedVariable(saved(out_index), false);
-    node->block_size = block_size;
-  }
+  auto node = make_node<GradValuesBackward>(grad_out, x, in_index, out_index, block_size, grad_out, x);
   Tensor dv;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
