@@ -7,7 +7,9 @@
 Glossary, used in every module here and in csrc/: T tokens (rows of an activation), m = G*a
 output features, n = G*c input features, G groups (blocks), a = m/G and c = n/G the block
 sides, b = ``block_size`` (the aligned run length of both index maps), R_g / C_g the output /
-input features of group g.  x (T, n), y and grad_out (T, m), values (G, a, c).
+input features of group g.  x (T, n), y and grad_out (T, m), values (G, a, c).  In the
+shared gather-matmul kernel (forward and grad-input) ``lhs`` is its left operand (X in the
+forward, dY in grad-input) and N / K its output / reduction sides (a / c, or c / a).
 
 How the ops are registered (which kernel runs for which dispatch key): ``_library.py``.
 Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU kernels: csrc/.

@@ -8,7 +8,7 @@ Implementations (which one runs: ``sao_kernels.backend``):
 
 * native (CPU, csrc/native_kernels.cpp): the column gather fused into the packing of each
   (token block, group) panel, oneDNN brgemm / BLAS micro-kernels, bias as the GEMM's initial C.
-* triton (``ops/triton/grouped_gather_matmul.py``): the gather fused into the K-loop loads,
+* triton (``ops/triton/gather_matmul.py``): the gather fused into the K-loop loads,
   the output placement and the bias into the epilogue store.
 * torch (here): one gather of X's columns, a batched GEMM over the G groups (bias fused via
   baddbmm), one pass that writes the outputs in feature order.

@@ -5,7 +5,7 @@ out_index | None, groups, block_size=1) -> dvalues (G, a, c)``
 
 A reduction over tokens, deterministic on every backend (no atomics; fixed reduction
 orders).  native: X packed once in group order, per-(group, row block) GEMMs over all tokens;
-triton (``ops/triton/grouped_grad_values.py``): both gathers fused into the loads, float32
+triton (``ops/triton/grad_values.py``): both gathers fused into the loads, float32
 partials per token split summed in a fixed order; torch: two gathers and one batched GEMM.
 
 Autograd (bilinear in dY and X): d(dY) = ``linear(X; g)``, dX = ``linear_grad_input(dY; g)``;
