@@ -8,16 +8,18 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
+# fenced blocks, also those indented inside a list item
+BLOCKS = [textwrap.dedent(b) for b in re.findall(r"^[ \t]*```python\n(.*?)^[ \t]*```", README, flags=re.S | re.M)]
 
 
 def test_readme_has_python_snippets():
-    assert len(BLOCKS) >= 3
+    assert len(BLOCKS) >= 4
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
