@@ -10,6 +10,7 @@ min / median / IQR, the speed-up with its 95 % interval and flags (ideal = G; La
 the residual and the optimiser are not sparse, so a real model stays below it).  Writes
 ``e2e_mlp_<machine>_<date>.json`` and ``.md`` into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,18 +66,40 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "values are re-initialised by SAO": intended here
             try:
-                saos[G] = sk.convert(build(), groups=G, filter_fn=lambda name, m: isinstance(m, nn.Linear),
-                                     skip_invalid=False)
+                saos[G] = sk.convert(
+                    build(), groups=G, filter_fn=lambda name, m: isinstance(m, nn.Linear), skip_invalid=False
+                )
             except ValueError as err:
                 parser.error(f"--groups {G}: {err}")
-    base = dict(case="mlp_blocks", shape=f"{L} x (LN, {d}->{4 * d}->{d}, GELU), T={T}", backend="auto",
-                dtype=dtype_name, width=d, tokens=T, depth=L, contention=False)
+    base = dict(
+        case="mlp_blocks",
+        shape=f"{L} x (LN, {d}->{4 * d}->{d}, GELU), T={T}",
+        backend="auto",
+        dtype=dtype_name,
+        width=d,
+        tokens=T,
+        depth=L,
+        contention=False,
+    )
     with recording_load(meta):
-        rows = cases.model_rows(build(), saos, x, timing, base=base, modes=("train_step",),
-                                optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4))
-    paths = cases.write_case_results(rows, meta, args.out, stem=results_stem(f"e2e_mlp_{args.device}", meta),
-                                     what="Training step (fwd + bwd + AdamW) of MLP blocks, SAO vs dense",
-                                     settings=timing, formats=("json", "md"))
+        rows = cases.model_rows(
+            build(),
+            saos,
+            x,
+            timing,
+            base=base,
+            modes=("train_step",),
+            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4),
+        )
+    paths = cases.write_case_results(
+        rows,
+        meta,
+        args.out,
+        stem=results_stem(f"e2e_mlp_{args.device}", meta),
+        what="Training step (fwd + bwd + AdamW) of MLP blocks, SAO vs dense",
+        settings=timing,
+        formats=("json", "md"),
+    )
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

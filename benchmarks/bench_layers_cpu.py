@@ -8,6 +8,7 @@ G are timed in the same interleaved rounds (sao_kernels.bench); every row carrie
 IQR of both sides, the speed-up with its 95 % interval and flags.  Writes
 ``layers_cpu_<machine>_<date>.json`` and ``.md`` into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-channels", type=positive_int, default=256, help="conv channels (square)")
     parser.add_argument("--conv-size", type=positive_int, default=32, help="conv H = W")
     parser.add_argument("--conv-batch", type=positive_int, default=8, help="conv batch")
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(cases.DTYPES),
-                        help="dtypes of the linear layers (the conv runs float32)")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32"],
+        choices=sorted(cases.DTYPES),
+        help="dtypes of the linear layers (the conv runs float32)",
+    )
     args = parser.parse_args(argv)
     timing, meta = script_setup(args, parser)
     gen = torch.Generator().manual_seed(0)
@@ -41,18 +47,41 @@ def main(argv: list[str] | None = None) -> int:
                 dtype = cases.DTYPES[dtype_name]
                 dense, saos = cases.linear_layers(n, args.groups, dtype, gen)
                 x = torch.randn(T, n, generator=gen).to(dtype)
-                base = dict(case="linear", shape=f"{n}x{n}, T={T}", backend="auto", dtype=dtype_name, width=n,
-                            tokens=T, depth=1, contention=False)
+                base = dict(
+                    case="linear",
+                    shape=f"{n}x{n}, T={T}",
+                    backend="auto",
+                    dtype=dtype_name,
+                    width=n,
+                    tokens=T,
+                    depth=1,
+                    contention=False,
+                )
                 rows += cases.layer_rows(dense, saos, x, timing, base=base, generator=gen)
             dense, saos = cases.conv_layers(C, 3, args.groups, torch.float32, gen)
             x = torch.randn(B, C, H, H, generator=gen)
-            base = dict(case="conv", shape=f"{C}->{C} 3x3, {B}x{H}x{H}", backend="auto", dtype="float32", width=C,
-                        tokens=B * H * H, depth=1, contention=False)
+            base = dict(
+                case="conv",
+                shape=f"{C}->{C} 3x3, {B}x{H}x{H}",
+                backend="auto",
+                dtype="float32",
+                width=C,
+                tokens=B * H * H,
+                depth=1,
+                contention=False,
+            )
             rows += cases.layer_rows(dense, saos, x, timing, base=base, generator=gen)
     except ValueError as err:  # a G that does not divide a width: resolve_sizes names it
         parser.error(str(err))
-    paths = cases.write_case_results(rows, meta, args.out, stem=results_stem("layers_cpu", meta),
-                                     what="SAO layers vs dense", settings=timing, formats=("json", "md"))
+    paths = cases.write_case_results(
+        rows,
+        meta,
+        args.out,
+        stem=results_stem("layers_cpu", meta),
+        what="SAO layers vs dense",
+        settings=timing,
+        formats=("json", "md"),
+    )
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

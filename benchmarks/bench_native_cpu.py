@@ -12,6 +12,7 @@ interval, native's speed-up over the composite (same rounds, same interval metho
 flags.  fwd runs under no_grad; fwd+bwd computes the input, values and bias grads.  Writes
 ``native_cpu_<machine>_<date>.json`` and ``.md`` into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,39 @@ def measure(dtype_name: str, n: int, T: int, groups: list[int], timing, gen) -> 
     for i, mode in enumerate(("fwd", "fwd_bwd")):
         stats = interleave({key: pair[i] for key, pair in steps.items()}, timing)
         for G in groups:
-            vs_torch = compare(stats[("torch", G)], stats[("native", G)], ideal=None,
-                               flag_rel_spread=timing.flag_rel_spread, names=("native", "torch"))
+            vs_torch = compare(
+                stats[("torch", G)],
+                stats[("native", G)],
+                ideal=None,
+                flag_rel_spread=timing.flag_rel_spread,
+                names=("native", "torch"),
+            )
             for backend in BACKENDS:
-                cmp = compare(stats["dense"], stats[(backend, G)], ideal=float(G),
-                              flag_rel_spread=timing.flag_rel_spread)
-                row = dict(case="linear", shape=f"{n}x{n}, T={T}", mode=mode, backend=backend, dtype=dtype_name,
-                           width=n, tokens=T, depth=1, groups=G, contention=False, **cmp.fields(),
-                           ideal_speedup=float(G), flag=cmp.flag, flag_reason=cmp.flag_reason)
+                cmp = compare(
+                    stats["dense"], stats[(backend, G)], ideal=float(G), flag_rel_spread=timing.flag_rel_spread
+                )
+                row = dict(
+                    case="linear",
+                    shape=f"{n}x{n}, T={T}",
+                    mode=mode,
+                    backend=backend,
+                    dtype=dtype_name,
+                    width=n,
+                    tokens=T,
+                    depth=1,
+                    groups=G,
+                    contention=False,
+                    **cmp.fields(),
+                    ideal_speedup=float(G),
+                    flag=cmp.flag,
+                    flag_reason=cmp.flag_reason,
+                )
                 if backend == "native":
-                    row.update(speedup_vs_torch=vs_torch.speedup.value, speedup_vs_torch_lo=vs_torch.speedup.lo,
-                               speedup_vs_torch_hi=vs_torch.speedup.hi)
+                    row.update(
+                        speedup_vs_torch=vs_torch.speedup.value,
+                        speedup_vs_torch_lo=vs_torch.speedup.lo,
+                        speedup_vs_torch_hi=vs_torch.speedup.hi,
+                    )
                 rows.append(row)
     return rows
 
@@ -93,12 +116,23 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"measured {dtype_name} T={T}", flush=True)
     except ValueError as err:  # a G that does not divide the width: the layer names it
         parser.error(str(err))
-    vs_torch = ("native vs torch [95% CI]", lambda r: fmt_speedup(r, "_vs_torch") if r["backend"] == "native" else "",
-                True)
+    vs_torch = (
+        "native vs torch [95% CI]",
+        lambda r: fmt_speedup(r, "_vs_torch") if r["backend"] == "native" else "",
+        True,
+    )
     paths = cases.write_case_results(
-        rows, meta, args.out, stem=results_stem("native_cpu", meta), what="Native CPU kernels vs torch composite "
-        "vs nn.Linear", settings=timing, formats=("json", "md"), extra_columns=[vs_torch], fields=FIELDS,
-        notes=["speed-up: over nn.Linear; native vs torch: the composite's median / native's median, same rounds."])
+        rows,
+        meta,
+        args.out,
+        stem=results_stem("native_cpu", meta),
+        what="Native CPU kernels vs torch composite vs nn.Linear",
+        settings=timing,
+        formats=("json", "md"),
+        extra_columns=[vs_torch],
+        fields=FIELDS,
+        notes=["speed-up: over nn.Linear; native vs torch: the composite's median / native's median, same rounds."],
+    )
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

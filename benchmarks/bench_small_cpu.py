@@ -10,6 +10,7 @@ core.  All SAO / dense pairs are timed interleaved (sao_kernels.bench).  Writes
 ``small_width_<machine>_<date>.json`` and ``.md`` into --out.  ``python -m sao_kernels bench
 --suite small-width`` runs the same cases into a results folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with recording_load(meta):
             rows, skipped = cases.small_width_suite(
-                timing, widths=args.widths, tokens=args.tokens, groups=args.groups, dtypes=args.dtypes,
-                depth=args.mlp_depth, depth_groups=args.mlp_groups, contention=args.contention,
+                timing,
+                widths=args.widths,
+                tokens=args.tokens,
+                groups=args.groups,
+                dtypes=args.dtypes,
+                depth=args.mlp_depth,
+                depth_groups=args.mlp_groups,
+                contention=args.contention,
                 contention_core=meta.get("contention", {}).get("core"),
-                progress=lambda label: print(f"measured {label}", flush=True))
+                progress=lambda label: print(f"measured {label}", flush=True),
+            )
     except NothingMeasured as err:
-        print(f"{parser.prog}: {err}: " + "; ".join(sorted({s['reason'] for s in err.skipped})))
+        print(f"{parser.prog}: {err}: " + "; ".join(sorted({s["reason"] for s in err.skipped})))
         return 1
-    paths = cases.write_case_results(rows, meta, args.out, stem=results_stem("small_width", meta),
-                                     what="Small-width SAO vs dense", settings=timing, formats=("json", "md"),
-                                     skipped=skipped)
+    paths = cases.write_case_results(
+        rows,
+        meta,
+        args.out,
+        stem=results_stem("small_width", meta),
+        what="Small-width SAO vs dense",
+        settings=timing,
+        formats=("json", "md"),
+        skipped=skipped,
+    )
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

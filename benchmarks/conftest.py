@@ -8,6 +8,7 @@ pyproject.toml passes --benchmark-disable so the README's test command runs ever
 once as a smoke test; --benchmark-enable turns the measurement on.  The contention cases (a
 busy-loop process pinned on one core while timing) run only with --contention.
 """
+
 import os
 
 import pytest
@@ -19,8 +20,12 @@ if not torch.cuda.is_available():
 
 
 def pytest_addoption(parser):
-    parser.addoption("--contention", action="store_true", default=False,
-                     help="run the contention benchmarks (a busy-loop process pinned on one core while timing)")
+    parser.addoption(
+        "--contention",
+        action="store_true",
+        default=False,
+        help="run the contention benchmarks (a busy-loop process pinned on one core while timing)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,6 +16,7 @@ pytest-benchmark times each row separately; for interleaved SAO / dense timing w
 and flags use ``python -m sao_kernels bench`` or benchmarks/bench_small_cpu.py.  The step
 closures are sao_kernels.bench.steps', shared with those.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -5,15 +5,17 @@ layer a permuted block-diagonal topology with orthogonal blocks.  This package b
 exactly as the paper does, stores it in a compact grouped block format and runs it as
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
+
 from . import diagnostics, format, init, ops, pruning, sizes
-from .dispatch import backend
 from .conversion import ReinitializedWarning, convert
+from .dispatch import backend
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
+from .hf import from_pretrained
 from .init import sao_blocks
-from .layers import SAOConv2d, SAOLinear
 from .layer_report import Report, report
-from .serialization import from_pretrained, load_sparse_state_dict
+from .layers import SAOConv2d, SAOLinear
+from .serialization import load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
 
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ composite on CPU); only an explicit request for the ``native`` backend raises.
 
 This module imports nothing from the rest of the package (everything imports it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ log = logging.getLogger("sao_kernels")
 _reason: Optional[str] = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> bool:
     """True when ``sao_kernels._C`` is loaded (its C++ kernels are registered)."""
     global _reason

@@ -1,4 +1,5 @@
 """Argument checks shared by the SAO construction (``init``) and the pruning baselines."""
+
 from __future__ import annotations
 
 import math

@@ -4,134 +4,33 @@ Exit status: 0 when results were written, 1 when nothing could be measured (what
 skipped and why goes to stderr), 2 for a usage error (any bad flag value, an --out that
 cannot be written, a --model that does not load), always before any measuring.
 """
+
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+
+from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchmarks/ import them from here)
+    _int_at_least,
+    add_timing_arguments,
+    choice_list,
+    finite_float,
+    fraction,
+    nonnegative_int,
+    positive_int,
+    positive_int_list,
+    script_setup,
+    seconds,
+)
 
 SUITES = ("sweep", "small-width")
 
 
-# ------------------------------------------------------------------ argparse types
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _int_at_least(1)(text)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _int_at_least(0)(text)
-
-
-def _int_at_least(lo: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
-        return value
-
-    parse.__name__ = f"integer >= {lo}"
-    return parse
-
-
-def positive_int_list(text: str) -> list[int]:
-    """argparse type: comma-separated integers >= 1."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
-
-
-def finite_float(lo: float, hi: float = math.inf, *, lo_open: bool = True, hi_open: bool = False
-                 ) -> Callable[[str], float]:
-    """argparse type: a finite float in (lo, hi] (brackets per ``lo_open`` / ``hi_open``);
-    nan and inf are refused."""
-    span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open or math.isinf(hi) else ']'}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text!r}") from None
-        above = value > lo if lo_open else value >= lo
-        below = value < hi if hi_open else value <= hi
-        if not (math.isfinite(value) and above and below):
-            raise argparse.ArgumentTypeError(f"expected a finite number in {span}, got {text!r}")
-        return value
-
-    parse.__name__ = f"number in {span}"
-    return parse
-
-
-def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    """argparse type: comma-separated values from ``allowed``."""
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in values if v not in allowed]
-        if not values or bad:
-            raise argparse.ArgumentTypeError(f"{','.join(bad) or text!r} not allowed; choose from {', '.join(allowed)}")
-        return values
-
-    return parse
-
-
-seconds = finite_float(0.0, 3600.0)
-fraction = finite_float(0.0, 1.0)
-
-
-def add_timing_arguments(parser: argparse.ArgumentParser, *, min_run_time: float = 0.2) -> None:
-    """--min-run-time, --max-run-time, --target-spread, --flag-spread, --threads, --machine,
-    --out (the flags every benchmark script shares)."""
-    parser.add_argument("--min-run-time", type=seconds, default=min_run_time,
-                        help=f"seconds of timed calls per candidate before the spread is checked (default "
-                        f"{min_run_time:g})")
-    parser.add_argument("--max-run-time", type=seconds, help="seconds per candidate after which rounds stop even "
-                        "if the spread is still wide (default 5 x --min-run-time)")
-    parser.add_argument("--target-spread", type=fraction, default=0.05,
-                        help="stop once every IQR is at most this fraction of its median (default 0.05)")
-    parser.add_argument("--flag-spread", type=fraction, default=0.10,
-                        help="flag rows whose IQR or speed-up interval exceeds this fraction (default 0.10)")
-    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--machine", help="machine name for the results (default: from the CPU / GPU name)")
-    parser.add_argument("--out", default="benchmarks/results", help="results folder (default: benchmarks/results)")
-
-
-def script_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: str = "cpu"):
-    """Apply --threads, check --out up front, and return (TimingSettings, meta) for a
-    benchmark script; usage errors exit 2 through ``parser.error``."""
-    from .bench.machine import machine_label, machine_meta
-    from .bench.results import check_writable
-    from .bench.timing import TimingSettings
-
-    try:
-        timing = TimingSettings(min_run_time=args.min_run_time, max_run_time=args.max_run_time,
-                                target_rel_iqr=args.target_spread, flag_rel_spread=args.flag_spread)
-        check_writable(args.out, "--out")
-    except ValueError as e:
-        parser.error(str(e))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    meta = machine_meta(device)
-    meta["machine"] = args.machine or machine_label(meta)
-    meta["command"] = " ".join([parser.prog, *sys.argv[1:]])
-    meta["timing"] = dict(min_run_time=timing.min_run_time, max_run_time=timing.budget, min_rounds=timing.min_rounds,
-                          target_rel_iqr=timing.target_rel_iqr, flag_rel_spread=timing.flag_rel_spread)
-    return timing, meta
-
-
-# ------------------------------------------------------------------------- parser
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from . import __version__
     from .bench.sweep import BACKENDS, DTYPES, OPS
@@ -155,36 +54,67 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     b.set_defaults(subparser=b)
     b.add_argument("--suite", choices=SUITES, default="sweep", help="what to measure (default: sweep)")
-    b.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="where to run (default: cuda if available, else cpu; small-width: cpu)")
+    b.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="where to run (default: cuda if available, else cpu; small-width: cpu)",
+    )
     b.add_argument("--ops", type=choice_list(OPS), help=f"sweep: ops to measure, from: {', '.join(OPS)}")
     b.add_argument("--tokens", type=positive_int_list, help="token counts T, e.g. 16,512")
     b.add_argument("--features", type=positive_int_list, help="square layer widths m = n, e.g. 1024,4096")
     b.add_argument("--groups", type=positive_int_list, help="group counts G (sparsity 1 - 1/G), e.g. 1,2,4,8")
     b.add_argument("--dtypes", type=choice_list(tuple(DTYPES)), help=f"dtypes, from: {', '.join(DTYPES)}")
     b.add_argument("--block-sizes", type=positive_int_list, help="sweep: block_size values (1 = the paper's)")
-    b.add_argument("--backends", type=choice_list(BACKENDS),
-                   help=f"sweep: implementations to time, from: {', '.join(BACKENDS)} (dense is always timed)")
+    b.add_argument(
+        "--backends",
+        type=choice_list(BACKENDS),
+        help=f"sweep: implementations to time, from: {', '.join(BACKENDS)} (dense is always timed)",
+    )
     b.add_argument("--conv-channels", type=positive_int, help="sweep: channels of the conv2d ops (square layer)")
     b.add_argument("--conv-size", type=positive_int, help="sweep: spatial size H = W of the conv2d ops")
     b.add_argument("--conv-batch", type=positive_int, help="sweep: batch of the conv2d ops")
-    b.add_argument("--mlp-depth", type=nonnegative_int,
-                   help="small-width: layers of the tanh MLP step (default 100; 0 leaves it out)")
-    b.add_argument("--min-run-time", type=seconds,
-                   help="seconds of timed calls per candidate before the spread is checked (default 0.2; 0.1 on cuda)")
-    b.add_argument("--max-run-time", type=seconds, help="seconds per candidate after which rounds stop even if "
-                   "the spread is still wide (default 5 x --min-run-time)")
-    b.add_argument("--target-spread", type=fraction, default=0.05,
-                   help="stop adding rounds once every IQR is at most this fraction of its median (default 0.05)")
-    b.add_argument("--flag-spread", type=fraction, default=0.10,
-                   help="flag rows whose IQR or speed-up interval exceeds this fraction (default 0.10)")
-    b.add_argument("--contention", action="store_true",
-                   help="measure everything a second time with a busy-loop process pinned on one core")
+    b.add_argument(
+        "--mlp-depth",
+        type=nonnegative_int,
+        help="small-width: layers of the tanh MLP step (default 100; 0 leaves it out)",
+    )
+    b.add_argument(
+        "--min-run-time",
+        type=seconds,
+        help="seconds of timed calls per candidate before the spread is checked (default 0.2; 0.1 on cuda)",
+    )
+    b.add_argument(
+        "--max-run-time",
+        type=seconds,
+        help="seconds per candidate after which rounds stop even if "
+        "the spread is still wide (default 5 x --min-run-time)",
+    )
+    b.add_argument(
+        "--target-spread",
+        type=fraction,
+        default=0.05,
+        help="stop adding rounds once every IQR is at most this fraction of its median (default 0.05)",
+    )
+    b.add_argument(
+        "--flag-spread",
+        type=fraction,
+        default=0.10,
+        help="flag rows whose IQR or speed-up interval exceeds this fraction (default 0.10)",
+    )
+    b.add_argument(
+        "--contention",
+        action="store_true",
+        help="measure everything a second time with a busy-loop process pinned on one core",
+    )
     b.add_argument("--contention-core", type=nonnegative_int, help="the core for --contention (default: the last)")
     b.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
     b.add_argument("--machine", help="machine name recorded in the results (default: from the CPU / GPU name)")
-    b.add_argument("--autotune", action="store_true",
-                   help="autotune the Triton kernels' tiles per shape class (sets SAO_KERNELS_AUTOTUNE=1)")
+    b.add_argument(
+        "--autotune",
+        action="store_true",
+        help="autotune the Triton kernels' tiles per shape class (sets SAO_KERNELS_AUTOTUNE=1)",
+    )
     b.add_argument("--out", default="sao_bench", help="output folder (default: ./sao_bench)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -196,16 +126,31 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "latency of each SAO layer vs its dense twin, timed interleaved, with spread and flags.",
     )
     r.set_defaults(subparser=r)
-    r.add_argument("--model", default="mlp",
-                   help=f"built-in ({', '.join(BUILTIN)}) or package.module:factory returning (model, inputs)")
-    r.add_argument("--sparsity", type=finite_float(0.0, 1.0, lo_open=False, hi_open=True), default=0.875,
-                   help="target sparsity 1 - 1/G, in [0, 1) (default 0.875, G=8)")
+    r.add_argument(
+        "--model",
+        default="mlp",
+        help=f"built-in ({', '.join(BUILTIN)}) or package.module:factory returning (model, inputs)",
+    )
+    r.add_argument(
+        "--sparsity",
+        type=finite_float(0.0, 1.0, lo_open=False, hi_open=True),
+        default=0.875,
+        help="target sparsity 1 - 1/G, in [0, 1) (default 0.875, G=8)",
+    )
     r.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
-    r.add_argument("--repeats", type=_int_at_least(3), default=10,
-                   help="least interleaved rounds per latency measurement (>= 3, default 10)")
-    r.add_argument("--min-run-time", type=seconds, default=0.1,
-                   help="seconds of timed calls per layer and mode before the spread is checked (default 0.1)")
+    r.add_argument(
+        "--repeats",
+        type=_int_at_least(3),
+        default=10,
+        help="least interleaved rounds per latency measurement (>= 3, default 10)",
+    )
+    r.add_argument(
+        "--min-run-time",
+        type=seconds,
+        default=0.1,
+        help="seconds of timed calls per layer and mode before the spread is checked (default 0.1)",
+    )
     r.add_argument("--flag-spread", type=fraction, default=0.10, help="flag rows whose spread exceeds this fraction")
     r.add_argument("--no-latency", action="store_true", help="count FLOPs and parameters only")
     r.add_argument("--no-backward", action="store_true", help="forward only")
@@ -270,8 +215,20 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
     if args.autotune:
         os.environ["SAO_KERNELS_AUTOTUNE"] = "1"
     cfg = sweep.default_config(device)
-    for field in ("ops", "tokens", "features", "groups", "dtypes", "block_sizes", "backends", "conv_channels",
-                  "conv_size", "conv_batch", "min_run_time", "max_run_time"):
+    for field in (
+        "ops",
+        "tokens",
+        "features",
+        "groups",
+        "dtypes",
+        "block_sizes",
+        "backends",
+        "conv_channels",
+        "conv_size",
+        "conv_batch",
+        "min_run_time",
+        "max_run_time",
+    ):
         value = getattr(args, field)
         if value is not None:
             setattr(cfg, field, tuple(value) if isinstance(value, list) else value)
@@ -284,8 +241,13 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
     meta = _meta(device, args, argv, prog)
     meta["suite"] = args.suite
     timing = cfg.timing()
-    meta["timing"] = dict(min_run_time=timing.min_run_time, max_run_time=timing.budget, min_rounds=timing.min_rounds,
-                          target_rel_iqr=timing.target_rel_iqr, flag_rel_spread=timing.flag_rel_spread)
+    meta["timing"] = dict(
+        min_run_time=timing.min_run_time,
+        max_run_time=timing.budget,
+        min_rounds=timing.min_rounds,
+        target_rel_iqr=timing.target_rel_iqr,
+        flag_rel_spread=timing.flag_rel_spread,
+    )
     if core is not None:
         meta["contention"] = {"core": core}
     try:
@@ -327,20 +289,39 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cases.suite_progress_total(widths, tokens, dtypes, depth, cfg.contention),
-                   desc="sao_kernels bench small-width", unit="config")
+        bar = tqdm(
+            total=cases.suite_progress_total(widths, tokens, dtypes, depth, cfg.contention),
+            desc="sao_kernels bench small-width",
+            unit="config",
+        )
     try:
         rows, skipped = cases.small_width_suite(
-            cfg.timing(), widths=widths, tokens=tokens, groups=groups, dtypes=dtypes, depth=depth,
-            depth_groups=(4,) if args.groups is None else groups, contention=cfg.contention,
-            contention_core=cfg.contention_core, progress=(lambda label: bar.update(1)) if bar else None)
+            cfg.timing(),
+            widths=widths,
+            tokens=tokens,
+            groups=groups,
+            dtypes=dtypes,
+            depth=depth,
+            depth_groups=(4,) if args.groups is None else groups,
+            contention=cfg.contention,
+            contention_core=cfg.contention_core,
+            progress=(lambda label: bar.update(1)) if bar else None,
+        )
     finally:
         if bar is not None:
             bar.close()
     if skipped:
         _print_skipped(skipped)
-    return lambda: cases.write_case_results(rows, meta, out, stem="results", what="Small-width SAO vs dense",
-                                            settings=cfg.timing(), plot_name="speedup.png", skipped=skipped)
+    return lambda: cases.write_case_results(
+        rows,
+        meta,
+        out,
+        stem="results",
+        what="Small-width SAO vs dense",
+        settings=cfg.timing(),
+        plot_name="speedup.png",
+        skipped=skipped,
+    )
 
 
 # -------------------------------------------------------------------------- report
@@ -365,8 +346,10 @@ def _report(args, argv: Sequence[str], prog: str) -> int:
         err(f"--model: {e}")
     dtype = getattr(torch, args.dtype)
     model = model.to(device=device, dtype=dtype)
-    inputs = tuple(t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-                   for t in ((inputs,) if torch.is_tensor(inputs) else inputs))
+    inputs = tuple(
+        t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        for t in ((inputs,) if torch.is_tensor(inputs) else inputs)
+    )
     try:
         with torch.no_grad():
             model(*inputs)
@@ -379,15 +362,27 @@ def _report(args, argv: Sequence[str], prog: str) -> int:
         model = convert(model, sparsity=args.sparsity)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
-    timing = TimingSettings(min_run_time=args.min_run_time, min_rounds=args.repeats,
-                            max_rounds=max(1000, args.repeats), flag_rel_spread=args.flag_spread)
+    timing = TimingSettings(
+        min_run_time=args.min_run_time,
+        min_rounds=args.repeats,
+        max_rounds=max(1000, args.repeats),
+        flag_rel_spread=args.flag_spread,
+    )
     meta_extra = {"command": " ".join([prog, *argv])}
     with machine.recording_load(meta_extra):
-        rep = report(model, inputs, measure_latency=not args.no_latency, backward=not args.no_backward,
-                     name=args.model, timing=timing)
+        rep = report(
+            model,
+            inputs,
+            measure_latency=not args.no_latency,
+            backward=not args.no_backward,
+            name=args.model,
+            timing=timing,
+        )
     if not rep.rows:
-        print(f"{prog} report: nothing to report: {args.model} has no Linear / Conv2d layer used by its forward",
-              file=sys.stderr)
+        print(
+            f"{prog} report: nothing to report: {args.model} has no Linear / Conv2d layer used by its forward",
+            file=sys.stderr,
+        )
         return 1
     rep.meta.update(meta_extra, machine=machine.machine_label(rep.meta))
     paths = rep.save(out)

@@ -1,4 +1,5 @@
 """convert(): swap a model's nn.Linear / nn.Conv2d modules for SAO layers in one call."""
+
 from __future__ import annotations
 
 import numbers
@@ -69,8 +70,10 @@ def _carry_hooks(name: str, old: nn.Module, new: nn.Module) -> None:
     lost = []
     if old._backward_hooks:
         if old._is_full_backward_hook is False:
-            lost.append(f"{len(old._backward_hooks)} backward hook(s) registered with the deprecated "
-                        "register_backward_hook (register_full_backward_hook hooks are carried)")
+            lost.append(
+                f"{len(old._backward_hooks)} backward hook(s) registered with the deprecated "
+                "register_backward_hook (register_full_backward_hook hooks are carried)"
+            )
         else:
             new._backward_hooks = old._backward_hooks
             new._is_full_backward_hook = old._is_full_backward_hook
@@ -79,21 +82,35 @@ def _carry_hooks(name: str, old: nn.Module, new: nn.Module) -> None:
             lost.append(f"{len(getattr(old, attr))} {what} hook(s) (they refer to its weight/bias keys)")
     weight = old.weight
     tensor_hooks = len(getattr(weight, "_backward_hooks", None) or {}) + len(
-        getattr(weight, "_post_accumulate_grad_hooks", None) or {})
+        getattr(weight, "_post_accumulate_grad_hooks", None) or {}
+    )
     if tensor_hooks:
         lost.append(f"{tensor_hooks} hook(s) on its weight tensor (the dense weight no longer exists)")
     if lost:
         warnings.warn(f"convert: {name}: not carried to the SAO layer: {'; '.join(lost)}", stacklevel=4)
 
 
-def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, activation, linear_init,
-                     conv_init, block_size, gain, generator) -> None:
+def _check_arguments(
+    model,
+    sparsity,
+    degree,
+    groups,
+    filter_fn,
+    skip_invalid,
+    activation,
+    linear_init,
+    conv_init,
+    block_size,
+    gain,
+    generator,
+) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
     if [sparsity, degree, groups].count(None) != 2:
         raise ValueError("convert: give exactly one of sparsity, degree or groups")
-    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real)
-                                 or not 0.0 <= sparsity < 1.0):
+    if sparsity is not None and (
+        isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= sparsity < 1.0
+    ):
         raise ValueError(f"convert: sparsity must be a float in [0, 1), got {sparsity!r}")
     for arg, value in (("degree", degree), ("groups", groups)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
@@ -123,9 +140,7 @@ def _disable_transformer_fast_paths(model: nn.Module) -> None:
             isinstance(module.linear1, SAOLinear) or isinstance(module.linear2, SAOLinear)
         ):
             module.activation_relu_or_gelu = 0  # only read by the fast-path checks
-        if isinstance(module, nn.TransformerEncoder) and any(
-            isinstance(m, SAOLinear) for m in module.modules()
-        ):
+        if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, SAOLinear) for m in module.modules()):
             module.use_nested_tensor = False
 
 
@@ -179,8 +194,20 @@ def convert(
     Returns:
         The new root module.
     """
-    _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, activation, linear_init, conv_init,
-                     block_size, gain, generator)
+    _check_arguments(
+        model,
+        sparsity,
+        degree,
+        groups,
+        filter_fn,
+        skip_invalid,
+        activation,
+        linear_init,
+        conv_init,
+        block_size,
+        gain,
+        generator,
+    )
     # Which module owns each parameter (remove_duplicate=False: shared modules and tied
     # parameters are seen at every place they occur).
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
@@ -218,8 +245,20 @@ def convert(
     reinitialised = []
     for _name, shown, parent, attr, child in todo:
         if id(child) not in replaced:
-            new = _convert_one(shown, child, sparsity, degree, groups, activation, linear_init, conv_init,
-                               block_size, gain, generator, skip_invalid)
+            new = _convert_one(
+                shown,
+                child,
+                sparsity,
+                degree,
+                groups,
+                activation,
+                linear_init,
+                conv_init,
+                block_size,
+                gain,
+                generator,
+                skip_invalid,
+            )
             if new is None:
                 continue
             replaced[id(child)] = new
@@ -238,19 +277,39 @@ def convert(
             f"convert: {len(reinitialised)} layer(s) were re-initialised by SAO ({listed}): their weights are "
             "freshly drawn, the pretrained values are not kept (biases are). To keep an SAO-structured or pruned "
             "weight, use SAOLinear.from_dense / SAOConv2d.from_dense.",
-            ReinitializedWarning, stacklevel=2,
+            ReinitializedWarning,
+            stacklevel=2,
         )
     _disable_transformer_fast_paths(root)
     return root
 
 
-def _convert_one(shown, child, sparsity, degree, groups, activation, linear_init, conv_init, block_size, gain,
-                 generator, skip_invalid) -> nn.Module | None:
+def _convert_one(
+    shown,
+    child,
+    sparsity,
+    degree,
+    groups,
+    activation,
+    linear_init,
+    conv_init,
+    block_size,
+    gain,
+    generator,
+    skip_invalid,
+) -> nn.Module | None:
     """The SAO layer that replaces ``child``, or None (left dense with a warning)."""
     ref = child.weight
     common = {
-        "sparsity": sparsity, "degree": degree, "groups": groups, "activation": activation,
-        "block_size": block_size, "gain": gain, "generator": generator, "device": ref.device, "dtype": ref.dtype,
+        "sparsity": sparsity,
+        "degree": degree,
+        "groups": groups,
+        "activation": activation,
+        "block_size": block_size,
+        "gain": gain,
+        "generator": generator,
+        "device": ref.device,
+        "dtype": ref.dtype,
     }
     has_bias = child.bias is not None
     try:
@@ -258,8 +317,16 @@ def _convert_one(shown, child, sparsity, degree, groups, activation, linear_init
             new = SAOLinear(child.in_features, child.out_features, has_bias, init=linear_init, **common)
         else:
             new = SAOConv2d(
-                child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                child.dilation, has_bias, child.padding_mode, init=conv_init, **common,
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                child.stride,
+                child.padding,
+                child.dilation,
+                has_bias,
+                child.padding_mode,
+                init=conv_init,
+                **common,
             )
     except ValueError as err:
         if not skip_invalid:

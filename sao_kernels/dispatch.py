@@ -21,6 +21,7 @@ backend).  For CPU tensors the C++ CPU kernel of each op applies the ``cpu`` row
 (``tests/test_backend.py`` checks that the two agree for every dtype).  The thread's
 requested backend reaches C++ through ``torch.ops.sao_kernels._set_thread_backend``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,7 @@ import functools
 import importlib.util
 import os
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -93,7 +94,7 @@ def backend(name: str) -> Iterator[None]:
         _tell_native(stack)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """True when Triton is installed (imported lazily: CPU users never need it)."""
     return importlib.util.find_spec("triton") is not None
@@ -139,7 +140,7 @@ def select(device: torch.device, dtype: torch.dtype) -> str:
             raise TypeError(f"the native backend supports {_dtype_list(NATIVE_DTYPES)}; got {dtype}")
     elif name == "triton":
         if not triton_available():
-            raise RuntimeError(f"the triton backend was requested but triton is not installed (pip install triton)")
+            raise RuntimeError("the triton backend was requested but triton is not installed (pip install triton)")
         if device.type != "cuda" and not (device.type == "cpu" and triton_interpreting()):
             raise RuntimeError(
                 f"the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 to run on CPU tensors; "

@@ -21,6 +21,7 @@ Tensors on the meta device (deferred initialisation) carry shapes and dtypes but
 the format checks their shapes, dtypes and devices and skips the data checks
 (permutation, runs), which the real tensors get when they are filled or loaded.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,7 @@ class GroupedBlockFormat:
         if not isinstance(v, Tensor) or not v.is_floating_point():
             raise TypeError(f"values must be a floating-point tensor, got {type(v).__name__} {getattr(v, 'dtype', '')}")
         if v.dim() not in (3, 5):
-            raise ValueError(
-                f"values must have shape (G, m/G, n/G) or (G, m/G, n/G, kh, kw), got {tuple(v.shape)}"
-            )
+            raise ValueError(f"values must have shape (G, m/G, n/G) or (G, m/G, n/G, kh, kw), got {tuple(v.shape)}")
         if min(v.shape[:3]) < 1:
             raise ValueError(f"values must have non-empty group dimensions, got {tuple(v.shape)}")
         if v.dim() == 5 and min(v.shape[3:]) < 1:

@@ -4,6 +4,7 @@
 ``sao_conv2d`` runs a channel gather plus a grouped convolution (``groups=G``), so the
 convolution does 1/G of the dense work through cuDNN / oneDNN.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _extension
+from . import (
+    _extension,
+    ops,  # noqa: F401  (registers torch.ops.sao_kernels.*)
+)
 from . import dispatch as _dispatch
-from . import ops  # noqa: F401  (registers torch.ops.sao_kernels.*)
 from .ops._validate import check_block_size, check_index
 
 _linear_op = torch.ops.sao_kernels.linear.default
@@ -78,11 +81,14 @@ def _traced_index_check(index: Optional[Tensor], size: int) -> Optional[Tensor]:
     if index is None:
         return None
     if index.dtype != torch.int64 or index.dim() != 1 or index.shape[0] != size:
-        raise ValueError(f"sao_conv2d: index maps must be int64 of shape ({size},), got {index.dtype} {tuple(index.shape)}")
+        raise ValueError(
+            f"sao_conv2d: index maps must be int64 of shape ({size},), got {index.dtype} {tuple(index.shape)}"
+        )
     in_range = ((index >= 0) & (index < size)).all()
     torch._assert_async(in_range, "sao_conv2d: an index map has entries outside its range")
     counts = torch.zeros(size, dtype=torch.int64, device=index.device).scatter_add_(
-        0, index.clamp(0, size - 1), torch.ones_like(index))
+        0, index.clamp(0, size - 1), torch.ones_like(index)
+    )
     torch._assert_async((counts == 1).all(), "sao_conv2d: an index map is not a permutation (duplicated entries)")
     return index
 

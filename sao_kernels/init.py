@@ -28,6 +28,7 @@ Every function builds its random numbers on the generator's device (CPU by defau
 float64 and only then casts and moves, so a seed gives the same layer on every device and
 dtype.
 """
+
 from __future__ import annotations
 
 import math
@@ -245,8 +246,13 @@ def sao_blocks(
     dtype = dtype if dtype is not None else torch.get_default_dtype()
 
     full = resolve_sizes(
-        out_features, in_features, sparsity=sparsity, degree=degree, groups=groups,
-        activation=activation, block_size=block_size,
+        out_features,
+        in_features,
+        sparsity=sparsity,
+        degree=degree,
+        groups=groups,
+        activation=activation,
+        block_size=block_size,
     )
     if target.type == "meta":  # shapes only: nothing to draw, nothing to check
         G = full.groups
@@ -311,16 +317,35 @@ def _fill_(tensor: Tensor, blocks: GroupedBlockFormat) -> Tensor:
 
 
 def _fill_with_(
-    name: str, init: str, dims: tuple[int, ...], tensor: Tensor, sparsity, degree, groups, activation, gain,
-    block_size, generator,
+    name: str,
+    init: str,
+    dims: tuple[int, ...],
+    tensor: Tensor,
+    sparsity,
+    degree,
+    groups,
+    activation,
+    gain,
+    block_size,
+    generator,
 ) -> Tensor:
     """The in-place helpers' common body: check ``tensor`` (one of ``dims``), draw the
     layer with ``init`` in float64 and copy its dense form in; return the bool mask."""
     _check_tensor(name, tensor, dims)
     blocks = sao_blocks(
-        tensor.shape[0], tensor.shape[1], sparsity=sparsity, degree=degree, groups=groups,
-        activation=activation, init=init, kernel_size=tuple(tensor.shape[2:]) if tensor.dim() == 4 else None,
-        block_size=block_size, gain=gain, generator=generator, device=tensor.device, dtype=torch.float64,
+        tensor.shape[0],
+        tensor.shape[1],
+        sparsity=sparsity,
+        degree=degree,
+        groups=groups,
+        activation=activation,
+        init=init,
+        kernel_size=tuple(tensor.shape[2:]) if tensor.dim() == 4 else None,
+        block_size=block_size,
+        gain=gain,
+        generator=generator,
+        device=tensor.device,
+        dtype=torch.float64,
     )
     return _fill_(tensor, blocks)
 

@@ -8,33 +8,62 @@ layer, in the same process, on the input each layer saw during one forward: the 
 its dense twin are timed interleaved (``sao_kernels.bench.timing``), forward and forward +
 backward, each with min / median / IQR, a speed-up with its 95 % interval, and flags.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop, conv_flop_count
 
 from .bench.machine import machine_meta
-from .bench.results import fmt_ms, fmt_speedup, flag_cells, json_file, meta_header, text_file, to_csv, write_outputs
+from .bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
 from .bench.steps import module_steps
-from .bench.twins import dense_equivalent, densify  # noqa: F401  (public here too)
 from .bench.timing import TimingSettings, compare, interleave
+from .bench.twins import dense_equivalent, densify  # noqa: F401  (public here too)
 from .layers import SAOConv2d, SAOLinear
 
 MODES = ("fwd", "fwd_bwd")
-_TIMING = ("ms", "ms_min", "ms_iqr", "ms_dense", "ms_dense_min", "ms_dense_iqr", "speedup", "speedup_lo",
-           "speedup_hi", "rounds")
+_TIMING = (
+    "ms",
+    "ms_min",
+    "ms_iqr",
+    "ms_dense",
+    "ms_dense_min",
+    "ms_dense_iqr",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "rounds",
+)
 ROW_FIELDS = (
-    "name", "type", "size", "in_shape", "out_shape", "sparsity", "groups", "params", "params_dense",
-    "flops_fwd", "flops_fwd_dense", "flops_fwd_bwd", "flops_fwd_bwd_dense",
-) + tuple(f.replace("ms", f"ms_{m}", 1).replace("speedup", f"speedup_{m}", 1).replace("rounds", f"rounds_{m}")
-          for m in MODES for f in _TIMING) + ("ideal_speedup", "flag", "flag_reason")
+    (
+        "name",
+        "type",
+        "size",
+        "in_shape",
+        "out_shape",
+        "sparsity",
+        "groups",
+        "params",
+        "params_dense",
+        "flops_fwd",
+        "flops_fwd_dense",
+        "flops_fwd_bwd",
+        "flops_fwd_bwd_dense",
+    )
+    + tuple(
+        f.replace("ms", f"ms_{m}", 1).replace("speedup", f"speedup_{m}", 1).replace("rounds", f"rounds_{m}")
+        for m in MODES
+        for f in _TIMING
+    )
+    + ("ideal_speedup", "flag", "flag_reason")
+)
 REPORT_FILES = ("report.json", "report.csv", "report.md", "report.png")
 
 _LAYER_TYPES = (SAOLinear, SAOConv2d, nn.Linear, nn.Conv2d)
@@ -67,8 +96,18 @@ class Report:
         timed = any(r.get("ms_fwd") is not None for r in self.rows)
         backward = any(r.get("ms_fwd_bwd") is not None for r in self.rows)
         flag_cell, flag_notes = flag_cells(self.rows)
-        head = ["layer", "type", "size (in -> out)", "input activation", "output activation", "sparsity", "G",
-                "params (dense)", "fwd MFLOP (dense)", "fwd+bwd MFLOP (dense)"]
+        head = [
+            "layer",
+            "type",
+            "size (in -> out)",
+            "input activation",
+            "output activation",
+            "sparsity",
+            "G",
+            "params (dense)",
+            "fwd MFLOP (dense)",
+            "fwd+bwd MFLOP (dense)",
+        ]
         if timed:
             head += ["fwd ms (IQR)", "dense fwd ms (IQR)", "fwd speed-up [95% CI]"]
         if backward:
@@ -82,20 +121,33 @@ class Report:
             "gradients (a first layer whose input needs no gradient has none)."
         ]
         if timed:
-            lines += ["", "Each layer was timed interleaved with its dense twin (same weights, nn.Linear / nn.Conv2d): "
-                      "ms = median (IQR) per call; speed-up = dense median / SAO median with its 95% paired "
-                      "bootstrap interval; ideal = G. Flags: noisy = spread above "
-                      f"{100 * m.get('flag_spread', 0.1):.0f}% of the median; suspect = above the ideal. The "
-                      "total row sums the medians (no interval)."]
-        lines += ["", "| " + " | ".join(head) + " |",
-                  "| --- | --- | --- | --- | --- |" + " ---: |" * (len(head) - 5 - (1 if timed else 0))
-                  + (" --- |" if timed else "")]
-        total = dict(self.totals, name="**total**", type="", size="", in_shape="", out_shape="", sparsity=None,
-                     groups="")
+            lines += [
+                "",
+                "Each layer was timed interleaved with its dense twin (same weights, nn.Linear / nn.Conv2d): "
+                "ms = median (IQR) per call; speed-up = dense median / SAO median with its 95% paired "
+                "bootstrap interval; ideal = G. Flags: noisy = spread above "
+                f"{100 * m.get('flag_spread', 0.1):.0f}% of the median; suspect = above the ideal. The "
+                "total row sums the medians (no interval).",
+            ]
+        lines += [
+            "",
+            "| " + " | ".join(head) + " |",
+            "| --- | --- | --- | --- | --- |"
+            + " ---: |" * (len(head) - 5 - (1 if timed else 0))
+            + (" --- |" if timed else ""),
+        ]
+        total = dict(
+            self.totals, name="**total**", type="", size="", in_shape="", out_shape="", sparsity=None, groups=""
+        )
         for r in self.rows + [total]:
             cells = [
-                r["name"], r["type"], r["size"], _shape(r["in_shape"]), _shape(r["out_shape"]),
-                "" if r.get("sparsity") is None else f"{r['sparsity']:.3g}", str(r.get("groups", "")),
+                r["name"],
+                r["type"],
+                r["size"],
+                _shape(r["in_shape"]),
+                _shape(r["out_shape"]),
+                "" if r.get("sparsity") is None else f"{r['sparsity']:.3g}",
+                str(r.get("groups", "")),
                 f"{r['params']:,} ({r['params_dense']:,})",
                 f"{r['flops_fwd'] / 1e6:,.1f} ({r['flops_fwd_dense'] / 1e6:,.1f})",
                 f"{r['flops_fwd_bwd'] / 1e6:,.1f} ({r['flops_fwd_bwd_dense'] / 1e6:,.1f})",
@@ -134,8 +186,15 @@ class Report:
                     continue
                 lo = [v - r[f"speedup_{mode}_lo"] if v is not None else 0 for v, r in zip(vals, self.rows)]
                 hi = [r[f"speedup_{mode}_hi"] - v if v is not None else 0 for v, r in zip(vals, self.rows)]
-                bars = ax.bar([x + (i - 0.5) * w for x in xs], [v or 0 for v in vals], w, color=color,
-                              yerr=[lo, hi], capsize=2, ecolor="k")
+                bars = ax.bar(
+                    [x + (i - 0.5) * w for x in xs],
+                    [v or 0 for v in vals],
+                    w,
+                    color=color,
+                    yerr=[lo, hi],
+                    capsize=2,
+                    ecolor="k",
+                )
                 for bar, r in zip(bars, self.rows):
                     if r.get("flag"):
                         bar.set_hatch("//")
@@ -146,8 +205,10 @@ class Report:
                 handles.append(Patch(color=color, label=f"{label} FLOP reduction (dense / SAO)"))
         if timed:
             ax.plot(list(xs), [r["groups"] for r in self.rows], ls="none", marker="_", ms=22, mew=2, color="k")
-            handles += [Line2D([], [], ls="none", marker="_", ms=14, mew=2, color="k", label="ideal = G"),
-                        Patch(facecolor="white", edgecolor="k", hatch="//", label="flagged (see report.md)")]
+            handles += [
+                Line2D([], [], ls="none", marker="_", ms=14, mew=2, color="k", label="ideal = G"),
+                Patch(facecolor="white", edgecolor="k", hatch="//", label="flagged (see report.md)"),
+            ]
             ax.set_ylabel("speed-up over the dense twin")
             ax.set_title("measured speed-up per layer (dense median / SAO median)", fontsize=10)
         else:
@@ -158,8 +219,10 @@ class Report:
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         ax.set_xlabel("layer (module name)")
         ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.suptitle(f"{self.meta['model']} on {self.meta.get('gpu') or self.meta.get('cpu')} "
-                     f"({self.meta['date'][:10]})", fontsize=9)
+        fig.suptitle(
+            f"{self.meta['model']} on {self.meta.get('gpu') or self.meta.get('cpu')} ({self.meta['date'][:10]})",
+            fontsize=9,
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=110, format="png", bbox_inches="tight")
         plt.close(fig)
@@ -167,12 +230,16 @@ class Report:
     def save(self, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
         """Write report.json, report.csv, report.md and report.png into ``out_dir``, atomically
         (temporary files renamed over the old ones; nothing is replaced if one fails)."""
-        written = write_outputs(out_dir, {
-            "report.json": json_file({"meta": self.meta, "totals": self.totals, "layers": self.rows}),
-            "report.csv": text_file(self.to_csv()),
-            "report.md": text_file(self.to_markdown()),
-            "report.png": self.plot,
-        }, owned=REPORT_FILES)
+        written = write_outputs(
+            out_dir,
+            {
+                "report.json": json_file({"meta": self.meta, "totals": self.totals, "layers": self.rows}),
+                "report.csv": text_file(self.to_csv()),
+                "report.md": text_file(self.to_markdown()),
+                "report.png": self.plot,
+            },
+            owned=REPORT_FILES,
+        )
         return {name.rsplit(".", 1)[1]: path for name, path in written.items()}
 
 
@@ -184,17 +251,44 @@ def _shape(s) -> str:
 _torch_conv_backward_flop = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)
 
 
-def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                               output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+def grouped_conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    out_shape,
+    **kwargs,
+) -> int:
     """torch's convolution_backward flop formula with ``groups`` honoured.
 
     torch's formula (2.11 - 2.13) counts the weight gradient of a grouped convolution as if
     it were dense (it ignores ``groups``), G times too many for SAOConv2d's grouped conv.
     The weight-gradient part is divided by ``groups``; everything else is torch's own.
     """
-    flops = _torch_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                               output_padding, groups, output_mask, out_shape, **kwargs)
+    flops = _torch_conv_backward_flop(
+        grad_out_shape,
+        x_shape,
+        w_shape,
+        bias,
+        stride,
+        padding,
+        dilation,
+        transposed,
+        output_padding,
+        groups,
+        output_mask,
+        out_shape,
+        **kwargs,
+    )
     if groups > 1 and output_mask[1] and not transposed:
+
         def t(shape):
             return [shape[1], shape[0]] + list(shape[2:])
 
@@ -236,8 +330,15 @@ def _backward(out) -> None:
     sum((t * torch.randn_like(t)).sum() for t in tensors).backward()
 
 
-def _layer_latency(layer: nn.Module, dense: nn.Module, x: torch.Tensor, input_grad: bool, ideal: float,
-                   settings: TimingSettings, backward: bool) -> dict:
+def _layer_latency(
+    layer: nn.Module,
+    dense: nn.Module,
+    x: torch.Tensor,
+    input_grad: bool,
+    ideal: float,
+    settings: TimingSettings,
+    backward: bool,
+) -> dict:
     """Timing columns of one layer vs its dense twin (interleaved per mode), and its flags.
     fwd+bwd computes the input gradient only when the layer's input needed one in the model."""
     sao_steps = module_steps(layer, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
@@ -282,8 +383,9 @@ def report(
     if timing is None:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 3:
             raise ValueError(f"report: repeats must be an integer >= 3 (rounds per measurement), got {repeats!r}")
-        timing = TimingSettings(min_run_time=0.1, max_run_time=max(0.5, 0.02 * repeats), min_rounds=repeats,
-                                max_rounds=max(1000, repeats))
+        timing = TimingSettings(
+            min_run_time=0.1, max_run_time=max(0.5, 0.02 * repeats), min_rounds=repeats, max_rounds=max(1000, repeats)
+        )
     dense = densify(model)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
     dense_layers = dict(dense.named_modules())
@@ -335,8 +437,10 @@ def report(
             row.update(_layer_latency(layer, dlayer, x, input_grad, float(row["groups"]), timing, backward))
         rows.append(row)
 
-    totals = {k: sum(r[k] for r in rows) for k in
-              ("params", "params_dense", "flops_fwd", "flops_fwd_dense", "flops_fwd_bwd", "flops_fwd_bwd_dense")}
+    totals = {
+        k: sum(r[k] for r in rows)
+        for k in ("params", "params_dense", "flops_fwd", "flops_fwd_dense", "flops_fwd_bwd", "flops_fwd_bwd_dense")
+    }
     for mode in MODES if measure_latency and rows else ():
         if all(r.get(f"ms_{mode}") is not None for r in rows):
             totals[f"ms_{mode}"] = sum(r[f"ms_{mode}"] for r in rows)

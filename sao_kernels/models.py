@@ -1,8 +1,9 @@
 """Small built-in models for ``sao-kernels report`` (and their example inputs)."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,8 +26,9 @@ def cnn(channels: int = 64, depth: int = 4, size: int = 32, batch: int = 8) -> t
     return nn.Sequential(*layers), torch.randn(batch, 16, size, size)
 
 
-def transformer_block(d_model: int = 512, nhead: int = 8, tokens: int = 128,
-                      batch: int = 4) -> tuple[nn.Module, torch.Tensor]:
+def transformer_block(
+    d_model: int = 512, nhead: int = 8, tokens: int = 128, batch: int = 4
+) -> tuple[nn.Module, torch.Tensor]:
     """nn.TransformerEncoderLayer (FFN 4x, no dropout); input (batch, tokens, d_model)."""
     layer = nn.TransformerEncoderLayer(d_model, nhead, 4 * d_model, dropout=0.0, batch_first=True)
     return layer, torch.randn(batch, tokens, d_model)
@@ -69,6 +71,7 @@ def load_model(spec: str) -> tuple[nn.Module, object]:
     inputs = result[1]
     tensors = (inputs,) if torch.is_tensor(inputs) else inputs
     if not isinstance(tensors, (tuple, list)) or not tensors or not all(torch.is_tensor(t) for t in tensors):
-        raise ValueError(f"model {spec!r}: example_inputs must be a tensor or a tuple of tensors, "
-                         f"got {type(inputs).__name__}")
+        raise ValueError(
+            f"model {spec!r}: example_inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+        )
     return result

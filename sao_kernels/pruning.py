@@ -1,6 +1,7 @@
 """The pruning baselines of the SAO paper: layer-wise magnitude pruning (LMP) and random pruning
 (LRP) of a dense orthogonal or Kaiming init, as ``torch.nn.init``-style in-place functions
 (re-exported by ``sao_kernels.init``)."""
+
 from __future__ import annotations
 
 import numbers

@@ -9,13 +9,14 @@ A model with SAO layers saves, for the layer at prefix ``p``, the tensors
 
 while the code that builds the model again (the "skeleton") puts ``nn.Linear`` /
 ``nn.Conv2d`` at ``p``.  :func:`load_sparse_state_dict` swaps exactly those modules for SAO
-layers of the stored shapes and loads the state dict; :func:`from_pretrained` does the same
-inside Hugging Face transformers' ``from_pretrained``.  Everything needed is in the
+layers of the stored shapes and loads the state dict; :func:`sao_kernels.hf.from_pretrained`
+does the same inside Hugging Face transformers' ``from_pretrained``.  Everything needed is in the
 checkpoint (G and the block sides from ``values``' shape, the kernel size, the block size
 from the runs of the indices, the bias from its key), so ``torch.save(model.state_dict())``,
 ``safetensors.torch.save_file`` / ``save_model`` and a plain ``model.save_pretrained`` (also
 when Trainer or ``push_to_hub`` calls it) need no extra step.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,7 +31,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from .format import GroupedBlockFormat, _largest_block_size
 from .layers import SAOConv2d, SAOLinear
 
-__all__ = ["from_pretrained", "load_sparse_state_dict"]
+__all__ = ["load_sparse_state_dict"]
 
 SAO_KEYS = ("values", "in_index", "out_index")
 _REPLACEABLE = (nn.Linear, nn.Conv2d, SAOLinear, SAOConv2d)  # exact types: subclasses may read .weight
@@ -66,8 +67,12 @@ class _Source:
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any], where: str) -> _Source:
         tensors = {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
-        return cls(where, {k: tuple(v.shape) for k, v in tensors.items()},
-                   {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()}, tensors.__getitem__)
+        return cls(
+            where,
+            {k: tuple(v.shape) for k, v in tensors.items()},
+            {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
+            tensors.__getitem__,
+        )
 
     @classmethod
     def from_files(cls, files: Iterable[str]) -> _Source:
@@ -116,22 +121,30 @@ def _read_spec(source: _Source, prefix: str, leaves: Mapping[str, str]) -> _Laye
     vkey, ikey, okey, bkey = (f"{dot}{leaf}" for leaf in (*SAO_KEYS, "bias"))
     missing = [key for key in (vkey, ikey, okey) if key not in source.shapes]
     if missing:
-        raise ValueError(f"{source.where}: {_name(prefix)} holds {', '.join(sorted(leaves.values()))} but not "
-                         f"{', '.join(missing)}; an SAO layer is stored as {vkey}, {ikey}, {okey} (and optionally {bkey})")
+        raise ValueError(
+            f"{source.where}: {_name(prefix)} holds {', '.join(sorted(leaves.values()))} but not "
+            f"{', '.join(missing)}; an SAO layer is stored as {vkey}, {ikey}, {okey} (and optionally {bkey})"
+        )
     vshape = source.shapes[vkey]
     if len(vshape) not in (3, 5) or min(vshape[:3]) < 1:
-        raise ValueError(f"{source.where}: {vkey} has shape {vshape}; expected (G, m/G, n/G) for a linear layer or "
-                         "(G, m/G, n/G, kh, kw) for a convolution, with non-empty groups")
+        raise ValueError(
+            f"{source.where}: {vkey} has shape {vshape}; expected (G, m/G, n/G) for a linear layer or "
+            "(G, m/G, n/G, kh, kw) for a convolution, with non-empty groups"
+        )
     if source.dtypes[vkey] not in _FLOAT_DTYPES:
         raise ValueError(f"{source.where}: {vkey} has dtype {source.dtypes[vkey]}; expected a floating dtype")
     G, a, c = vshape[:3]
     for key, size in ((ikey, G * c), (okey, G * a)):
         if source.dtypes[key] != "int64" or source.shapes[key] != (size,):
-            raise ValueError(f"{source.where}: {key} is {source.dtypes[key]} of shape {source.shapes[key]}; expected "
-                             f"int64 of shape ({size},) to match {vkey} of shape {vshape} (G={G})")
+            raise ValueError(
+                f"{source.where}: {key} is {source.dtypes[key]} of shape {source.shapes[key]}; expected "
+                f"int64 of shape ({size},) to match {vkey} of shape {vshape} (G={G})"
+            )
     if bkey in source.shapes and source.shapes[bkey] != (G * a,):
-        raise ValueError(f"{source.where}: {bkey} has shape {source.shapes[bkey]}; expected ({G * a},) to match "
-                         f"{vkey} of shape {vshape}")
+        raise ValueError(
+            f"{source.where}: {bkey} has shape {source.shapes[bkey]}; expected ({G * a},) to match "
+            f"{vkey} of shape {vshape}"
+        )
     # block_size is not stored, so the largest run width of the indices is taken: the layer
     # was built with a divisor of it, and every valid block_size gives the same products.
     block_size = _largest_block_size(source.read(ikey).cpu(), source.read(okey).cpu(), a, c)
@@ -143,11 +156,15 @@ def _check_module(path: str, module: nn.Module, parent: nn.Module | None, spec: 
     kind = type(module).__name__
     stored = f"{where}: holds {spec.describe()} for {_name(path)}"
     if isinstance(parent, nn.MultiheadAttention):  # a checkpoint/model mismatch, a ValueError like the others
-        raise ValueError(f"{stored}, the out_proj of an nn.MultiheadAttention, whose forward reads "  # noqa: TRY004
-                         "out_proj.weight directly: it cannot be an SAO layer")
+        raise ValueError(
+            f"{stored}, the out_proj of an nn.MultiheadAttention, whose forward reads "  # noqa: TRY004
+            "out_proj.weight directly: it cannot be an SAO layer"
+        )
     if type(module) not in _REPLACEABLE:
-        raise ValueError(f"{stored}, where the model has {_a(kind)}; only nn.Linear and nn.Conv2d (not subclasses) "
-                         "and SAO layers can be replaced")
+        raise ValueError(
+            f"{stored}, where the model has {_a(kind)}; only nn.Linear and nn.Conv2d (not subclasses) "
+            "and SAO layers can be replaced"
+        )
     if isinstance(module, (nn.Linear, SAOLinear)) == bool(spec.kernel_size):
         raise ValueError(f"{stored}, where the model has {_a(kind)}")
     if isinstance(module, (nn.Linear, SAOLinear)):
@@ -156,8 +173,10 @@ def _check_module(path: str, module: nn.Module, parent: nn.Module | None, spec: 
         if len(spec.kernel_size) != 2 or tuple(module.kernel_size) != spec.kernel_size:
             raise ValueError(f"{stored}, where the model has {_a(kind)} with kernel_size={tuple(module.kernel_size)}")
         if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise ValueError(f"{stored}, where the model has an nn.Conv2d with groups={module.groups}; "
-                             "only groups=1 convolutions can be replaced")
+            raise ValueError(
+                f"{stored}, where the model has an nn.Conv2d with groups={module.groups}; "
+                "only groups=1 convolutions can be replaced"
+            )
         shape = (module.out_channels, module.in_channels)
     if shape != (spec.out_features, spec.in_features):
         raise ValueError(f"{stored}, where the model has {_a(kind)} {shape[0]}x{shape[1]} (out x in)")
@@ -174,12 +193,20 @@ def _empty_sao_layer(module: nn.Module, spec: _LayerSpec) -> SAOLinear | SAOConv
     G, m, n = spec.groups, spec.out_features, spec.in_features
     blocks = GroupedBlockFormat(
         torch.empty((G, m // G, n // G, *spec.kernel_size), device=device, dtype=dtype),
-        torch.arange(n, device=device), torch.arange(m, device=device), spec.block_size,
+        torch.arange(n, device=device),
+        torch.arange(m, device=device),
+        spec.block_size,
     )
     bias = torch.empty(m, device=device, dtype=dtype) if spec.bias else None
     if spec.kernel_size:
-        layer = SAOConv2d.from_blocks(blocks, bias, stride=module.stride, padding=module.padding,
-                                      dilation=module.dilation, padding_mode=module.padding_mode)
+        layer = SAOConv2d.from_blocks(
+            blocks,
+            bias,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            padding_mode=module.padding_mode,
+        )
     else:
         layer = SAOLinear.from_blocks(blocks, bias)
     layer.values.requires_grad_(ref.requires_grad)
@@ -195,8 +222,8 @@ class _Plan:
     modules: dict[int, nn.Module] = field(default_factory=dict)
     specs: dict[int, _LayerSpec] = field(default_factory=dict)
     paths: dict[int, list[str]] = field(default_factory=dict)  # every path of the module in the model
-    stored_at: dict[int, str] = field(default_factory=dict)    # the checkpoint prefix it was read from
-    unmatched: list[str] = field(default_factory=list)         # SAO prefixes with no module in the model
+    stored_at: dict[int, str] = field(default_factory=dict)  # the checkpoint prefix it was read from
+    unmatched: list[str] = field(default_factory=list)  # SAO prefixes with no module in the model
 
     def replaced_paths(self) -> set[str]:
         return {p for paths in self.paths.values() for p in paths}
@@ -220,12 +247,16 @@ def _plan(model: nn.Module, source: _Source, resolve: Callable[[str], str | None
         spec = _read_spec(source, prefix, leaves)
         _check_module(path, module, parents.get(path), spec, source.where)
         if not path:
-            raise ValueError(f"{source.where}: holds {spec.describe()} for the root module, which cannot be "
-                             "replaced in place; wrap it (e.g. nn.Sequential(layer)) or build the SAO layer directly")
+            raise ValueError(
+                f"{source.where}: holds {spec.describe()} for the root module, which cannot be "
+                "replaced in place; wrap it (e.g. nn.Sequential(layer)) or build the SAO layer directly"
+            )
         previous = plan.specs.setdefault(id(module), spec)
         if previous != spec:
-            raise ValueError(f"{source.where}: {_name(path)} is shared with {_name(plan.stored_at[id(module)])} in the "
-                             f"model, but the checkpoint holds {previous.describe()} there and {spec.describe()} here")
+            raise ValueError(
+                f"{source.where}: {_name(path)} is shared with {_name(plan.stored_at[id(module)])} in the "
+                f"model, but the checkpoint holds {previous.describe()} there and {spec.describe()} here"
+            )
         plan.modules[id(module)] = module
         plan.stored_at.setdefault(id(module), prefix)
     for path, module in by_path.items():
@@ -304,15 +335,18 @@ def load_sparse_state_dict(
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_sparse_state_dict: model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"load_sparse_state_dict: state_dict must be a mapping of names to tensors, "
-                        f"got {type(state_dict).__name__}")
+        raise TypeError(
+            f"load_sparse_state_dict: state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}"
+        )
     where = "load_sparse_state_dict: state_dict"
     plan = _plan(model, _Source.from_state_dict(state_dict, where), lambda prefix: prefix)
     for key, module in plan.modules.items():
         prefix = plan.stored_at[key]
         if (module.values if isinstance(module, (SAOLinear, SAOConv2d)) else module.weight).is_meta and not assign:
-            raise ValueError(f"{where}: {prefix!r} is on the meta device, where nothing can be copied; "
-                             "pass assign=True to take the state dict's tensors")
+            raise ValueError(
+                f"{where}: {prefix!r} is on the meta device, where nothing can be copied; "
+                "pass assign=True to take the state dict's tensors"
+            )
         try:  # the layer checks again when it loads; here it is before anything changes
             GroupedBlockFormat(*(state_dict[f"{prefix}.{leaf}"] for leaf in SAO_KEYS), plan.specs[key].block_size)
         except (TypeError, ValueError) as err:
@@ -325,151 +359,30 @@ def load_sparse_state_dict(
     if strict and (missing or unexpected):
         parts = [f"missing key(s): {', '.join(missing)}"] if missing else []
         parts += [f"unexpected key(s): {', '.join(unexpected)}"] if unexpected else []
-        raise RuntimeError(f"load_sparse_state_dict: the state dict does not match {type(model).__name__} "
-                           f"(with its SAO layers in place): {'; '.join(parts)}")
+        raise RuntimeError(
+            f"load_sparse_state_dict: the state dict does not match {type(model).__name__} "
+            f"(with its SAO layers in place): {'; '.join(parts)}"
+        )
     replaced, own = plan.replaced_paths(), model.state_dict(keep_vars=True)
     for key in sorted(present & own.keys()):
         theirs, ours = state_dict[key], own[key]
         if key.rpartition(".")[0] not in replaced and not nn.parameter.is_lazy(ours) and theirs.shape != ours.shape:
-            raise RuntimeError(f"load_sparse_state_dict: size mismatch for {key}: the state dict has shape "
-                               f"{tuple(theirs.shape)}, the model {tuple(ours.shape)}")
+            raise RuntimeError(
+                f"load_sparse_state_dict: size mismatch for {key}: the state dict has shape "
+                f"{tuple(theirs.shape)}, the model {tuple(ours.shape)}"
+            )
     first_of: dict[tuple[str, ...], str] = {}
     for key in sorted(present & expected):
         first = first_of.setdefault(aliases[key], key)
         a, b = state_dict[first], state_dict[key]
         if first != key and not (a.is_meta or b.is_meta) and not torch.equal(a, b.to(a.device)):
-            raise ValueError(f"{where}: {first} and {key} name the same tensor in the model (a shared module or a "
-                             "tied weight) but hold different values")
+            raise ValueError(
+                f"{where}: {first} and {key} name the same tensor in the model (a shared module or a "
+                "tied weight) but hold different values"
+            )
 
     _apply(model, plan)
     result = model.load_state_dict(state_dict, strict=False, assign=assign)
-    return _IncompatibleKeys([k for k in result.missing_keys if not present.intersection(aliases.get(k, ()))],
-                             list(result.unexpected_keys))
-
-
-# ------------------------------------------------------------------------ transformers
-def _concrete_class(model_class: Any, path: Any, kwargs: Mapping[str, Any]) -> type:
-    """``model_class``, or for an Auto class (AutoModel, ...) the class it maps the config to."""
-    import transformers
-
-    if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
-        return model_class
-    mapping = getattr(model_class, "_model_mapping", None)
-    if mapping is None:
-        raise TypeError("from_pretrained: model_class must be a transformers model class (e.g. BertModel) or an "
-                        f"Auto class (e.g. AutoModel), got {model_class!r}")
-    config = kwargs.get("config")
-    if not isinstance(config, transformers.PretrainedConfig):
-        names = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder",
-                 "trust_remote_code")
-        config = transformers.AutoConfig.from_pretrained(config or path, **{k: kwargs[k] for k in names if k in kwargs})
-    try:
-        return mapping[type(config)]
-    except KeyError:
-        raise ValueError(f"from_pretrained: {model_class.__name__} has no model class for "
-                         f"{type(config).__name__}") from None
-
-
-def _prefix_resolver(model: nn.Module) -> Callable[[str], str | None]:
-    """Checkpoint prefix -> module path, stripping or adding ``base_model_prefix`` as
-    transformers does (a BertModel loads a BertForMaskedLM checkpoint and the reverse)."""
-    paths = {name for name, _ in model.named_modules(remove_duplicate=False)}
-    base = getattr(model, "base_model_prefix", "") or ""
-
-    def resolve(prefix: str) -> str | None:
-        if prefix in paths:
-            return prefix
-        if base and prefix.startswith(f"{base}.") and prefix[len(base) + 1:] in paths:
-            return prefix[len(base) + 1:]
-        return f"{base}.{prefix}" if base and f"{base}.{prefix}" in paths else None
-
-    return resolve
-
-
-def _untie_sao_layers(model: nn.Module) -> None:
-    """Drop transformers' tied-weight entries naming a tensor the model no longer has (e.g.
-    ``lm_head.weight`` once ``lm_head`` is an SAO layer): the saved model was not tied there."""
-    for module in model.modules():
-        tied = getattr(module, "all_tied_weights_keys", None)
-        if tied:
-            names = {k for k, _ in module.named_parameters(remove_duplicate=False)}
-            names |= {k for k, _ in module.named_buffers(remove_duplicate=False)}
-            for target, source in list(tied.items()):
-                if target not in names or source not in names:
-                    del tied[target]
-
-
-def from_pretrained(model_class: Any, pretrained_model_name_or_path: Any = None, *model_args: Any,
-                    **kwargs: Any) -> Any:
-    """``model_class.from_pretrained(...)`` for a checkpoint saved from a model with SAO layers.
-
-    >>> model = sk.from_pretrained(BertModel, "saved/")   # after model.save_pretrained("saved/")
-
-    Takes transformers' ``from_pretrained`` arguments (dtype, subfolder, revision, variant,
-    config, state_dict, output_loading_info, ...) and returns an instance of
-    ``model_class`` (an Auto class is resolved to its model class).  transformers builds
-    the model (on the meta device) and resolves the checkpoint files; then the modules the
-    checkpoint holds SAO layers for are swapped for empty SAO layers of the stored shapes,
-    with the checks of :func:`load_sparse_state_dict`, and transformers loads every tensor as
-    usual.  Tied weights whose target became an SAO layer are left untied.
-
-    Needs transformers >= 5 (``pip install "sao_kernels[hf]"``).
-    """
-    try:
-        import transformers
-    except ImportError as err:
-        raise ImportError('sao_kernels.from_pretrained needs transformers: pip install "sao_kernels[hf]"') from err
-    model_class = _concrete_class(model_class, pretrained_model_name_or_path, kwargs)
-    load = getattr(model_class, "_load_pretrained_model", None)
-    unsupported = f"transformers {transformers.__version__} is not supported: sao_kernels needs transformers >= 5"
-    if load is None or int(transformers.__version__.split(".")[0]) < 5:  # 4.x loads differently (no meta init)
-        raise RuntimeError(f"from_pretrained: {unsupported}")
-    done: dict[str, Any] = {}
-
-    def load_with_sao_layers(model, state_dict, checkpoint_files, *args, **kw):
-        # The model is built and the checkpoint resolved, no tensor is read yet: the one
-        # point where the modules can be swapped.
-        if state_dict is not None:
-            source = _Source.from_state_dict(state_dict, "from_pretrained: state_dict")
-        elif checkpoint_files:
-            source = _Source.from_files(checkpoint_files)
-        else:
-            raise ValueError("from_pretrained: transformers found neither a state dict nor checkpoint files")
-        done["plan"] = plan = _plan(model, source, _prefix_resolver(model))
-        done["layers"] = _apply(model, plan)
-        _untie_sao_layers(model)
-        return load(model, state_dict, checkpoint_files, *args, **kw)
-
-    hooked = type(model_class.__name__, (model_class,), {
-        "_load_pretrained_model": staticmethod(load_with_sao_layers),
-        "__module__": model_class.__module__, "__qualname__": model_class.__qualname__,
-    })
-    want_info = kwargs.pop("output_loading_info", False)
-    model, info = hooked.from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
-    model.__class__ = model_class  # the subclass only hooked the load
-    if "plan" not in done:
-        raise RuntimeError(f"from_pretrained: the checkpoint was not loaded through _load_pretrained_model; {unsupported}")
-    plan = done["plan"]
-    missing = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
-                                                   for k in info.get("mismatched_keys", ())}
-    not_loaded = sorted(f"{paths[0]}.{leaf}" for paths in plan.paths.values() for leaf in SAO_KEYS
-                        if all(f"{p}.{leaf}" in missing for p in paths))  # a shared module loads through any path
-    if not_loaded:
-        raise ValueError(f"from_pretrained: {', '.join(not_loaded)} were not loaded from the checkpoint")
-    # SAO keys that transformers reports as unexpected are fine (e.g. a head this model does
-    # not have) unless they were meant for a dense layer of the model (e.g. after a renaming).
-    by_path, resolve = dict(model.named_modules(remove_duplicate=False)), _prefix_resolver(model)
-    for key in sorted(info.get("unexpected_keys", ())):
-        prefix, _, leaf = key.rpartition(".")
-        path = resolve(prefix)
-        if leaf in SAO_KEYS and path is not None and type(by_path[path]) in (nn.Linear, nn.Conv2d):
-            raise ValueError(f"from_pretrained: the checkpoint's SAO layer {prefix!r} was not put in: {key} is "
-                             f"unexpected and {path!r} is still a dense {type(by_path[path]).__name__}")
-    for key, layer in done["layers"].items():
-        if layer.values.is_meta:  # offloaded to disk by a device_map
-            continue
-        try:  # transformers sets the tensors directly, past the layer's own load-time checks
-            layer.blocks()
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"from_pretrained: {plan.paths[key][0]!r} is not a valid SAO layer: {err}") from err
-    return (model, info) if want_info else model
+    return _IncompatibleKeys(
+        [k for k in result.missing_keys if not present.intersection(aliases.get(k, ()))], list(result.unexpected_keys)
+    )

@@ -15,6 +15,7 @@ A valid G divides both dimensions, hence their gcd: the searches below enumerate
 divisors of the gcd (from its prime factorisation), never a range of sizes, so they take
 microseconds to milliseconds for any size (``valid_sparsities(10**9, 10**9)`` included).
 """
+
 from __future__ import annotations
 
 import math
@@ -330,7 +331,6 @@ def resolve_sizes(
         why = _why_invalid(m, n, L // d, activation, block_size)
     if why is not None:
         raise ValueError(
-            f"{arg} is not reachable for {shape}: {why}; "
-            f"{_nearest_message(m, n, target, activation, block_size)}"
+            f"{arg} is not reachable for {shape}: {why}; {_nearest_message(m, n, target, activation, block_size)}"
         )
     return SAOSizes(m, n, L // d, d, block_size, activation)

@@ -4,6 +4,7 @@ Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors.  Th
 interpreter is chosen when a kernel is decorated, so TRITON_INTERPRET must be set before
 sao_kernels is imported: that is why it is set here, at collection time.
 """
+
 import os
 
 import torch

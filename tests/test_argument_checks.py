@@ -3,6 +3,7 @@ ValueError or TypeError that names the argument and what is allowed: non-finite 
 out-of-range numbers (gain=nan used to build an all-NaN layer), bools and strings where
 numbers are expected, tuples of the wrong length, zero and negative sizes, and a sparsity
 passed positionally into ``bias``."""
+
 from __future__ import annotations
 
 import pytest
@@ -51,14 +52,20 @@ CASES = [
     (lambda: sizes.valid_sparsities(8, 8, None), ValueError, r"activation=None is not supported; allowed"),
     (lambda: SAOLinear(8, 8, groups=2, activation=3), ValueError, r"activation=3 is not supported"),
     # a sparsity in the bias position
-    (lambda: SAOLinear(1024, 1024, 0.875), TypeError,
-     r"SAOLinear: bias must be a bool, got 0.875.*sparsity.*keyword-only.*SAOLinear\(\.\.\., sparsity=0.875\)"),
+    (
+        lambda: SAOLinear(1024, 1024, 0.875),
+        TypeError,
+        r"SAOLinear: bias must be a bool, got 0.875.*sparsity.*keyword-only.*SAOLinear\(\.\.\., sparsity=0.875\)",
+    ),
     (lambda: SAOLinear(8, 8, "yes", groups=2), TypeError, r"SAOLinear: bias must be a bool, got str 'yes'"),
     (lambda: SAOConv2d(8, 8, 3, 1, 1, 1, 0.5), TypeError, r"SAOConv2d: bias must be a bool, got 0.5.*sparsity"),
     (lambda: SAOConv2d(8, 8, 3, 0.5), ValueError, r"stride must be an int >= 1 or a pair of them, got 0.5; sparsity"),
     # convolution geometry
-    (lambda: SAOConv2d(8, 8, (3,), groups=2), ValueError,
-     r"kernel_size must be an int >= 1 or a pair of them, got \(3,\)"),
+    (
+        lambda: SAOConv2d(8, 8, (3,), groups=2),
+        ValueError,
+        r"kernel_size must be an int >= 1 or a pair of them, got \(3,\)",
+    ),
     (lambda: SAOConv2d(8, 8, (3, 3, 3), groups=2), ValueError, r"kernel_size must be .*got \(3, 3, 3\)"),
     (lambda: SAOConv2d(8, 8, 0, groups=2), ValueError, r"kernel_size must be .*got 0"),
     (lambda: SAOConv2d(8, 8, "3", groups=2), ValueError, r"kernel_size must be .*got '3'"),
@@ -82,11 +89,17 @@ CASES = [
     (lambda: init.eco_frequency_pairs("3", 3), ValueError, r"kh and kw must be positive ints"),
     (lambda: init.sao_topology("sizes"), TypeError, r"sizes must be an SAOSizes"),
     (lambda: init.sao_blocks(8, 8, groups=2, smaller_groups=None), ValueError, r"smaller_groups=None is not supported"),
-    (lambda: init.random_prune_(torch.empty(8, 8), 0.5, base="kaiming", activation="gelu"), ValueError,
-     r"activation='gelu' is not supported"),
+    (
+        lambda: init.random_prune_(torch.empty(8, 8), 0.5, base="kaiming", activation="gelu"),
+        ValueError,
+        r"activation='gelu' is not supported",
+    ),
     # format
-    (lambda: blocks().to_bsr((2, 2, 2)), ValueError,
-     r"blocksize must be an int or a pair \(r, c\) of ints dividing the weight shape 8x8, got \(2, 2, 2\)"),
+    (
+        lambda: blocks().to_bsr((2, 2, 2)),
+        ValueError,
+        r"blocksize must be an int or a pair \(r, c\) of ints dividing the weight shape 8x8, got \(2, 2, 2\)",
+    ),
     (lambda: blocks().to_bsr((2,)), ValueError, r"blocksize must be an int or a pair .*got \(2,\)"),
     (lambda: blocks().to_bsr("2"), ValueError, r"blocksize must be .*got '2'"),
     (lambda: blocks().to_bsr(2.0), ValueError, r"blocksize must be .*got 2.0"),
@@ -95,12 +108,21 @@ CASES = [
     (lambda: blocks().to_bsr(-2), ValueError, r"blocksize=-2 must be positive and divide the weight shape 8x8"),
     (lambda: blocks().to_bsr(2, permuted="yes"), TypeError, r"permuted must be a bool, got 'yes'"),
     (lambda: blocks().to(dtype=torch.int64), TypeError, r"dtype must be a floating-point torch.dtype"),
-    (lambda: GroupedBlockFormat(torch.zeros(2, 2, 2, 0, 3), torch.arange(4), torch.arange(4)), ValueError,
-     r"values must have a non-empty kernel \(kh, kw >= 1\), got \(2, 2, 2, 0, 3\)"),
-    (lambda: GroupedBlockFormat(torch.zeros(2, 2, 2), torch.arange(4), torch.arange(4), True), ValueError,
-     r"block_size must be a positive int, got True"),
-    (lambda: from_pruned(torch.eye(4), torch.eye(4).bool(), block_size=0), ValueError,
-     r"block_size must be a positive int, got 0"),
+    (
+        lambda: GroupedBlockFormat(torch.zeros(2, 2, 2, 0, 3), torch.arange(4), torch.arange(4)),
+        ValueError,
+        r"values must have a non-empty kernel \(kh, kw >= 1\), got \(2, 2, 2, 0, 3\)",
+    ),
+    (
+        lambda: GroupedBlockFormat(torch.zeros(2, 2, 2), torch.arange(4), torch.arange(4), True),
+        ValueError,
+        r"block_size must be a positive int, got True",
+    ),
+    (
+        lambda: from_pruned(torch.eye(4), torch.eye(4).bool(), block_size=0),
+        ValueError,
+        r"block_size must be a positive int, got 0",
+    ),
     (lambda: from_dense(torch.empty(4, 4, device="meta")), ValueError, r"needs weight and mask with data"),
 ]
 

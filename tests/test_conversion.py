@@ -1,4 +1,5 @@
 """sao_kernels.convert on an MLP, a small CNN and a TransformerEncoderLayer."""
+
 from __future__ import annotations
 
 import warnings
@@ -19,18 +20,21 @@ pytestmark = pytest.mark.filterwarnings("ignore:convert.*re-initialised by SAO")
 
 def mlp():
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)
-    ).to(F64)
+    return nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)).to(F64)
 
 
 def cnn():
     torch.manual_seed(1)
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, padding_mode="reflect"), nn.ReLU(),
-        nn.Conv2d(32, 32, (1, 3), padding=(0, 1), bias=False), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, padding_mode="reflect"),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, (1, 3), padding=(0, 1), bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     ).to(F64)
 
 
@@ -121,7 +125,13 @@ def test_cnn():
     assert isinstance(model[8], SAOLinear)
     c2 = model[2]
     assert (c2.in_channels, c2.out_channels, c2.kernel_size, c2.stride, c2.padding, c2.padding_mode) == (
-        16, 32, (3, 3), (2, 2), (1, 1), "reflect")
+        16,
+        32,
+        (3, 3),
+        (2, 2),
+        (1, 1),
+        "reflect",
+    )
     assert torch.equal(c2.bias.detach(), convs["2"].bias.detach())
     assert model[4].bias is None and model[4].kernel_size == (1, 3)
     assert all(m.sparsity == 0.5 and m.values.dtype == F64 for m in (model[2], model[4], model[8]))
@@ -167,9 +177,7 @@ def test_converted_model_matches_its_dense_equivalent():
     sk.convert(model, groups=2)
     x = torch.randn(4, 32, dtype=F64)
     y = model(x)
-    dense = nn.Sequential(*[
-        m if not isinstance(m, SAOLinear) else _as_linear(m) for m in model
-    ])
+    dense = nn.Sequential(*[m if not isinstance(m, SAOLinear) else _as_linear(m) for m in model])
     torch.testing.assert_close(y, dense(x))
 
 

@@ -6,6 +6,7 @@ move to the SAO layer (and their handles still remove them), others are named in
 a model that *is* a Linear / Conv2d comes back converted (the return value is the new root);
 the re-initialisation of the weights is said once per call; bad arguments raise up front.
 """
+
 from __future__ import annotations
 
 import warnings

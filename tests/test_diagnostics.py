@@ -1,4 +1,5 @@
 """sao_kernels.diagnostics: Jacobian isometry, orthogonality, connectivity, spectral gaps."""
+
 import math
 import time
 
@@ -68,10 +69,12 @@ def test_orthogonal_dense_linear_net_is_isometric():
 
 def test_deep_sao_linear_stack_is_isometric():
     g = _gen(2)
-    net = nn.Sequential(*[
-        sk.SAOLinear(64, 64, sparsity=0.875, activation="linear", generator=g, dtype=torch.float64)
-        for _ in range(50)
-    ])
+    net = nn.Sequential(
+        *[
+            sk.SAOLinear(64, 64, sparsity=0.875, activation="linear", generator=g, dtype=torch.float64)
+            for _ in range(50)
+        ]
+    )
     sv = dg.jacobian_singular_values(net, torch.randn(3, 64, dtype=torch.float64, generator=g))
     assert sv.shape == (3, 64)
     torch.testing.assert_close(sv, torch.ones_like(sv), atol=1e-10, rtol=0)
@@ -95,8 +98,11 @@ def test_jacobian_rectangular_and_chunked_matches_jacrev_and_dense():
 
 def test_jacobian_of_sao_matches_dense_equivalent():
     g = _gen(4)
-    sao = nn.Sequential(sk.SAOLinear(48, 24, sparsity=0.5, generator=g, dtype=torch.float64), nn.Tanh(),
-                        sk.SAOLinear(24, 48, sparsity=0.75, generator=g, dtype=torch.float64))
+    sao = nn.Sequential(
+        sk.SAOLinear(48, 24, sparsity=0.5, generator=g, dtype=torch.float64),
+        nn.Tanh(),
+        sk.SAOLinear(24, 48, sparsity=0.75, generator=g, dtype=torch.float64),
+    )
     dense = nn.Sequential(nn.Linear(48, 24), nn.Tanh(), nn.Linear(24, 48)).double()
     with torch.no_grad():
         for s, d in zip(sao[::2], dense[::2], strict=True):
@@ -111,11 +117,18 @@ def test_jacobian_of_sao_matches_dense_equivalent():
 def test_jacrev_through_sao_ops_matches_autograd():
     """The sao_kernels ops have functorch rules now: jacrev through them is exact."""
     g = _gen(14)
-    net = nn.Sequential(sk.SAOLinear(16, 24, sparsity=0.5, generator=g, dtype=torch.float64), nn.Tanh(),
-                        sk.SAOLinear(24, 12, sparsity=0.5, generator=g, dtype=torch.float64))
+    net = nn.Sequential(
+        sk.SAOLinear(16, 24, sparsity=0.5, generator=g, dtype=torch.float64),
+        nn.Tanh(),
+        sk.SAOLinear(24, 12, sparsity=0.5, generator=g, dtype=torch.float64),
+    )
     x = torch.randn(3, 16, dtype=torch.float64, generator=g)
-    torch.testing.assert_close(dg.jacobian_singular_values(net, x, method="jacrev"),
-                               dg.jacobian_singular_values(net, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        dg.jacobian_singular_values(net, x, method="jacrev"),
+        dg.jacobian_singular_values(net, x),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 class _NoFunctorch(torch.autograd.Function):
@@ -205,13 +218,24 @@ def test_orthogonality_error_of_convolutions():
     # ECO's own setting: dilation n / k makes the kernel an orthogonal operator on n x n inputs
     assert dg.orthogonality_error(eco, conv="operator", input_size=9, dilation=3) < 1e-10
     assert dg.orthogonality_error(eco, conv="operator", input_size=9) > 1e-3  # the layer's dilation 1
-    dil = sk.SAOConv2d(16, 16, 3, padding=3, dilation=3, padding_mode="circular", sparsity=0.75, init="eco",
-                       generator=g, dtype=torch.float64)
+    dil = sk.SAOConv2d(
+        16,
+        16,
+        3,
+        padding=3,
+        dilation=3,
+        padding_mode="circular",
+        sparsity=0.75,
+        init="eco",
+        generator=g,
+        dtype=torch.float64,
+    )
     assert dg.orthogonality_error(dil, conv="operator", input_size=9) < 1e-10  # reads layer.dilation
     basis = torch.eye(16 * 81, dtype=torch.float64).view(-1, 16, 9, 9)
     with torch.no_grad():  # brute force: the circular dilated convolution as a matrix
-        op = torch.nn.functional.conv2d(torch.nn.functional.pad(basis, (3, 3, 3, 3), mode="circular"),
-                                        dil.dense_weight(), dilation=3).reshape(16 * 81, -1)
+        op = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(basis, (3, 3, 3, 3), mode="circular"), dil.dense_weight(), dilation=3
+        ).reshape(16 * 81, -1)
     torch.testing.assert_close(op.T @ op, torch.eye(16 * 81, dtype=torch.float64))
     with pytest.raises(ValueError, match="input_size"):
         dg.orthogonality_error(eco, conv="operator")

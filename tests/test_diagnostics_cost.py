@@ -7,6 +7,7 @@ be killed at 23 GB RSS); ``spectral_gap`` of an SAO layer is read in closed form
 component, with a refusal above ``max_exact``.  Limits are checked by counting (flops,
 bytes, which routine ran), never by the wall clock.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,11 @@ def test_limits_are_checked_before_any_backward():
     with pytest.raises(ValueError, match=r"4 Jacobian\(s\) of 48 x 64 .*above max_bytes=1000 "):
         dg.jacobian_singular_values(model, x, max_bytes=1000)
     assert model.samples == 4  # only the probes (1 sample, then 1 and 2 with autograd), no pass
-    with pytest.raises(ValueError, match=r"flops \(.* for 192 backward passes of one sample, .* for the SVDs\), "
-                                         r"above max_flops=1e\+03"):
+    with pytest.raises(
+        ValueError,
+        match=r"flops \(.* for 192 backward passes of one sample, .* for the SVDs\), "
+        r"above max_flops=1e\+03",
+    ):
         dg.jacobian_singular_values(model, x, max_flops=1e3)
     assert model.samples == 8
     sv = dg.jacobian_singular_values(model, x, max_bytes=jac_bytes * 10, max_flops=None)
@@ -115,8 +119,12 @@ def test_flop_estimate_counts_sao_layers_at_their_sparse_cost():
 
 
 def test_limit_arguments_are_checked():
-    for kwargs, pattern in [({"max_bytes": -1}, "max_bytes"), ({"max_flops": float("nan")}, "max_flops"),
-                            ({"max_rows": 0}, "max_rows"), ({"max_bytes": True}, "max_bytes")]:
+    for kwargs, pattern in [
+        ({"max_bytes": -1}, "max_bytes"),
+        ({"max_flops": float("nan")}, "max_flops"),
+        ({"max_rows": 0}, "max_rows"),
+        ({"max_bytes": True}, "max_bytes"),
+    ]:
         with pytest.raises(ValueError, match=pattern):
             dg.jacobian_singular_values(nn.Linear(3, 3), torch.randn(2, 3), **kwargs)
 
@@ -157,8 +165,11 @@ def test_closed_form_equals_the_dense_mask_path(shape, groups):
     dense = dg.spectral_gap(dg.layer_mask(layer))
     for field in ("sigma1", "sigma2", "ramanujan_bound", "left_degree", "right_degree"):
         assert getattr(closed, field) == pytest.approx(getattr(dense, field), rel=1e-12, abs=1e-9), field
-    assert (closed.components, closed.ramanujan, closed.biregular) == (dense.components, dense.ramanujan,
-                                                                       dense.biregular)
+    assert (closed.components, closed.ramanujan, closed.biregular) == (
+        dense.components,
+        dense.ramanujan,
+        dense.biregular,
+    )
 
 
 def test_components_are_solved_separately_and_match_a_full_svd():

@@ -1,6 +1,7 @@
 """Backend selection (sao_kernels/dispatch.py): the SAO_KERNELS_BACKEND variable, the
 ``sao_kernels.backend`` block, the policy table of "auto", and that the C++ CPU kernels apply
 the same policy as the Python one."""
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ Each rank computes the gradients of the mean loss on its half of a fixed batch; 
 averaged gradients (DistributedDataParallel, and FSDP2 ``fully_shard``) must equal the
 single-process full-batch gradients in float64.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ TIMEOUT_S = 60
 def make_model():
     g = torch.Generator().manual_seed(0)
     return nn.Sequential(
-        SAOLinear(16, 32, groups=4, generator=g, dtype=F64), nn.Tanh(),
-        SAOLinear(32, 32, groups=2, generator=g, dtype=F64), nn.Tanh(),  # square: QR-shaped values
+        SAOLinear(16, 32, groups=4, generator=g, dtype=F64),
+        nn.Tanh(),
+        SAOLinear(32, 32, groups=2, generator=g, dtype=F64),
+        nn.Tanh(),  # square: QR-shaped values
         SAOLinear(32, 8, groups=2, generator=g, dtype=F64),
     )
 

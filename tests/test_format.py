@@ -4,6 +4,7 @@ The reference dense weight is written here by explicit loops over the defining f
     W[out_index[g*a + i], in_index[g*c + k]] = values[g, i, k]
 in float64; the code under test is never its own reference.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -124,10 +125,16 @@ def _fmt_args():
 @pytest.mark.parametrize(
     "mutate, exc, pattern",
     [
-        (lambda v, i, o: (v, torch.tensor([0, 0, 2, 3, 4, 5, 6, 7]), o, 1), ValueError,
-         r"in_index must be a permutation of range\(8\)"),
-        (lambda v, i, o: (v, i, torch.tensor([0, 1, 2, 3, 4, 6]), 1), ValueError,
-         r"out_index must be a permutation of range\(6\)"),
+        (
+            lambda v, i, o: (v, torch.tensor([0, 0, 2, 3, 4, 5, 6, 7]), o, 1),
+            ValueError,
+            r"in_index must be a permutation of range\(8\)",
+        ),
+        (
+            lambda v, i, o: (v, i, torch.tensor([0, 1, 2, 3, 4, 6]), 1),
+            ValueError,
+            r"out_index must be a permutation of range\(6\)",
+        ),
         (lambda v, i, o: (v, torch.arange(7), o, 1), ValueError, r"in_index must have shape \(8,\)"),
         (lambda v, i, o: (v, i, torch.arange(12), 1), ValueError, r"out_index must have shape \(6,\)"),
         (lambda v, i, o: (v, i.view(2, 4), o, 1), ValueError, r"in_index must have shape \(8,\)"),
@@ -140,8 +147,11 @@ def _fmt_args():
         (lambda v, i, o: (v[:, :0], i, torch.arange(0), 1), ValueError, r"non-empty group dimensions"),
         (lambda v, i, o: (v, i, o, 0), ValueError, r"block_size must be a positive int, got 0"),
         (lambda v, i, o: (v, i, o, 2.0), ValueError, r"block_size must be a positive int"),
-        (lambda v, i, o: (v, torch.arange(8), torch.arange(6), 2), ValueError,
-         r"block_size=2 must divide both block sides m/G=3 and n/G=4"),
+        (
+            lambda v, i, o: (v, torch.arange(8), torch.arange(6), 2),
+            ValueError,
+            r"block_size=2 must divide both block sides m/G=3 and n/G=4",
+        ),
         (lambda v, i, o: (v, torch.arange(8), torch.arange(6), 3), ValueError, r"block_size=3 must divide"),
     ],
 )
@@ -315,9 +325,7 @@ def test_from_pruned_interop_conv():
     fmt = from_pruned(conv.weight_orig, conv.weight_mask)
     assert fmt.groups == 4 and fmt.kernel_size == (3, 3)
     assert torch.equal(fmt.to_dense().detach(), conv.weight.detach())
-    assert torch.equal(
-        reference_dense(fmt.values, fmt.in_index, fmt.out_index).float(), conv.weight.detach().float()
-    )
+    assert torch.equal(reference_dense(fmt.values, fmt.in_index, fmt.out_index).float(), conv.weight.detach().float())
     # the (out, in) pair mask is accepted too, and gives the same layer
     fmt2 = from_pruned(conv.weight_orig, src.mask())
     assert torch.equal(fmt2.to_dense(), fmt.to_dense())
@@ -355,7 +363,7 @@ def test_to_bsr(spec, blocksizes):
     # group-ordered block diagonal, by loops
     D = torch.zeros(G * a, G * c, dtype=torch.float64)
     for g in range(G):
-        D[g * a:(g + 1) * a, g * c:(g + 1) * c] = fmt.values[g]
+        D[g * a : (g + 1) * a, g * c : (g + 1) * c] = fmt.values[g]
     x = torch.randn(5, G * c, dtype=torch.float64, generator=gen(14))
     y = x @ W.T
     for bs in blocksizes:
@@ -404,20 +412,34 @@ def test_from_dense_of_random_formats_all_shapes():
 # ======================================================================= meta
 def test_meta_format_checks_shapes_not_data():
     meta = {"device": "meta"}
-    fmt = GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(8, dtype=torch.int64, **meta),
-                             torch.empty(6, dtype=torch.int64, **meta), 1)
+    fmt = GroupedBlockFormat(
+        torch.empty(2, 3, 4, **meta),
+        torch.empty(8, dtype=torch.int64, **meta),
+        torch.empty(6, dtype=torch.int64, **meta),
+        1,
+    )
     assert fmt.shape == (6, 8) and fmt.groups == 2
     _values, in_index, out_index, b = fmt.op_args()  # no data to detect an identity: passed as they are
     assert in_index is fmt.in_index and out_index is fmt.out_index and b == 1
     with pytest.raises(ValueError, match=r"in_index must have shape \(8,\)"):
-        GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(7, dtype=torch.int64, **meta),
-                           torch.empty(6, dtype=torch.int64, **meta))
+        GroupedBlockFormat(
+            torch.empty(2, 3, 4, **meta),
+            torch.empty(7, dtype=torch.int64, **meta),
+            torch.empty(6, dtype=torch.int64, **meta),
+        )
     with pytest.raises(TypeError, match=r"out_index must be an int64 tensor"):
-        GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(8, dtype=torch.int64, **meta),
-                           torch.empty(6, dtype=torch.int32, **meta))
+        GroupedBlockFormat(
+            torch.empty(2, 3, 4, **meta),
+            torch.empty(8, dtype=torch.int64, **meta),
+            torch.empty(6, dtype=torch.int32, **meta),
+        )
     with pytest.raises(ValueError, match=r"block_size=2 must divide"):
-        GroupedBlockFormat(torch.empty(2, 3, 4, **meta), torch.empty(8, dtype=torch.int64, **meta),
-                           torch.empty(6, dtype=torch.int64, **meta), 2)
+        GroupedBlockFormat(
+            torch.empty(2, 3, 4, **meta),
+            torch.empty(8, dtype=torch.int64, **meta),
+            torch.empty(6, dtype=torch.int64, **meta),
+            2,
+        )
 
 
 def test_block_size_detection_on_wide_blocks():

@@ -1,4 +1,5 @@
 """sao_kernels.sao_linear / sao_conv2d called directly with explicit index maps."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ independent re-derivations written here: row/column counts, connected components
 bipartite mask graph (union-find), float64 Gram matrices, the Jacobian of a circular
 convolution.  Nothing is compared against the code under test itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,7 +83,7 @@ def dense_from_blocks(values: torch.Tensor, in_index: torch.Tensor, out_index: t
     oi, ii = out_index.numpy(), in_index.numpy()
     W = np.zeros((a * G, c * G, *v.shape[3:]))
     for g in range(G):
-        W[np.ix_(oi[g * a:(g + 1) * a], ii[g * c:(g + 1) * c])] = v[g]
+        W[np.ix_(oi[g * a : (g + 1) * a], ii[g * c : (g + 1) * c])] = v[g]
     return W
 
 
@@ -232,8 +233,8 @@ def test_sao_blocks_structure(case: Case, smaller_groups: str):
     a, c = m // G, n // G
     as_sets = {(tuple(sorted(r)), tuple(sorted(k))) for r, k in comps}
     for g in range(G):
-        rows = tuple(sorted(fmt.out_index[g * a:(g + 1) * a].tolist()))
-        cols = tuple(sorted(fmt.in_index[g * c:(g + 1) * c].tolist()))
+        rows = tuple(sorted(fmt.out_index[g * a : (g + 1) * a].tolist()))
+        cols = tuple(sorted(fmt.in_index[g * c : (g + 1) * c].tolist()))
         assert (rows, cols) in as_sets
 
     if case.relu:
@@ -642,48 +643,90 @@ def test_prune_errors():
     [
         (lambda: sao_blocks(8, 8, groups=2, init="foo"), ValueError, r"init='foo' is not supported for a linear layer"),
         (lambda: sao_blocks(8, 8, groups=2, init="delta"), ValueError, r"init='delta' is not supported for a linear"),
-        (lambda: sao_blocks(8, 8, groups=2, init="sao", kernel_size=3), ValueError,
-         r"init='sao' is not supported for a convolution"),
+        (
+            lambda: sao_blocks(8, 8, groups=2, init="sao", kernel_size=3),
+            ValueError,
+            r"init='sao' is not supported for a convolution",
+        ),
         (lambda: sao_blocks(8, 8, groups=2, kernel_size=(3,)), ValueError, r"kernel_size must be"),
         (lambda: sao_blocks(8, 8, groups=2, kernel_size=0), ValueError, r"kernel_size must be"),
-        (lambda: sao_blocks(8, 8, groups=2, kernel_size=4), ValueError,
-         r"init='delta' needs odd kernel sizes.*\(4, 4\)"),
+        (
+            lambda: sao_blocks(8, 8, groups=2, kernel_size=4),
+            ValueError,
+            r"init='delta' needs odd kernel sizes.*\(4, 4\)",
+        ),
         (lambda: sao_blocks(8, 8, groups=2, smaller_groups="random"), ValueError, r"smaller_groups='random'"),
         (lambda: sao_blocks(8, 8, groups=2, generator=1), TypeError, r"generator must be a torch.Generator"),
         (lambda: sao_blocks(8, 8, groups=2, gain="1"), TypeError, r"gain must be a number"),
         (lambda: sao_delta_(torch.empty(8, 8, 2, 2), groups=2), ValueError, r"init='delta' needs odd kernel sizes"),
-        (lambda: sao_delta_(torch.empty(8, 8, 3, 4), groups=2), ValueError,
-         r"init='delta' needs odd kernel sizes.*\(3, 4\)"),
-        (lambda: sao_(torch.empty(8, 8, 3, 3), groups=2), ValueError,
-         r"sao_: tensor must have shape \(out, in\), got \(8, 8, 3, 3\)"),
-        (lambda: sao_delta_(torch.empty(8, 8), groups=2), ValueError,
-         r"sao_delta_: tensor must have shape \(out, in, kh, kw\), got \(8, 8\)"),
-        (lambda: sao_eco_(torch.empty(8, 8), groups=2), ValueError,
-         r"sao_eco_: tensor must have shape \(out, in, kh, kw\)"),
-        (lambda: rg_normal_(torch.empty(8), groups=2), ValueError,
-         r"rg_normal_: tensor must have shape \(out, in\) or \(out, in, kh, kw\)"),
+        (
+            lambda: sao_delta_(torch.empty(8, 8, 3, 4), groups=2),
+            ValueError,
+            r"init='delta' needs odd kernel sizes.*\(3, 4\)",
+        ),
+        (
+            lambda: sao_(torch.empty(8, 8, 3, 3), groups=2),
+            ValueError,
+            r"sao_: tensor must have shape \(out, in\), got \(8, 8, 3, 3\)",
+        ),
+        (
+            lambda: sao_delta_(torch.empty(8, 8), groups=2),
+            ValueError,
+            r"sao_delta_: tensor must have shape \(out, in, kh, kw\), got \(8, 8\)",
+        ),
+        (
+            lambda: sao_eco_(torch.empty(8, 8), groups=2),
+            ValueError,
+            r"sao_eco_: tensor must have shape \(out, in, kh, kw\)",
+        ),
+        (
+            lambda: rg_normal_(torch.empty(8), groups=2),
+            ValueError,
+            r"rg_normal_: tensor must have shape \(out, in\) or \(out, in, kh, kw\)",
+        ),
         (lambda: rg_uniform_(torch.empty(2, 8, 8), groups=2), ValueError, r"rg_uniform_: tensor must have shape"),
-        (lambda: sao_(torch.empty(8, 8, dtype=torch.int64), groups=2), TypeError,
-         r"sao_: tensor must be a floating-point"),
+        (
+            lambda: sao_(torch.empty(8, 8, dtype=torch.int64), groups=2),
+            TypeError,
+            r"sao_: tensor must be a floating-point",
+        ),
         (lambda: sao_(torch.empty(100, 100), sparsity=0.7), ValueError, r"sparsity=0.7 is not reachable for 100x100"),
-        (lambda: sao_(torch.empty(100, 100), degree=3), ValueError,
-         r"degree=3 is not reachable for 100x100.*does not divide 100"),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=3),
+            ValueError,
+            r"degree=3 is not reachable for 100x100.*does not divide 100",
+        ),
         (lambda: sao_(torch.empty(100, 100), 0.5, degree=50), ValueError, r"exactly one.*sparsity and degree"),
         (lambda: sao_(torch.empty(100, 100)), ValueError, r"exactly one.*got none"),
         (lambda: sao_(torch.empty(100, 100), 1.0), ValueError, r"sparsity must be a float in \[0, 1\)"),
-        (lambda: sao_(torch.empty(10, 8), groups=2, activation="relu"), ValueError,
-         r"groups=2 .*10x8.*2 groups do not divide"),
+        (
+            lambda: sao_(torch.empty(10, 8), groups=2, activation="relu"),
+            ValueError,
+            r"groups=2 .*10x8.*2 groups do not divide",
+        ),
         (lambda: sao_(torch.empty(10, 9), groups=1, activation="relu"), ValueError, r"even sizes"),
-        (lambda: sao_(torch.empty(100, 100), degree=2, activation="relu"), ValueError,
-         r"degree 2 is below the minimum 4"),
-        (lambda: sao_(torch.empty(100, 100), degree=10, activation="relu", block_size=2), ValueError,
-         r"degree=10 .*block_size=2 must divide"),
-        (lambda: sao_(torch.empty(100, 100), degree=1), ValueError,
-         r"degree 1 is below the minimum 2 for activation='tanh'"),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=2, activation="relu"),
+            ValueError,
+            r"degree 2 is below the minimum 4",
+        ),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=10, activation="relu", block_size=2),
+            ValueError,
+            r"degree=10 .*block_size=2 must divide",
+        ),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=1),
+            ValueError,
+            r"degree 1 is below the minimum 2 for activation='tanh'",
+        ),
         (lambda: sao_(torch.empty(64, 64), groups=4, block_size=32), ValueError, r"block_size=32 must divide"),
         (lambda: sao_eco_(torch.empty(64, 64, 3, 3), groups=4, block_size=3), ValueError, r"block_size=3 must divide"),
-        (lambda: rg_normal_(torch.empty(64, 60), groups=8), ValueError,
-         r"groups=8 .*do not divide the smaller dimension 60"),
+        (
+            lambda: rg_normal_(torch.empty(64, 60), groups=8),
+            ValueError,
+            r"groups=8 .*do not divide the smaller dimension 60",
+        ),
     ],
 )
 def test_errors(call, exc, pattern):

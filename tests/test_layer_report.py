@@ -1,4 +1,5 @@
 """sao_kernels.layer_report: per-layer FLOPs (vs FlopCounterMode), parameters, latency with spread, files."""
+
 import csv
 import io
 import json

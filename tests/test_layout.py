@@ -1,6 +1,7 @@
 """The shape of the codebase (issue 17): imports inside sao_kernels form no cycle (module-level
 and function-level imports alike), no public name hides a module, and no Python module is over
 500 lines."""
+
 from __future__ import annotations
 
 import ast
@@ -39,8 +40,12 @@ def _imports(path: pathlib.Path) -> set[str]:
                 continue
             for alias in node.names:  # "from . import x" may name a submodule
                 sub = f"{mod}.{alias.name}"
-                found.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
-                          or (PACKAGE.parent / sub.replace(".", "/")).is_dir() else mod)
+                found.add(
+                    sub
+                    if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+                    or (PACKAGE.parent / sub.replace(".", "/")).is_dir()
+                    else mod
+                )
     return found
 
 
@@ -72,7 +77,7 @@ def test_no_import_cycle_inside_the_package():
         stack.append(node)
         for dep in sorted(edges.get(node, ())):
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep):] + [dep]
+                cycle = stack[stack.index(dep) :] + [dep]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep)

@@ -1,6 +1,7 @@
 """Every Python snippet of README.md runs as written (each in a fresh interpreter, in a
 temporary directory, so files a snippet writes do not land in the repository), and the
 README's shell commands name things that exist."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def test_readme_python_snippet_runs(index, tmp_path):
     code = BLOCKS[index]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("SAO_KERNELS_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"README snippet {index} failed:\n{code}\n--- stderr ---\n{proc.stderr[-4000:]}"
 
 

@@ -4,6 +4,7 @@ Round trips through torch.save / torch.load(weights_only=True) and safetensors (
 save_model) with exact equality of state, outputs and gradients; every property of the
 replaced modules kept; every error case with its message; no random init on the way.
 """
+
 import sys
 
 import pytest
@@ -49,8 +50,9 @@ def trained_sparse_net(share: bool = True, dtype=torch.float32) -> Net:
     gen = torch.Generator().manual_seed(1)
     common = {"generator": gen, "dtype": dtype}
     net.conv1 = sk.SAOConv2d(8, 16, 3, padding=1, groups=2, block_size=4, **common)
-    net.conv2 = sk.SAOConv2d(16, 16, 3, stride=2, padding=1, bias=False, padding_mode="circular", groups=4,
-                             block_size=2, **common)
+    net.conv2 = sk.SAOConv2d(
+        16, 16, 3, stride=2, padding=1, bias=False, padding_mode="circular", groups=4, block_size=2, **common
+    )
     net.fc1 = sk.SAOLinear(256, 32, groups=8, block_size=2, **common)
     net.shared = sk.SAOLinear(32, 32, bias=False, groups=4, **common)
     net.tail[1] = net.shared if share else sk.SAOLinear(32, 32, bias=False, groups=2, **common)
@@ -106,8 +108,9 @@ def assert_same_function(loaded: nn.Module, ref: nn.Module, dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("how, share", [("torch", True), ("safetensors.save_file", False),
-                                        ("safetensors.save_model", True)])
+@pytest.mark.parametrize(
+    "how, share", [("torch", True), ("safetensors.save_file", False), ("safetensors.save_model", True)]
+)
 def test_round_trip_is_exact(how, share, dtype, tmp_path):
     trained = trained_sparse_net(share, dtype)
     state_dict = save_and_load(trained, how, tmp_path)
@@ -140,7 +143,10 @@ def test_meta_skeleton_with_assign_takes_the_tensors():
     with torch.device("meta"):
         skeleton = freeze_and_eval(Net())
     load_sparse_state_dict(skeleton, state_dict, assign=True)
-    assert skeleton.fc1.values.device.type == "cpu" and skeleton.fc1.values.data_ptr() == state_dict["fc1.values"].data_ptr()
+    assert (
+        skeleton.fc1.values.device.type == "cpu"
+        and skeleton.fc1.values.data_ptr() == state_dict["fc1.values"].data_ptr()
+    )
     assert_same_model(skeleton, trained)
     assert_same_function(skeleton, trained, torch.float32)
 
@@ -148,7 +154,9 @@ def test_meta_skeleton_with_assign_takes_the_tensors():
 def test_meta_skeleton_without_assign_is_refused():
     with torch.device("meta"):
         skeleton = Net()
-    with pytest.raises(ValueError, match=r"'conv1' is on the meta device, where nothing can be copied; pass assign=True"):
+    with pytest.raises(
+        ValueError, match=r"'conv1' is on the meta device, where nothing can be copied; pass assign=True"
+    ):
         load_sparse_state_dict(skeleton, trained_sparse_net().state_dict())
     assert type(skeleton.conv1) is nn.Conv2d
 
@@ -214,12 +222,14 @@ def _without(state_dict, *keys):
 def _edit(key, value):
     def edit(sd):
         return {**sd, key: value(sd[key]) if callable(value) else value}
+
     return edit
 
 
 def _replace(name, module):
     def edit(net):
         setattr(net, name, module)
+
     return edit
 
 
@@ -227,51 +237,107 @@ def _sao_at(prefix, groups=4, bias=True):
     def edit(sd):
         layer = sk.SAOLinear(32, 32, bias, groups=groups, generator=torch.Generator().manual_seed(3))
         return {**sd, **{f"{prefix}.{k}": v for k, v in layer.state_dict().items()}}
+
     return edit
 
 
 ERRORS = [
     # (checkpoint edit, skeleton edit, exception, message)
-    (lambda sd: _without(sd, "fc1.in_index"), None, ValueError,
-     (r"'fc1' holds fc1.out_index, fc1.values but not fc1.in_index; an SAO layer is stored as fc1.values, "
-      r"fc1.in_index, fc1.out_index \(and optionally fc1.bias\)")),
-    (None, _replace("fc1", nn.Embedding(32, 256)), ValueError,
-     (r"holds an SAO linear layer 32x256 \(out x in, G=8\) for 'fc1', where the model has an Embedding; only "
-      r"nn.Linear and nn.Conv2d")),
-    (None, _replace("fc1", nn.Linear(256, 48)), ValueError,
-     r"holds an SAO linear layer 32x256 \(out x in, G=8\) for 'fc1', where the model has a Linear 48x256"),
-    (None, _replace("conv1", nn.Linear(8, 16)), ValueError,
-     r"holds an SAO 3x3 convolution 16x8 \(out x in, G=2\) for 'conv1', where the model has a Linear$"),
+    (
+        lambda sd: _without(sd, "fc1.in_index"),
+        None,
+        ValueError,
+        (
+            r"'fc1' holds fc1.out_index, fc1.values but not fc1.in_index; an SAO layer is stored as fc1.values, "
+            r"fc1.in_index, fc1.out_index \(and optionally fc1.bias\)"
+        ),
+    ),
+    (
+        None,
+        _replace("fc1", nn.Embedding(32, 256)),
+        ValueError,
+        (
+            r"holds an SAO linear layer 32x256 \(out x in, G=8\) for 'fc1', where the model has an Embedding; only "
+            r"nn.Linear and nn.Conv2d"
+        ),
+    ),
+    (
+        None,
+        _replace("fc1", nn.Linear(256, 48)),
+        ValueError,
+        r"holds an SAO linear layer 32x256 \(out x in, G=8\) for 'fc1', where the model has a Linear 48x256",
+    ),
+    (
+        None,
+        _replace("conv1", nn.Linear(8, 16)),
+        ValueError,
+        r"holds an SAO 3x3 convolution 16x8 \(out x in, G=2\) for 'conv1', where the model has a Linear$",
+    ),
     (None, _replace("conv1", nn.Conv2d(8, 16, 5, padding=2)), ValueError, r"kernel_size=\(5, 5\)"),
-    (None, _replace("conv1", nn.Conv2d(8, 16, 3, padding=1, groups=2)), ValueError,
-     r"where the model has an nn.Conv2d with groups=2; only groups=1"),
+    (
+        None,
+        _replace("conv1", nn.Conv2d(8, 16, 3, padding=1, groups=2)),
+        ValueError,
+        r"where the model has an nn.Conv2d with groups=2; only groups=1",
+    ),
     (None, _replace("fc1", nn.Bilinear(256, 256, 32)), ValueError, r"where the model has a Bilinear"),
-    (_edit("fc1.in_index", lambda t: torch.zeros_like(t)), None, ValueError,
-     r"'fc1' is not a valid SAO layer: in_index must be a permutation of range\(256\)"),
-    (_edit("fc1.in_index", lambda t: t.float()), None, ValueError,
-     (r"fc1.in_index is float32 of shape \(256,\); expected int64 of shape \(256,\) to match fc1.values of "
-      r"shape \(8, 4, 32\) \(G=8\)")),
-    (_edit("fc1.values", lambda t: t[..., None]), None, ValueError,
-     r"fc1.values has shape \(8, 4, 32, 1\); expected \(G, m/G, n/G\) for a linear layer"),
+    (
+        _edit("fc1.in_index", lambda t: torch.zeros_like(t)),
+        None,
+        ValueError,
+        r"'fc1' is not a valid SAO layer: in_index must be a permutation of range\(256\)",
+    ),
+    (
+        _edit("fc1.in_index", lambda t: t.float()),
+        None,
+        ValueError,
+        (
+            r"fc1.in_index is float32 of shape \(256,\); expected int64 of shape \(256,\) to match fc1.values of "
+            r"shape \(8, 4, 32\) \(G=8\)"
+        ),
+    ),
+    (
+        _edit("fc1.values", lambda t: t[..., None]),
+        None,
+        ValueError,
+        r"fc1.values has shape \(8, 4, 32, 1\); expected \(G, m/G, n/G\) for a linear layer",
+    ),
     (_edit("fc1.bias", lambda t: t[:16]), None, ValueError, r"fc1.bias has shape \(16,\); expected \(32,\)"),
     (_edit("fc1.values", lambda t: t.long()), None, ValueError, r"fc1.values has dtype int64; expected a floating"),
     (lambda sd: _without(sd, "head.weight"), None, RuntimeError, r"missing key\(s\): head.weight$"),
     (lambda sd: _without(sd, "conv1.bias"), None, RuntimeError, r"missing key\(s\): conv1.bias$"),
-    (_sao_at("extra"), None, RuntimeError,
-     r"unexpected key\(s\): extra.bias, extra.in_index, extra.out_index, extra.values$"),
-    (_edit("head.weight", lambda t: t[:5]), None, RuntimeError,
-     r"size mismatch for head.weight: the state dict has shape \(5, 32\), the model \(10, 32\)"),
-    (_edit("tail.1.values", lambda t: t + 1), None, ValueError,
-     r"shared.values and tail.1.values name the same tensor in the model .* but hold different values"),
-    (_sao_at("tail.1", groups=2, bias=False), None, ValueError,
-     (r"'tail.1' is shared with 'shared' in the model, but the checkpoint holds an SAO linear layer 32x32 "
-      r"\(out x in, G=4\) there and an SAO linear layer 32x32 \(out x in, G=2\) here")),
+    (
+        _sao_at("extra"),
+        None,
+        RuntimeError,
+        r"unexpected key\(s\): extra.bias, extra.in_index, extra.out_index, extra.values$",
+    ),
+    (
+        _edit("head.weight", lambda t: t[:5]),
+        None,
+        RuntimeError,
+        r"size mismatch for head.weight: the state dict has shape \(5, 32\), the model \(10, 32\)",
+    ),
+    (
+        _edit("tail.1.values", lambda t: t + 1),
+        None,
+        ValueError,
+        r"shared.values and tail.1.values name the same tensor in the model .* but hold different values",
+    ),
+    (
+        _sao_at("tail.1", groups=2, bias=False),
+        None,
+        ValueError,
+        (
+            r"'tail.1' is shared with 'shared' in the model, but the checkpoint holds an SAO linear layer 32x32 "
+            r"\(out x in, G=4\) there and an SAO linear layer 32x32 \(out x in, G=2\) here"
+        ),
+    ),
 ]
 
 
 @pytest.mark.parametrize("edit_checkpoint, edit_skeleton, error, message", ERRORS)
-def test_a_checkpoint_that_does_not_fit_fails_before_changing_the_model(edit_checkpoint, edit_skeleton, error,
-                                                                        message):
+def test_a_checkpoint_that_does_not_fit_fails_before_changing_the_model(edit_checkpoint, edit_skeleton, error, message):
     state_dict = trained_sparse_net().state_dict()
     if edit_checkpoint is not None:
         state_dict = edit_checkpoint(state_dict)

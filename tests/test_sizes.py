@@ -3,6 +3,7 @@
 Every expected value here is re-derived independently in the test (brute force over group
 counts / degrees), never taken from the code under test.
 """
+
 from __future__ import annotations
 
 import random
@@ -258,15 +259,21 @@ def test_nearest_valid_values_rederived_for_random_shapes():
         ({"groups": 2, "block_size": 0}, r"block_size must be a positive int"),
         ({"degree": 2, "activation": "relu"}, r"degree=2 .*degree 2 is below the minimum 4 for activation='relu'"),
         ({"degree": 5, "activation": "relu"}, r"degree=5 .*halves the degree, so it must be even, got 5"),
-        ({"sparsity": 0.95, "activation": "relu"},
-         r"sparsity=0.95 .*with activation='relu'.*must be even, got 5; "
-         r"nearest valid: 0.96 \(degree 4, groups 25\), 0.9 \(degree 10"),
-        ({"groups": 20, "activation": "relu"},
-         r"groups=20 .*20 groups do not divide the larger dimension 50 of the half-size 50x50"),
+        (
+            {"sparsity": 0.95, "activation": "relu"},
+            r"sparsity=0.95 .*with activation='relu'.*must be even, got 5; "
+            r"nearest valid: 0.96 \(degree 4, groups 25\), 0.9 \(degree 10",
+        ),
+        (
+            {"groups": 20, "activation": "relu"},
+            r"groups=20 .*20 groups do not divide the larger dimension 50 of the half-size 50x50",
+        ),
         ({"groups": 50, "activation": "relu"}, r"groups=50 .*degree 2 is below the minimum 4"),
-        ({"groups": 4, "block_size": 8},
-         r"groups=4 .*with block_size=8: block_size=8 must divide both block sides, 25 and 25; "
-         r"no sparsity is reachable"),
+        (
+            {"groups": 4, "block_size": 8},
+            r"groups=4 .*with block_size=8: block_size=8 must divide both block sides, 25 and 25; "
+            r"no sparsity is reachable",
+        ),
     ],
 )
 def test_error_messages_100x100(kwargs, pattern):
@@ -292,8 +299,12 @@ def test_degree_4_relu_100x100_is_fine():
         (0, 10, {"groups": 1}, r"out_features must be a positive int, got 0"),
         (10, -1, {"groups": 1}, r"in_features must be a positive int, got -1"),
         (10, 10.0, {"groups": 1}, r"in_features must be a positive int"),
-        (1, 1, {"groups": 1},
-         r"groups=1 .*degree 1 is below the minimum 2 for activation='tanh'; no sparsity is reachable"),
+        (
+            1,
+            1,
+            {"groups": 1},
+            r"groups=1 .*degree 1 is below the minimum 2 for activation='tanh'; no sparsity is reachable",
+        ),
     ],
 )
 def test_error_messages_other_shapes(m, n, kwargs, pattern):

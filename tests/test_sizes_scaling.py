@@ -4,6 +4,7 @@ dimensions, not a range of sizes: huge layers are answered at once.
 Bounded by operation counts (how often a group count is examined) and, for the whole calls
 that used to run for minutes, by a subprocess timeout that only a linear walk can hit.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,10 @@ def counted(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("m,n,activation", [(10**9, 10**9, "tanh"), (10**8, 10**8 - 1, "tanh"),
-                                              (2 * 3**15, 4 * 3**12, "relu"), (4096, 1024, "linear")])
+@pytest.mark.parametrize(
+    "m,n,activation",
+    [(10**9, 10**9, "tanh"), (10**8, 10**8 - 1, "tanh"), (2 * 3**15, 4 * 3**12, "relu"), (4096, 1024, "linear")],
+)
 def test_valid_groups_examines_only_divisors_of_the_gcd(counted, m, n, activation):
     groups = valid_groups(m, n, activation)
     common = math.gcd(m // 2, n // 2) if activation == "relu" else math.gcd(m, n)
@@ -68,8 +71,11 @@ def test_valid_sparsities_of_a_billion(counted):
 
 
 def test_unreachable_request_on_a_huge_shape_names_the_nearest(counted):
-    with pytest.raises(ValueError, match=r"groups=3 is not reachable for 100000000x99999999 .*"
-                                         r"nearest valid: 0 \(degree 100000000, groups 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"groups=3 is not reachable for 100000000x99999999 .*"
+        r"nearest valid: 0 \(degree 100000000, groups 1\)",
+    ):
         resolve_sizes(10**8, 10**8 - 1, groups=3)
     assert len(counted) <= 2  # the request, then the one divisor of gcd = 1
 

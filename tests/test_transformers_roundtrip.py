@@ -4,6 +4,7 @@ Acceptance test of issue 14: BertModel -> sk.convert -> save_pretrained -> sk.fr
 gives outputs equal to 1e-6 (here: exactly equal, and the same state).  Tiny configs built in
 the test (no downloads).  transformers and safetensors are required (the [hf] extra).
 """
+
 import json
 import pickle
 import warnings
@@ -15,10 +16,16 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertConfig, BertForMaskedLM, BertModel
 
 import sao_kernels as sk
-from sao_kernels.serialization import from_pretrained
+from sao_kernels.hf import from_pretrained
 
-CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-          "vocab_size": 128, "max_position_embeddings": 64}
+CONFIG = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 128,
+    "max_position_embeddings": 64,
+}
 transformers.logging.set_verbosity_error()  # the expected load reports of the head <-> base cases
 
 
@@ -49,7 +56,10 @@ def assert_same_state(loaded, ref):
     for name, layer in ref_layers.items():
         other = layers[name]
         assert (other.groups, other.block_size, other.values.requires_grad) == (
-            layer.groups, layer.block_size, layer.values.requires_grad), name
+            layer.groups,
+            layer.block_size,
+            layer.values.requires_grad,
+        ), name
 
 
 INPUT_IDS = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
@@ -60,7 +70,10 @@ def test_bert_round_trip_through_save_pretrained(tmp_path):
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertModel"]
     saved = load_file(tmp_path / "model.safetensors")
-    assert {"encoder.layer.0.intermediate.dense.in_index", "encoder.layer.0.intermediate.dense.out_index"} <= saved.keys()
+    assert {
+        "encoder.layer.0.intermediate.dense.in_index",
+        "encoder.layer.0.intermediate.dense.out_index",
+    } <= saved.keys()
 
     loaded, info = from_pretrained(BertModel, tmp_path, output_loading_info=True)
     assert type(loaded) is BertModel and not loaded.training
@@ -152,8 +165,11 @@ def test_a_config_that_contradicts_the_checkpoint(tmp_path):
     converted().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))
-    with pytest.raises(ValueError, match=r"holds an SAO linear layer 64x32 \(out x in, G=4\) for "
-                                         r"'encoder.layer.0.intermediate.dense', where the model has a Linear 128x32"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds an SAO linear layer 64x32 \(out x in, G=4\) for "
+        r"'encoder.layer.0.intermediate.dense', where the model has a Linear 128x32",
+    ):
         from_pretrained(BertModel, tmp_path)
 
 
@@ -162,8 +178,11 @@ def test_a_corrupted_index_is_refused(tmp_path):
     state = load_file(tmp_path / "model.safetensors")
     state["encoder.layer.1.output.dense.out_index"] = torch.zeros_like(state["encoder.layer.1.output.dense.out_index"])
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"'encoder.layer.1.output.dense' is not a valid SAO layer: out_index must "
-                                         r"be a permutation"):
+    with pytest.raises(
+        ValueError,
+        match=r"'encoder.layer.1.output.dense' is not a valid SAO layer: out_index must "
+        r"be a permutation",
+    ):
         from_pretrained(BertModel, tmp_path)
 
 
@@ -172,12 +191,18 @@ def test_a_half_stored_layer_is_refused(tmp_path):
     state = load_file(tmp_path / "model.safetensors")
     del state["pooler.dense.in_index"]
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"'pooler.dense' holds pooler.dense.out_index, pooler.dense.values but "
-                                         r"not pooler.dense.in_index"):
+    with pytest.raises(
+        ValueError,
+        match=r"'pooler.dense' holds pooler.dense.out_index, pooler.dense.values but "
+        r"not pooler.dense.in_index",
+    ):
         from_pretrained(BertModel, tmp_path)
 
 
 def test_not_a_transformers_class():
-    with pytest.raises(TypeError, match=r"model_class must be a transformers model class \(e.g. BertModel\) or an "
-                                        r"Auto class"):
+    with pytest.raises(
+        TypeError,
+        match=r"model_class must be a transformers model class \(e.g. BertModel\) or an "
+        r"Auto class",
+    ):
         from_pretrained(torch.nn.Linear, "unused")

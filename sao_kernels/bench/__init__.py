@@ -14,6 +14,7 @@
 Used by ``python -m sao_kernels bench``, ``sao_kernels.report`` and every script in
 benchmarks/.
 """
+
 from .candidates import SkipCandidate
 from .machine import busy_core, machine_label, machine_meta, recording_load
 from .results import check_writable, write_outputs
@@ -22,8 +23,29 @@ from .sweep import NothingMeasured, SweepConfig, SweepResult, default_config, ru
 from .timing import Comparison, Speedup, Stats, TimingSettings, compare, compare_to_baseline, interleave, median_ms
 
 __all__ = [
-    "Comparison", "NothingMeasured", "SkipCandidate", "Speedup", "Stats", "SweepConfig", "SweepResult",
-    "TimingSettings", "busy_core", "check_writable", "compare", "compare_to_baseline", "default_config",
-    "forward_step", "fwd_bwd_step", "interleave", "machine_label", "machine_meta", "median_ms", "module_steps",
-    "recording_load", "run_sweep", "train_step", "write_outputs", "write_sweep_results",
+    "Comparison",
+    "NothingMeasured",
+    "SkipCandidate",
+    "Speedup",
+    "Stats",
+    "SweepConfig",
+    "SweepResult",
+    "TimingSettings",
+    "busy_core",
+    "check_writable",
+    "compare",
+    "compare_to_baseline",
+    "default_config",
+    "forward_step",
+    "fwd_bwd_step",
+    "interleave",
+    "machine_label",
+    "machine_meta",
+    "median_ms",
+    "module_steps",
+    "recording_load",
+    "run_sweep",
+    "train_step",
+    "write_outputs",
+    "write_sweep_results",
 ]

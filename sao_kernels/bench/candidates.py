@@ -5,11 +5,12 @@ candidate that cannot run raises :class:`SkipCandidate` with the reason (never a
 return value).  The dense products are here too, so SAO and dense use the same closures
 (``steps``).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,7 @@ def conv_candidate(op: str, backend: str, x, dy, layer) -> Callable[[], object]:
     if backend == "torch":  # gather + grouped convolution (cuDNN / oneDNN) on every device
         return module_op(op, layer, x, dy, layer.parameters())
     if backend == "masked_dense":
+
         def masked(inp):
             return F.conv2d(inp, layer.dense_weight(), layer.bias, layer.stride, layer.padding)
 
@@ -163,5 +165,6 @@ def warm_up(fn: Callable[[], object]) -> None:
     try:
         fn()
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as err:
-        raise SkipCandidate(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}") \
-            from None
+        raise SkipCandidate(
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        ) from None

@@ -11,11 +11,12 @@
 
 Rows share the sweep's timing columns (``results.TIMING_FIELDS``).
 """
+
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -25,8 +26,18 @@ from .steps import module_steps, train_step
 from .timing import TimingSettings, compare, interleave
 from .twins import densify
 
-CASE_FIELDS = ("case", "shape", "mode", "backend", "dtype", "width", "tokens", "depth", "groups", "contention") \
-    + TIMING_FIELDS
+CASE_FIELDS = (
+    "case",
+    "shape",
+    "mode",
+    "backend",
+    "dtype",
+    "width",
+    "tokens",
+    "depth",
+    "groups",
+    "contention",
+) + TIMING_FIELDS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 SMALL_WIDTHS = (128, 512)
 SMALL_TOKENS = (128, 1024)
@@ -38,8 +49,17 @@ def _rows_from_stats(stats, names: dict, base: dict, mode: str, settings: Timing
     rows = []
     for key, G in names.items():
         cmp = compare(stats["dense"], stats[key], ideal=float(G), flag_rel_spread=settings.flag_rel_spread)
-        rows.append(dict(base, mode=mode, groups=G, **cmp.fields(), ideal_speedup=float(G), flag=cmp.flag,
-                         flag_reason=cmp.flag_reason))
+        rows.append(
+            dict(
+                base,
+                mode=mode,
+                groups=G,
+                **cmp.fields(),
+                ideal_speedup=float(G),
+                flag=cmp.flag,
+                flag_reason=cmp.flag_reason,
+            )
+        )
     return rows
 
 
@@ -98,8 +118,9 @@ def model_rows(
     return rows
 
 
-def linear_layers(width: int, groups: Sequence[int], dtype: torch.dtype, gen: torch.Generator,
-                  device: str = "cpu") -> tuple[nn.Linear, dict[int, nn.Module]]:
+def linear_layers(
+    width: int, groups: Sequence[int], dtype: torch.dtype, gen: torch.Generator, device: str = "cpu"
+) -> tuple[nn.Linear, dict[int, nn.Module]]:
     """nn.Linear(width, width) and SAOLinear(width, width, groups=G) for each G."""
     from ..layers import SAOLinear
 
@@ -107,18 +128,24 @@ def linear_layers(width: int, groups: Sequence[int], dtype: torch.dtype, gen: to
     return dense, {G: SAOLinear(width, width, groups=G, generator=gen, device=device, dtype=dtype) for G in groups}
 
 
-def conv_layers(channels: int, kernel: int, groups: Sequence[int], dtype: torch.dtype, gen: torch.Generator,
-                device: str = "cpu") -> tuple[nn.Conv2d, dict[int, nn.Module]]:
+def conv_layers(
+    channels: int, kernel: int, groups: Sequence[int], dtype: torch.dtype, gen: torch.Generator, device: str = "cpu"
+) -> tuple[nn.Conv2d, dict[int, nn.Module]]:
     """nn.Conv2d(c, c, k, padding=k // 2) and SAOConv2d of the same shape for each G."""
     from ..layers import SAOConv2d
 
     dense = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, device=device, dtype=dtype)
-    return dense, {G: SAOConv2d(channels, channels, kernel, padding=kernel // 2, groups=G, generator=gen,
-                                device=device, dtype=dtype) for G in groups}
+    return dense, {
+        G: SAOConv2d(
+            channels, channels, kernel, padding=kernel // 2, groups=G, generator=gen, device=device, dtype=dtype
+        )
+        for G in groups
+    }
 
 
-def tanh_mlp(depth: int, width: int, groups: Sequence[int], dtype: torch.dtype, gen: torch.Generator,
-             device: str = "cpu") -> tuple[nn.Module, dict[int, nn.Module]]:
+def tanh_mlp(
+    depth: int, width: int, groups: Sequence[int], dtype: torch.dtype, gen: torch.Generator, device: str = "cpu"
+) -> tuple[nn.Module, dict[int, nn.Module]]:
     """A ``depth``-layer tanh MLP of width ``width`` per G (every Linear converted to SAO)
     and the dense twin of the first one (the same function with dense weights)."""
     from ..conversion import convert
@@ -189,8 +216,16 @@ def small_width_suite(
                             gen = torch.Generator().manual_seed(0)
                             dense, saos = linear_layers(w, layer_groups[w], dtype, gen)
                             x = torch.randn(T, w, generator=gen).to(dtype)
-                            base = dict(case="linear", shape=f"{w}x{w}, T={T}", backend="auto", dtype=dtype_name,
-                                        width=w, tokens=T, depth=1, contention=busy)
+                            base = dict(
+                                case="linear",
+                                shape=f"{w}x{w}, T={T}",
+                                backend="auto",
+                                dtype=dtype_name,
+                                width=w,
+                                tokens=T,
+                                depth=1,
+                                contention=busy,
+                            )
                             rows += layer_rows(dense, saos, x, settings, base=base, generator=gen)
                         if progress:
                             progress(f"linear {w} T={T} {dtype_name}" + (" (contention)" if busy else ""))
@@ -199,9 +234,16 @@ def small_width_suite(
                         gen = torch.Generator().manual_seed(0)
                         dense, saos = tanh_mlp(depth, depth_width, mlp_groups, dtype, gen)
                         x = torch.randn(depth_tokens, depth_width, generator=gen).to(dtype)
-                        base = dict(case=f"mlp{depth}", shape=f"{depth} x ({depth_width}x{depth_width} + tanh), "
-                                    f"T={depth_tokens}", backend="auto", dtype=dtype_name, width=depth_width,
-                                    tokens=depth_tokens, depth=depth, contention=busy)
+                        base = dict(
+                            case=f"mlp{depth}",
+                            shape=f"{depth} x ({depth_width}x{depth_width} + tanh), T={depth_tokens}",
+                            backend="auto",
+                            dtype=dtype_name,
+                            width=depth_width,
+                            tokens=depth_tokens,
+                            depth=depth,
+                            contention=busy,
+                        )
                         rows += model_rows(dense, saos, x, settings, base=base)
                     if progress:
                         progress(f"mlp{depth} {dtype_name}" + (" (contention)" if busy else ""))
@@ -214,34 +256,77 @@ def suite_progress_total(widths, tokens, dtypes, depth: int, contention: bool) -
 
 
 CASE_COLUMNS = [
-    ("case", lambda r: r["case"], False), ("shape", lambda r: r["shape"], False),
-    ("mode", lambda r: r["mode"], False), ("backend", lambda r: r["backend"], False),
+    ("case", lambda r: r["case"], False),
+    ("shape", lambda r: r["shape"], False),
+    ("mode", lambda r: r["mode"], False),
+    ("backend", lambda r: r["backend"], False),
     ("dtype", lambda r: r["dtype"], False),
-    ("G", lambda r: str(r["groups"]), True), ("contention", lambda r: "yes" if r.get("contention") else "", False),
-    ("SAO ms (IQR)", fmt_ms, True), ("dense ms (IQR)", lambda r: fmt_ms(r, side="_dense"), True),
-    ("speed-up [95% CI]", fmt_speedup, True), ("ideal", lambda r: f"{r['ideal_speedup']:g}x", True),
+    ("G", lambda r: str(r["groups"]), True),
+    ("contention", lambda r: "yes" if r.get("contention") else "", False),
+    ("SAO ms (IQR)", fmt_ms, True),
+    ("dense ms (IQR)", lambda r: fmt_ms(r, side="_dense"), True),
+    ("speed-up [95% CI]", fmt_speedup, True),
+    ("ideal", lambda r: f"{r['ideal_speedup']:g}x", True),
     ("rounds", lambda r: str(r["rounds"]), True),
 ]
 
 
-def write_case_results(rows: Sequence[dict], meta: dict, out_dir, *, stem: str, what: str,
-                       settings: TimingSettings, formats: Sequence[str] = ("json", "csv", "md"),
-                       plot_name: str | None = None, notes: Sequence[str] = (),
-                       skipped: Sequence[dict] = (), extra_columns: Sequence = (),
-                       fields: Sequence[str] = CASE_FIELDS) -> dict:
+def write_case_results(
+    rows: Sequence[dict],
+    meta: dict,
+    out_dir,
+    *,
+    stem: str,
+    what: str,
+    settings: TimingSettings,
+    formats: Sequence[str] = ("json", "csv", "md"),
+    plot_name: str | None = None,
+    notes: Sequence[str] = (),
+    skipped: Sequence[dict] = (),
+    extra_columns: Sequence = (),
+    fields: Sequence[str] = CASE_FIELDS,
+) -> dict:
     """``{stem}.{json,csv,md}`` (the chosen formats) and optionally a speed-up plot, atomically."""
     from .plots import plot_speedup
 
-    md = results_markdown(rows, meta, what=what, columns=CASE_COLUMNS + list(extra_columns),
-                          flag_spread=settings.flag_rel_spread, skipped=skipped,
-                          notes=list(notes) + ["mode: fwd = forward under no_grad; fwd_bwd = forward + backward "
-                                               "(input, weight, bias grads); train_step = forward, loss, backward, "
-                                               "SGD update. ideal = G (only the matmuls are sparse, so model rows "
-                                               "stay below it)."])
+    md = results_markdown(
+        rows,
+        meta,
+        what=what,
+        columns=CASE_COLUMNS + list(extra_columns),
+        flag_spread=settings.flag_rel_spread,
+        skipped=skipped,
+        notes=list(notes)
+        + [
+            "mode: fwd = forward under no_grad; fwd_bwd = forward + backward "
+            "(input, weight, bias grads); train_step = forward, loss, backward, "
+            "SGD update. ideal = G (only the matmuls are sparse, so model rows "
+            "stay below it)."
+        ],
+    )
     plot = None
     if plot_name:
         title = f"{what} on {meta.get('gpu') or meta.get('cpu')} ({meta['date'][:10]})"
-        plot = (plot_name, lambda path: plot_speedup(rows, path, title=title, panel_key=("case", "shape", "mode"),
-                                                      color_key="contention", style_keys=("dtype",)))
-    return write_results(out_dir, rows, meta, stem=stem, fields=fields, markdown=md, formats=formats,
-                         skipped=skipped, plot=plot, owned_plot=plot_name)
+        plot = (
+            plot_name,
+            lambda path: plot_speedup(
+                rows,
+                path,
+                title=title,
+                panel_key=("case", "shape", "mode"),
+                color_key="contention",
+                style_keys=("dtype",),
+            ),
+        )
+    return write_results(
+        out_dir,
+        rows,
+        meta,
+        stem=stem,
+        fields=fields,
+        markdown=md,
+        formats=formats,
+        skipped=skipped,
+        plot=plot,
+        owned_plot=plot_name,
+    )

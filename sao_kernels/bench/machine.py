@@ -5,6 +5,7 @@ name, cores, threads, library versions, date.  :func:`recording_load` adds the l
 before and after the run; :func:`busy_core` starts a busy-loop process pinned on one core
 (issue 13's contention case: another process competing for one of the cores while timing).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ import platform
 import re
 import subprocess
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -130,8 +131,10 @@ def busy_load_note(meta: dict) -> str | None:
     if meta.get("contention"):
         return None  # the run loaded the machine on purpose
     if loads and max(loads) > 0.5 * cores:
-        return (f"The machine was busy: 1-minute load average {max(loads):.2f} on {cores} usable cores "
-                "(before/after the run); expect wide spreads.")
+        return (
+            f"The machine was busy: 1-minute load average {max(loads):.2f} on {cores} usable cores "
+            "(before/after the run); expect wide spreads."
+        )
     return None
 
 

@@ -5,15 +5,23 @@ see ``BACKEND_COLORS``), so a backend has the same colour in every panel; line s
 marker tell the other configuration fields apart.  One legend for the whole figure, below
 the panels.  Flagged points are drawn hollow.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
-BACKEND_COLORS = {"torch": "C0", "native": "C1", "triton": "C2", "masked_dense": "C3", "bsr": "C4",
-                  "grouped_mm": "C5", "auto": "C0"}
+BACKEND_COLORS = {
+    "torch": "C0",
+    "native": "C1",
+    "triton": "C2",
+    "masked_dense": "C3",
+    "bsr": "C4",
+    "grouped_mm": "C5",
+    "auto": "C0",
+}
 _STYLES = list(itertools.product(("-", "--", ":", "-."), ("o", "s", "^", "D", "v", "P")))
 
 
@@ -70,17 +78,26 @@ def plot_speedup(
         sub = [r for r in rows if key(r, panel_key) == panel]
         for ck in sorted({r.get(color_key) for r in sub}, key=str):
             for cfg in sorted({key(r, style_keys) for r in sub if r.get(color_key) == ck}, key=sort_key):
-                pts = sorted((r for r in sub if r.get(color_key) == ck and key(r, style_keys) == cfg),
-                             key=lambda r: r["groups"])
+                pts = sorted(
+                    (r for r in sub if r.get(color_key) == ck and key(r, style_keys) == cfg), key=lambda r: r["groups"]
+                )
                 ls, marker = styles[cfg]
                 g = [r["groups"] for r in pts]
                 s = [r["speedup"] for r in pts]
-                err = [[r["speedup"] - r.get("speedup_lo", r["speedup"]) for r in pts],
-                       [r.get("speedup_hi", r["speedup"]) - r["speedup"] for r in pts]]
+                err = [
+                    [r["speedup"] - r.get("speedup_lo", r["speedup"]) for r in pts],
+                    [r.get("speedup_hi", r["speedup"]) - r["speedup"] for r in pts],
+                ]
                 ax.errorbar(g, s, yerr=err, color=colors[ck], ls=ls, marker="none", lw=1.2, capsize=2)
                 for r in pts:
-                    ax.plot([r["groups"]], [r["speedup"]], marker=marker, color=colors[ck], ms=5,
-                            mfc="none" if r.get("flag") else colors[ck])
+                    ax.plot(
+                        [r["groups"]],
+                        [r["speedup"]],
+                        marker=marker,
+                        color=colors[ck],
+                        ms=5,
+                        mfc="none" if r.get("flag") else colors[ck],
+                    )
         gs = sorted({r["groups"] for r in sub})
         if ideal_line:  # (a dash marker too, so that a panel with one G shows it)
             ax.plot(gs, gs, "k--", lw=0.8, marker="_", ms=12)
@@ -91,19 +108,27 @@ def plot_speedup(
         ax.set_xlabel("groups G (sparsity 1 - 1/G)")
         ax.set_ylabel("speed-up over dense")
         ax.set_title(" ".join(str(v) for v in panel if v is not None), fontsize=10)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles = [Line2D([], [], color=c, lw=2, label=_color_label(color_key, v)) for v, c in colors.items()]
     if len(configs) > 1:
-        handles += [Line2D([], [], color="k", ls=styles[c][0], marker=styles[c][1], label=_config_label(style_keys, c))
-                    for c in configs]
+        handles += [
+            Line2D([], [], color="k", ls=styles[c][0], marker=styles[c][1], label=_config_label(style_keys, c))
+            for c in configs
+        ]
     if ideal_line:
         handles.append(Line2D([], [], color="k", ls="--", lw=0.8, label="ideal = G"))
     handles.append(Line2D([], [], color="grey", marker="o", mfc="none", ls="none", label="flagged (see table)"))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(4, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
 

@@ -5,6 +5,7 @@ written by :func:`write_outputs`: each file is rendered to a temporary file in t
 folder and only then renamed over the old one (``os.replace``), and files of the set that
 this run does not produce are deleted, so a folder never mixes two runs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,13 +16,24 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 # Timing columns of a row (see timing.Comparison.fields): medians, minima and IQRs in ms,
 # the speed-up with its 95 % interval, rounds, the ideal and the flags.
 TIMING_FIELDS = (
-    "ms", "ms_min", "ms_iqr", "ms_dense", "ms_dense_min", "ms_dense_iqr",
-    "speedup", "speedup_lo", "speedup_hi", "ideal_speedup", "rounds", "flag", "flag_reason",
+    "ms",
+    "ms_min",
+    "ms_iqr",
+    "ms_dense",
+    "ms_dense_min",
+    "ms_dense_iqr",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "ideal_speedup",
+    "rounds",
+    "flag",
+    "flag_reason",
 )
 
 HOW_TO_READ = (
@@ -143,15 +155,18 @@ def fmt_speedup(row: dict, tag: str = "") -> str:
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, Callable[[dict], str], bool]]) -> list[str]:
     """Lines of a Markdown table; columns are (header, cell function, right-aligned)."""
-    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
-             "|" + "|".join(" ---: " if right else " --- " for _, _, right in columns) + "|"]
+    lines = [
+        "| " + " | ".join(h for h, _, _ in columns) + " |",
+        "|" + "|".join(" ---: " if right else " --- " for _, _, right in columns) + "|",
+    ]
     for r in rows:
         lines.append("| " + " | ".join(cell(r) for _, cell, _ in columns) + " |")
     return lines
 
 
-def flag_cells(rows: Sequence[dict], flag_key: str = "flag", reason_key: str = "flag_reason"
-               ) -> tuple[Callable[[dict], str], list[str]]:
+def flag_cells(
+    rows: Sequence[dict], flag_key: str = "flag", reason_key: str = "flag_reason"
+) -> tuple[Callable[[dict], str], list[str]]:
     """(cell function "noisy [2]", note lines "2. reason") numbering each distinct reason once."""
     numbers: dict[str, int] = {}
     for r in rows:
@@ -206,9 +221,16 @@ def finite(v: object) -> bool:
 
 
 # ------------------------------------------------------------------ one results set
-def results_markdown(rows: Sequence[dict], meta: dict, *, what: str,
-                     columns: Sequence[tuple[str, Callable[[dict], str], bool]], skipped: Sequence[dict] = (),
-                     flag_spread: float = 0.10, notes: Sequence[str] = ()) -> str:
+def results_markdown(
+    rows: Sequence[dict],
+    meta: dict,
+    *,
+    what: str,
+    columns: Sequence[tuple[str, Callable[[dict], str], bool]],
+    skipped: Sequence[dict] = (),
+    flag_spread: float = 0.10,
+    notes: Sequence[str] = (),
+) -> str:
     """Header (machine, load), how to read, the table with a flag column, flag reasons,
     and what was not measured."""
     flag_cell, flag_notes = flag_cells(rows)

@@ -4,9 +4,10 @@ Written once here and used by the sweep, the per-layer report, the small-width s
 the scripts in benchmarks/.  Each returns a zero-argument callable; the tensors it works on
 are made once, outside the timed call.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 def forward_step(forward: Callable[[Tensor], object], x: Tensor) -> Callable[[], object]:
     """``forward(x)`` under ``torch.no_grad()`` (inference)."""
+
     def fwd() -> object:
         with torch.no_grad():
             return forward(x)
@@ -21,8 +23,14 @@ def forward_step(forward: Callable[[Tensor], object], x: Tensor) -> Callable[[],
     return fwd
 
 
-def fwd_bwd_step(forward: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor,
-                 params: Iterable[Tensor] = (), *, input_grad: bool = True) -> Callable[[], None]:
+def fwd_bwd_step(
+    forward: Callable[[Tensor], Tensor],
+    x: Tensor,
+    grad_out: Tensor,
+    params: Iterable[Tensor] = (),
+    *,
+    input_grad: bool = True,
+) -> Callable[[], None]:
     """``forward(x).backward(grad_out)`` computing the grads of ``x`` and of ``params``.
 
     ``x`` is a detached copy that requires grad when ``input_grad`` (the input gradient is
@@ -49,8 +57,9 @@ def fwd_bwd_step(forward: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tenso
     return step
 
 
-def module_steps(module: nn.Module, x: Tensor, *, generator: torch.Generator | None = None,
-                 input_grad: bool = True) -> tuple[Callable[[], object], Callable[[], None]]:
+def module_steps(
+    module: nn.Module, x: Tensor, *, generator: torch.Generator | None = None, input_grad: bool = True
+) -> tuple[Callable[[], object], Callable[[], None]]:
     """(forward, forward + backward) of ``module`` on ``x``; the output gradient is a fixed
     random tensor drawn once (from ``generator`` when given); see :func:`fwd_bwd_step`."""
     with torch.no_grad():
@@ -61,6 +70,7 @@ def module_steps(module: nn.Module, x: Tensor, *, generator: torch.Generator | N
 
 def train_step(model: nn.Module, x: Tensor, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     """One training step: zero grads, forward, loss = mean(out^2) in float32, backward, step."""
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         model(x).float().pow(2).mean().backward()

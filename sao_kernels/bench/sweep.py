@@ -16,6 +16,7 @@ Backends (the ``backend`` field; the ideal speed-up is G for all but masked_dens
                 (forward only: torch's BSR kernels have no backward)
   grouped_mm    ``torch._grouped_mm`` on an explicit permuted copy (CUDA, bf16, forward)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,13 @@ import warnings
 import torch
 
 from .candidates import (
-    SkipCandidate, conv_candidate, dense_linear, linear_candidate, module_op,
-    static_skip_reason, warm_up,
+    SkipCandidate,
+    conv_candidate,
+    dense_linear,
+    linear_candidate,
+    module_op,
+    static_skip_reason,
+    warm_up,
 )
 from .timing import TimingSettings, compare, interleave, median_ms
 
@@ -38,10 +44,35 @@ BACKENDS = SAO_BACKENDS + BASELINES
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 ROW_FIELDS = (
-    "op", "backend", "device", "dtype", "tokens", "in_features", "out_features", "groups", "block_size",
-    "contention", "ms", "ms_min", "ms_iqr", "ms_dense", "ms_dense_min", "ms_dense_iqr", "speedup", "speedup_lo",
-    "speedup_hi", "ideal_speedup", "rounds", "flag", "flag_reason", "floor_ms", "roofline_fraction",
-    "batch", "height", "width", "kernel_size",
+    "op",
+    "backend",
+    "device",
+    "dtype",
+    "tokens",
+    "in_features",
+    "out_features",
+    "groups",
+    "block_size",
+    "contention",
+    "ms",
+    "ms_min",
+    "ms_iqr",
+    "ms_dense",
+    "ms_dense_min",
+    "ms_dense_iqr",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "ideal_speedup",
+    "rounds",
+    "flag",
+    "flag_reason",
+    "floor_ms",
+    "roofline_fraction",
+    "batch",
+    "height",
+    "width",
+    "kernel_size",
 )
 
 
@@ -50,8 +81,11 @@ class NothingMeasured(Exception):
 
     def __init__(self, skipped: list[dict]):
         self.skipped = skipped
-        super().__init__(f"nothing was measured: all {len(skipped)} selected combinations were skipped"
-                         if skipped else "nothing was measured: the selection is empty")
+        super().__init__(
+            f"nothing was measured: all {len(skipped)} selected combinations were skipped"
+            if skipped
+            else "nothing was measured: the selection is empty"
+        )
 
 
 @dataclasses.dataclass
@@ -88,8 +122,12 @@ class SweepConfig:
     contention_core: int | None = None
 
     def timing(self) -> TimingSettings:
-        return TimingSettings(min_run_time=self.min_run_time, max_run_time=self.max_run_time,
-                              target_rel_iqr=self.target_spread, flag_rel_spread=self.flag_spread)
+        return TimingSettings(
+            min_run_time=self.min_run_time,
+            max_run_time=self.max_run_time,
+            target_rel_iqr=self.target_spread,
+            flag_rel_spread=self.flag_spread,
+        )
 
 
 def default_config(device: str) -> SweepConfig:
@@ -103,7 +141,9 @@ def default_config(device: str) -> SweepConfig:
             dtypes=("bfloat16", "float32"),
             block_sizes=(1, 64),
             backends=("triton", "torch", "masked_dense", "bsr", "grouped_mm"),
-            conv_batch=32, conv_channels=256, conv_size=32,
+            conv_batch=32,
+            conv_channels=256,
+            conv_size=32,
             min_run_time=0.1,
         )
     return SweepConfig()
@@ -111,6 +151,7 @@ def default_config(device: str) -> SweepConfig:
 
 def validate_config(cfg: SweepConfig) -> None:
     """Raise ValueError naming the field and the allowed values."""
+
     def bad(field, value, allowed):
         raise ValueError(f"{field}: {value!r} is not allowed; allowed: {allowed}")
 
@@ -162,8 +203,11 @@ def plan(cfg: SweepConfig) -> tuple[list[tuple[Job, list[tuple[int, int, str]]]]
     jobs, skipped = [], []
     for dtype in cfg.dtypes:
         for op in cfg.ops:
-            shapes = [(T, f) for T in cfg.tokens for f in cfg.features] if op.startswith("linear") \
+            shapes = (
+                [(T, f) for T in cfg.tokens for f in cfg.features]
+                if op.startswith("linear")
                 else [(None, cfg.conv_channels)]
+            )
             for T, f in shapes:
                 job, cands = Job(op, dtype, T, f), []
                 for G in cfg.groups:
@@ -185,8 +229,17 @@ def plan(cfg: SweepConfig) -> tuple[list[tuple[Job, list[tuple[int, int, str]]]]
 
 
 def _skip(job: Job, G: int, b: int, backend: str, reason: str) -> dict:
-    return dict(what=f"{job.label()} G={G} b={b} {backend}", reason=reason, op=job.op, dtype=job.dtype,
-                tokens=job.tokens, width=job.width, groups=G, block_size=b, backend=backend)
+    return dict(
+        what=f"{job.label()} G={G} b={b} {backend}",
+        reason=reason,
+        op=job.op,
+        dtype=job.dtype,
+        tokens=job.tokens,
+        width=job.width,
+        groups=G,
+        block_size=b,
+        backend=backend,
+    )
 
 
 # --------------------------------------------------------------------------- roofline
@@ -233,8 +286,9 @@ def _job_inputs(job: Job, cfg: SweepConfig, gen: torch.Generator, device: torch.
         w = (torch.randn(f, f, generator=gen) / math.sqrt(f)).to(device, dtype)
 
         def make(G, b, backend):
-            blocks = sao_blocks(f, f, groups=G, block_size=b, smaller_groups="contiguous", generator=gen,
-                                device=device, dtype=dtype)
+            blocks = sao_blocks(
+                f, f, groups=G, block_size=b, smaller_groups="contiguous", generator=gen, device=device, dtype=dtype
+            )
             return linear_candidate(job.op, backend, x, dy, blocks, bias)
 
         return dense_linear(job.op, x, dy, w, bias), dict(tokens=T, in_features=f, out_features=f), make
@@ -265,15 +319,27 @@ def _measure_job(job, cands, cfg, gen, device, timing, skipped, contention: bool
         fns[(G, b, backend)] = fn
     if not fns:
         return []
-    stats = interleave({"dense": dense_fn, **{f"{G}/{b}/{be}": fn for (G, b, be), fn in fns.items()}},
-                       timing, device=device)
+    stats = interleave(
+        {"dense": dense_fn, **{f"{G}/{b}/{be}": fn for (G, b, be), fn in fns.items()}}, timing, device=device
+    )
     rows = []
-    for (G, b, backend) in fns:
+    for G, b, backend in fns:
         ideal = 1.0 if backend == "masked_dense" else float(G)
         cmp = compare(stats["dense"], stats[f"{G}/{b}/{backend}"], ideal=ideal, flag_rel_spread=timing.flag_rel_spread)
-        row = dict(op=job.op, backend=backend, device=device.type, dtype=job.dtype, groups=G, block_size=b,
-                   contention=contention, **shape, **cmp.fields(), ideal_speedup=ideal, flag=cmp.flag,
-                   flag_reason=cmp.flag_reason)
+        row = dict(
+            op=job.op,
+            backend=backend,
+            device=device.type,
+            dtype=job.dtype,
+            groups=G,
+            block_size=b,
+            contention=contention,
+            **shape,
+            **cmp.fields(),
+            ideal_speedup=ideal,
+            flag=cmp.flag,
+            flag_reason=cmp.flag_reason,
+        )
         if device.type == "cuda" and job.op.startswith("linear"):
             flops, nbytes = linear_cost(job.op, job.tokens, job.width, job.width, G, DTYPES[job.dtype].itemsize)
             peak, bw = measured_peaks(device, DTYPES[job.dtype])
@@ -334,26 +400,42 @@ def sweep_markdown(result: SweepResult, meta: dict, flag_spread: float = 0.10) -
     from .results import fmt_ms, fmt_speedup, results_markdown
 
     cols = [
-        ("op", lambda r: r["op"], False), ("backend", lambda r: r["backend"], False),
-        ("dtype", lambda r: r["dtype"], False), ("T", lambda r: str(r["tokens"]), True),
+        ("op", lambda r: r["op"], False),
+        ("backend", lambda r: r["backend"], False),
+        ("dtype", lambda r: r["dtype"], False),
+        ("T", lambda r: str(r["tokens"]), True),
         ("m x n", lambda r: f"{r['out_features']}x{r['in_features']}", False),
-        ("G", lambda r: str(r["groups"]), True), ("b", lambda r: str(r["block_size"]), True),
+        ("G", lambda r: str(r["groups"]), True),
+        ("b", lambda r: str(r["block_size"]), True),
     ]
     if any(r.get("contention") for r in result.rows):
         cols.append(("contention", lambda r: "yes" if r.get("contention") else "", False))
     cols += [
-        ("SAO ms (IQR)", fmt_ms, True), ("dense ms (IQR)", lambda r: fmt_ms(r, side="_dense"), True),
-        ("speed-up [95% CI]", fmt_speedup, True), ("ideal", lambda r: f"{r['ideal_speedup']:g}x", True),
+        ("SAO ms (IQR)", fmt_ms, True),
+        ("dense ms (IQR)", lambda r: fmt_ms(r, side="_dense"), True),
+        ("speed-up [95% CI]", fmt_speedup, True),
+        ("ideal", lambda r: f"{r['ideal_speedup']:g}x", True),
         ("rounds", lambda r: str(r["rounds"]), True),
     ]
     notes = ["masked_dense saves no work (its ideal is 1x); bsr and grouped_mm are forward-only."]
     if meta["device"] == "cuda":
-        cols += [("floor ms", lambda r: f"{r['floor_ms']:.3f}" if "floor_ms" in r else "", True),
-                 ("roofline", lambda r: f"{100 * r['roofline_fraction']:.0f}%" if "floor_ms" in r else "", True)]
-        notes.append("floor = max(flops / peak, bytes / bandwidth) with the peak and bandwidth measured on this "
-                     "device at the start of the run; roofline = floor ms / ms.")
-    return results_markdown(result.rows, meta, what="SAO microbenchmarks", columns=cols, skipped=result.skipped,
-                            flag_spread=flag_spread, notes=notes)
+        cols += [
+            ("floor ms", lambda r: f"{r['floor_ms']:.3f}" if "floor_ms" in r else "", True),
+            ("roofline", lambda r: f"{100 * r['roofline_fraction']:.0f}%" if "floor_ms" in r else "", True),
+        ]
+        notes.append(
+            "floor = max(flops / peak, bytes / bandwidth) with the peak and bandwidth measured on this "
+            "device at the start of the run; roofline = floor ms / ms."
+        )
+    return results_markdown(
+        result.rows,
+        meta,
+        what="SAO microbenchmarks",
+        columns=cols,
+        skipped=result.skipped,
+        flag_spread=flag_spread,
+        notes=notes,
+    )
 
 
 def write_sweep_results(result: SweepResult, meta: dict, out_dir, *, flag_spread: float = 0.10) -> dict:
@@ -363,6 +445,14 @@ def write_sweep_results(result: SweepResult, meta: dict, out_dir, *, flag_spread
 
     title = f"sao_kernels bench on {meta.get('gpu') or meta.get('cpu')} ({meta['date'][:10]})"
     plot = ("speedup.png", lambda path: plot_speedup(result.rows, path, title=title, panel_order=OPS))
-    return write_results(out_dir, result.rows, meta, stem="results", fields=ROW_FIELDS,
-                         markdown=sweep_markdown(result, meta, flag_spread), skipped=result.skipped, plot=plot,
-                         owned_plot="speedup.png")
+    return write_results(
+        out_dir,
+        result.rows,
+        meta,
+        stem="results",
+        fields=ROW_FIELDS,
+        markdown=sweep_markdown(result, meta, flag_spread),
+        skipped=result.skipped,
+        plot=plot,
+        owned_plot="speedup.png",
+    )

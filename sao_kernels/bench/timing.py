@@ -21,13 +21,14 @@ marks a row ``noisy`` when either side's IQR or the interval's half-width exceed
 ``flag_rel_spread`` of the median, and ``suspect`` when the speed-up exceeds the ideal
 (G, the work ratio; 1 at G = 1, where no work is saved).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import gc
 import math
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -166,8 +167,15 @@ def speedup(baseline: Stats, candidate: Stats, *, resamples: int = BOOTSTRAP_RES
     return Speedup(value, float(lo), float(hi))
 
 
-def row_flags(candidate: Stats, baseline: Stats, sp: Speedup, ideal: float | None,
-              flag_rel_spread: float, *, names: tuple[str, str] = ("SAO", "dense")) -> tuple[str, str]:
+def row_flags(
+    candidate: Stats,
+    baseline: Stats,
+    sp: Speedup,
+    ideal: float | None,
+    flag_rel_spread: float,
+    *,
+    names: tuple[str, str] = ("SAO", "dense"),
+) -> tuple[str, str]:
     """(flag, reason): flag is "" (trusted), "noisy", "suspect" or "noisy,suspect".
 
     noisy: either side's IQR / median, or the speed-up interval's half-width / speed-up,
@@ -177,8 +185,11 @@ def row_flags(candidate: Stats, baseline: Stats, sp: Speedup, ideal: float | Non
     not (then it is likely noise).
     """
     codes, reasons = [], []
-    noisy = [f"{name} IQR {100 * s.rel_iqr:.0f}% of its median"
-             for name, s in zip(names, (candidate, baseline)) if s.rel_iqr > flag_rel_spread]
+    noisy = [
+        f"{name} IQR {100 * s.rel_iqr:.0f}% of its median"
+        for name, s in zip(names, (candidate, baseline))
+        if s.rel_iqr > flag_rel_spread
+    ]
     if sp.rel_half_width > flag_rel_spread:
         noisy.append(f"speed-up interval {sp.lo:.2f}-{sp.hi:.2f}x is +-{100 * sp.rel_half_width:.0f}%")
     if noisy:
@@ -212,15 +223,27 @@ class Comparison:
         speedup{tag}_hi, rounds{tag}.  Flags and the ideal are left to the caller."""
         c, b, s = self.candidate, self.baseline, self.speedup
         return {
-            f"ms{tag}": c.median_ms, f"ms{tag}_min": c.min_ms, f"ms{tag}_iqr": c.iqr_ms,
-            f"ms{tag}_dense": b.median_ms, f"ms{tag}_dense_min": b.min_ms, f"ms{tag}_dense_iqr": b.iqr_ms,
-            f"speedup{tag}": s.value, f"speedup{tag}_lo": s.lo, f"speedup{tag}_hi": s.hi,
+            f"ms{tag}": c.median_ms,
+            f"ms{tag}_min": c.min_ms,
+            f"ms{tag}_iqr": c.iqr_ms,
+            f"ms{tag}_dense": b.median_ms,
+            f"ms{tag}_dense_min": b.min_ms,
+            f"ms{tag}_dense_iqr": b.iqr_ms,
+            f"speedup{tag}": s.value,
+            f"speedup{tag}_lo": s.lo,
+            f"speedup{tag}_hi": s.hi,
             f"rounds{tag}": c.rounds,
         }
 
 
-def compare(baseline: Stats, candidate: Stats, *, ideal: float | None, flag_rel_spread: float,
-            names: tuple[str, str] = ("SAO", "dense")) -> Comparison:
+def compare(
+    baseline: Stats,
+    candidate: Stats,
+    *,
+    ideal: float | None,
+    flag_rel_spread: float,
+    names: tuple[str, str] = ("SAO", "dense"),
+) -> Comparison:
     """Speed-up of ``candidate`` over ``baseline`` with its interval and flags."""
     sp = speedup(baseline, candidate)
     flag, reason = row_flags(candidate, baseline, sp, ideal, flag_rel_spread, names=names)
@@ -235,8 +258,7 @@ def _synchronizer(device: torch.device | str) -> Callable[[], None]:
     return lambda: None
 
 
-def _time_calls(fn: Callable[[], object], calls: int, sync: Callable[[], None],
-                clock: Callable[[], float]) -> float:
+def _time_calls(fn: Callable[[], object], calls: int, sync: Callable[[], None], clock: Callable[[], float]) -> float:
     """Seconds for ``calls`` back-to-back calls of ``fn`` (gc off, device synchronised)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -315,6 +337,9 @@ def compare_to_baseline(
         raise ValueError(f"compare_to_baseline: {key!r} is reserved")
     stats = interleave({key: baseline, **candidates}, settings, device=device)
     ideal = ideal or {}
-    return {name: compare(stats[key], stats[name], ideal=ideal.get(name), flag_rel_spread=settings.flag_rel_spread,
-                          names=names)
-            for name in candidates}
+    return {
+        name: compare(
+            stats[key], stats[name], ideal=ideal.get(name), flag_rel_spread=settings.flag_rel_spread, names=names
+        )
+        for name in candidates
+    }

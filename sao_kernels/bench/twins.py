@@ -3,6 +3,7 @@
 What every SAO measurement is compared with: the SAO layer's weight scattered into a dense
 (m, n) weight, run by torch's dense kernels.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,17 @@ def dense_equivalent(layer: nn.Module) -> nn.Module:
         dense = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, device=w.device, dtype=w.dtype)
     elif isinstance(layer, SAOConv2d):
         dense = nn.Conv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, 1, layer.bias is not None, layer.padding_mode, device=w.device, dtype=w.dtype,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            1,
+            layer.bias is not None,
+            layer.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
         )
     else:
         raise TypeError(f"dense_equivalent expects SAOLinear or SAOConv2d, got {type(layer).__name__}")

@@ -19,6 +19,7 @@ spectral gap is 0 and one layer is no expander at all.  Expansion, and full
 connectivity, come only from stacking layers whose random partitions differ; that is what
 :func:`connectivity` and :func:`stack_spectral_gap` measure.
 """
+
 from .graphs import Connectivity, connectivity, layer_mask
 from .jacobian import jacobian_singular_values
 from .orthogonality import orthogonality_error

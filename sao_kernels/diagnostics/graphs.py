@@ -1,4 +1,5 @@
 """Layer masks and reachability through a stack of layers."""
+
 from __future__ import annotations
 
 import warnings
@@ -51,12 +52,22 @@ def _pair_mask(m: Tensor) -> Tensor:
 def _topology(layer) -> _Topology:
     if isinstance(layer, GroupedBlockFormat):
         G = layer.groups
-        return _Topology(layer.out_features, layer.in_features, None,
-                         layer.out_index.cpu().view(G, -1), layer.in_index.cpu().view(G, -1))
+        return _Topology(
+            layer.out_features,
+            layer.in_features,
+            None,
+            layer.out_index.cpu().view(G, -1),
+            layer.in_index.cpu().view(G, -1),
+        )
     if hasattr(layer, "values") and hasattr(layer, "in_index") and hasattr(layer, "out_index"):  # SAO layers
         G = layer.values.shape[0]
-        return _Topology(layer.out_index.numel(), layer.in_index.numel(), None,
-                         layer.out_index.detach().cpu().view(G, -1), layer.in_index.detach().cpu().view(G, -1))
+        return _Topology(
+            layer.out_index.numel(),
+            layer.in_index.numel(),
+            None,
+            layer.out_index.detach().cpu().view(G, -1),
+            layer.in_index.detach().cpu().view(G, -1),
+        )
     if isinstance(layer, Tensor):
         mask = _pair_mask(layer)
     elif isinstance(getattr(layer, "weight_mask", None), Tensor):  # torch.nn.utils.prune

@@ -1,4 +1,5 @@
 """Jacobian singular values of a model, with the cost estimated (and limited) up front."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ class _JacobianPlan:
     svd_flops: float
 
 
-def _jacobian_plan(model, x: Tensor, method: str, max_rows: int, max_bytes: float | None,
-                   max_flops: float | None) -> _JacobianPlan:
+def _jacobian_plan(
+    model, x: Tensor, method: str, max_rows: int, max_bytes: float | None, max_flops: float | None
+) -> _JacobianPlan:
     """Measure the model on one and two samples (its output size, its per-sample autograd
     state, its forward flops) and plan the run; refuse one above the limits."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -82,11 +84,14 @@ def _jacobian_plan(model, x: Tensor, method: str, max_rows: int, max_bytes: floa
     plan = _JacobianPlan(m, rows, total_bytes, pass_flops + svd_flops, pass_flops, svd_flops)
     over = []
     if max_bytes is not None and total_bytes > max_bytes:
-        over.append(f"about {_fmt_bytes(total_bytes)} of memory, above max_bytes={max_bytes:.4g} "
-                    f"({_fmt_bytes(max_bytes)})")
+        over.append(
+            f"about {_fmt_bytes(total_bytes)} of memory, above max_bytes={max_bytes:.4g} ({_fmt_bytes(max_bytes)})"
+        )
     if max_flops is not None and plan.flops > max_flops:
-        over.append(f"about {plan.flops:.2g} flops ({pass_flops:.2g} for {B * m} backward passes of one sample, "
-                    f"{svd_flops:.2g} for the SVDs), above max_flops={max_flops:.2g}")
+        over.append(
+            f"about {plan.flops:.2g} flops ({pass_flops:.2g} for {B * m} backward passes of one sample, "
+            f"{svd_flops:.2g} for the SVDs), above max_flops={max_flops:.2g}"
+        )
     if over:
         raise ValueError(
             f"jacobian_singular_values: {B} Jacobian(s) of {m} x {n} (out x in per sample) would take "
@@ -117,7 +122,7 @@ def _jacobian_autograd(model: Callable[[Tensor], Tensor], x: Tensor, rows_per_pa
             y = model(xr).reshape(B, r, m)
             picked = y.gather(2, rows.view(1, r, 1).expand(B, r, 1))
             (grad,) = torch.autograd.grad(picked.sum(), xr)
-        jac[:, start:start + r] = grad.reshape(B, r, n)
+        jac[:, start : start + r] = grad.reshape(B, r, n)
     return jac
 
 
@@ -188,8 +193,9 @@ def jacobian_singular_values(
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
     for name, limit in (("max_bytes", max_bytes), ("max_flops", max_flops)):
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
-                                  or not math.isfinite(limit) or limit <= 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0
+        ):
             raise ValueError(f"{name} must be a positive finite number or None, got {limit!r}")
     plan = _jacobian_plan(model, x, method, max_rows, max_bytes, max_flops)
     if method == "autograd":

@@ -1,4 +1,5 @@
 """``max |W W^T - I|`` of a layer's dense-equivalent weight (linear or convolution)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

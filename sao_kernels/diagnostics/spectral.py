@@ -1,4 +1,5 @@
 """Spectral gaps: one layer's bipartite adjacency vs the Ramanujan bound, and the mixing of a stack."""
+
 from __future__ import annotations
 
 import math
@@ -153,8 +154,9 @@ def spectral_gap(layer, *, max_exact: int = 4096) -> SpectralGap:
     return _spectral_gap_result(s, sigma1, sigma2, bound, c, d, biregular, comps)
 
 
-def _spectral_gap_result(s: Tensor, sigma1: float, sigma2: float, bound: float, c: float, d: float,
-                         biregular: bool, comps: int) -> SpectralGap:
+def _spectral_gap_result(
+    s: Tensor, sigma1: float, sigma2: float, bound: float, c: float, d: float, biregular: bool, comps: int
+) -> SpectralGap:
     """The verdict and its note from the (leading, descending) singular values ``s``."""
     ramanujan = comps == 1 and sigma2 <= bound + 1e-9 * max(1.0, bound)
     tol = 1e-9 * max(1.0, sigma1)
@@ -170,14 +172,13 @@ def _spectral_gap_result(s: Tensor, sigma1: float, sigma2: float, bound: float, 
             "connectivity."
         )
     elif comps > 1:
-        note = (f"disconnected: {comps} components (sigma2 = {sigma2:.4g}, sigma1 = {sigma1:.4g}); "
-                "not an expander")
+        note = f"disconnected: {comps} components (sigma2 = {sigma2:.4g}, sigma1 = {sigma1:.4g}); not an expander"
     elif ramanujan:
         note = f"connected and Ramanujan: sigma2 = {sigma2:.4g} <= sqrt(c-1)+sqrt(d-1) = {bound:.4g}"
     else:
         note = f"connected but not Ramanujan: sigma2 = {sigma2:.4g} > sqrt(c-1)+sqrt(d-1) = {bound:.4g}"
     if not biregular:
-        note += ("; the graph is irregular, so c and d are mean degrees and the bound is only indicative")
+        note += "; the graph is irregular, so c and d are mean degrees and the bound is only indicative"
     return SpectralGap(sigma1, sigma2, bound, c, d, biregular, comps, ramanujan, note)
 
 

@@ -6,6 +6,7 @@ The layers keep no derived state about their indices (an identity index is detec
 the ops, per index version), so ``layer.out_index.copy_(perm)``, assigning a new buffer
 and ``load_state_dict`` all take effect in the next forward.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,20 @@ class SAOLayerBase(nn.Module):
         init = self._default_init(kernel) if init is None else init
         if blocks is None:
             blocks = sao_blocks(
-                out_f, in_f, sparsity=sparsity, degree=degree, groups=groups, activation=activation, init=init,
-                kernel_size=kernel, block_size=block_size, gain=gain, smaller_groups="contiguous",
-                generator=generator, device=device, dtype=dtype,
+                out_f,
+                in_f,
+                sparsity=sparsity,
+                degree=degree,
+                groups=groups,
+                activation=activation,
+                init=init,
+                kernel_size=kernel,
+                block_size=block_size,
+                gain=gain,
+                smaller_groups="contiguous",
+                generator=generator,
+                device=device,
+                dtype=dtype,
             )
             bias_tensor = self._draw_bias(blocks.values, generator) if bias else None
         else:
@@ -123,8 +135,9 @@ class SAOLayerBase(nn.Module):
         if values.is_meta:
             return torch.empty(out_f, device=values.device, dtype=values.dtype)
         bound = 1.0 / math.sqrt(in_f * (math.prod(kernel) if kernel else 1))
-        u = torch.rand(out_f, generator=generator, dtype=torch.float64,
-                       device=generator.device if generator is not None else "cpu")
+        u = torch.rand(
+            out_f, generator=generator, dtype=torch.float64, device=generator.device if generator is not None else "cpu"
+        )
         return ((2 * u - 1) * bound).to(device=values.device, dtype=values.dtype)
 
     @classmethod
@@ -166,9 +179,18 @@ class SAOLayerBase(nn.Module):
         """
         out_f, in_f, kernel = self._shape()
         blocks = sao_blocks(
-            out_f, in_f, groups=self.groups, activation=self.activation, init=self.init, kernel_size=kernel,
-            block_size=self.block_size, gain=self.gain, smaller_groups="contiguous", generator=generator,
-            device=self.values.device, dtype=self.values.dtype,
+            out_f,
+            in_f,
+            groups=self.groups,
+            activation=self.activation,
+            init=self.init,
+            kernel_size=kernel,
+            block_size=self.block_size,
+            gain=self.gain,
+            smaller_groups="contiguous",
+            generator=generator,
+            device=self.values.device,
+            dtype=self.values.dtype,
         )
         bias = self._draw_bias(blocks.values, generator) if self.bias is not None else None
         self.values.copy_(blocks.values)
@@ -181,6 +203,7 @@ class SAOLayerBase(nn.Module):
     def _check_incoming(self, state_dict: dict, prefix: str) -> None:
         """Validate what a load would leave in this layer (incoming tensors, current ones
         where a key is absent) without touching the layer."""
+
         def get(name: str):
             return state_dict.get(prefix + name, getattr(self, name))
 
@@ -207,8 +230,9 @@ class SAOLayerBase(nn.Module):
         stand_in = torch.zeros((), device=in_index.device).expand(values.shape)
         GroupedBlockFormat(stand_in, in_index, out_index.to(in_index.device), self.block_size)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Validate first: a rejected state leaves the layer exactly as it was (torch copies
         # tensor by tensor, so checking afterwards would leave it half loaded).
         try:
@@ -218,8 +242,9 @@ class SAOLayerBase(nn.Module):
             raise ValueError(
                 f"load_state_dict: {name} is not a valid SAO layer: {err}; the layer was left unchanged"
             ) from None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # -------------------------------------------------------------------- views
     @property

@@ -1,4 +1,5 @@
 """SAOConv2d: a drop-in nn.Conv2d whose (out, in) channel mask is SAO-structured."""
+
 from __future__ import annotations
 
 import numbers
@@ -17,6 +18,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 def _int_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= ``minimum``, as a pair of Python ints."""
+
     def ok(x: object) -> bool:
         return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= minimum
 
@@ -88,8 +90,19 @@ class SAOConv2d(SAOLayerBase):
         self._set_padding(padding, padding_mode)
         bias = check_bias_flag("SAOConv2d", bias)
         self._build(
-            bias, sparsity=sparsity, degree=degree, groups=groups, block_size=block_size, activation=activation,
-            init=init, gain=gain, generator=generator, device=device, dtype=dtype, blocks=_blocks, bias_tensor=_bias,
+            bias,
+            sparsity=sparsity,
+            degree=degree,
+            groups=groups,
+            block_size=block_size,
+            activation=activation,
+            init=init,
+            gain=gain,
+            generator=generator,
+            device=device,
+            dtype=dtype,
+            blocks=_blocks,
+            bias_tensor=_bias,
         )
 
     def _shape(self) -> tuple[int, int, tuple[int, int]]:
@@ -142,7 +155,14 @@ class SAOConv2d(SAOLayerBase):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
         return sao_conv2d(
-            x, self.values, self.in_index, self.out_index, self.bias, self.stride, padding, self.dilation,
+            x,
+            self.values,
+            self.in_index,
+            self.out_index,
+            self.bias,
+            self.stride,
+            padding,
+            self.dilation,
             block_size=self.block_size,
         )
 
@@ -178,8 +198,19 @@ class SAOConv2d(SAOLayerBase):
         """
         cls._check_blocks(blocks, bias)
         return cls(
-            blocks.in_features, blocks.out_features, blocks.kernel_size, stride, padding, dilation, bias is not None,
-            padding_mode, activation=activation, init=init, gain=gain, _blocks=blocks, _bias=bias,
+            blocks.in_features,
+            blocks.out_features,
+            blocks.kernel_size,
+            stride,
+            padding,
+            dilation,
+            bias is not None,
+            padding_mode,
+            activation=activation,
+            init=init,
+            gain=gain,
+            _blocks=blocks,
+            _bias=bias,
         )
 
     @classmethod
@@ -198,8 +229,13 @@ class SAOConv2d(SAOLayerBase):
         blocks = from_dense(weight.detach()) if mask is None else from_pruned(weight.detach(), mask)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         layer = cls.from_blocks(
-            blocks, bias, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-            padding_mode=conv.padding_mode, activation="linear",
+            blocks,
+            bias,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            padding_mode=conv.padding_mode,
+            activation="linear",
         )
         layer.values.requires_grad_(weight.requires_grad)
         if bias is not None:

@@ -1,4 +1,5 @@
 """SAOLinear: a drop-in nn.Linear whose weight is an SAO permuted block diagonal."""
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,19 @@ class SAOLinear(SAOLayerBase):
         self.out_features = _check_dim("out_features", out_features)
         bias = check_bias_flag("SAOLinear", bias)
         self._build(
-            bias, sparsity=sparsity, degree=degree, groups=groups, block_size=block_size, activation=activation,
-            init=init, gain=gain, generator=generator, device=device, dtype=dtype, blocks=_blocks, bias_tensor=_bias,
+            bias,
+            sparsity=sparsity,
+            degree=degree,
+            groups=groups,
+            block_size=block_size,
+            activation=activation,
+            init=init,
+            gain=gain,
+            generator=generator,
+            device=device,
+            dtype=dtype,
+            blocks=_blocks,
+            bias_tensor=_bias,
         )
 
     def _shape(self) -> tuple[int, int, None]:
@@ -97,8 +109,14 @@ class SAOLinear(SAOLayerBase):
         """
         cls._check_blocks(blocks, bias)
         return cls(
-            blocks.in_features, blocks.out_features, bias is not None, activation=activation, init=init, gain=gain,
-            _blocks=blocks, _bias=bias,
+            blocks.in_features,
+            blocks.out_features,
+            bias is not None,
+            activation=activation,
+            init=init,
+            gain=gain,
+            _blocks=blocks,
+            _bias=bias,
         )
 
     @classmethod

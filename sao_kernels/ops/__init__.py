@@ -14,6 +14,7 @@ forward, dY in grad-input) and N / K its output / reduction sides (a / c, or c /
 How the ops are registered (which kernel runs for which dispatch key): ``_library.py``.
 Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU kernels: csrc/.
 """
+
 from . import linear, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
 from ._library import NATIVE
 

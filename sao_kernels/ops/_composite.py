@@ -1,9 +1,11 @@
 """What the three ops' torch paths share: group-order gathers, the masked-dense reference
 weight, the flop count and the vmap rule.  (Glossary: ``sao_kernels/ops/_validate.py``.)"""
+
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor

@@ -25,9 +25,10 @@ private twin ``_<op>_python`` with the same schema whose only kernel is that fun
 So the default CPU path (``auto``, native kernels built) never enters Python: argument
 checks, the backend choice, the autograd node and the kernels are all C++.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch._functorch.utils import enable_single_level_autograd_function
@@ -38,8 +39,12 @@ NAMESPACE = "sao_kernels"
 LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
 
 SCHEMAS = {
-    "linear": "(Tensor x, Tensor values, Tensor? in_index, Tensor? out_index, Tensor? bias, int block_size=1) -> Tensor",
-    "linear_grad_input": "(Tensor grad_out, Tensor values, Tensor? in_index, Tensor? out_index, int block_size=1) -> Tensor",
+    "linear": (
+        "(Tensor x, Tensor values, Tensor? in_index, Tensor? out_index, Tensor? bias, int block_size=1) -> Tensor"
+    ),
+    "linear_grad_input": (
+        "(Tensor grad_out, Tensor values, Tensor? in_index, Tensor? out_index, int block_size=1) -> Tensor"
+    ),
     "linear_grad_values": (
         "(Tensor grad_out, Tensor x, Tensor? in_index, Tensor? out_index, int groups, int block_size=1) -> Tensor"
     ),

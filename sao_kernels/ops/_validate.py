@@ -16,6 +16,7 @@ Glossary (all of ``sao_kernels.ops``): T tokens, m = G*a output features, n = G*
 features, G groups, a = m/G and c = n/G the block sides, b = ``block_size`` (the aligned run
 length of both index maps).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,7 +97,13 @@ def _verdict(op: str, name: str, index: Tensor, size: int, block_size: int) -> I
 
 
 def check_index(
-    op: str, name: str, index: Optional[Tensor], size: int, device: torch.device, block_size: int, check_data: bool = True
+    op: str,
+    name: str,
+    index: Optional[Tensor],
+    size: int,
+    device: torch.device,
+    block_size: int,
+    check_data: bool = True,
 ) -> IndexArg:
     """Check one index map of length ``size`` (None = identity) on ``device``.  Without
     ``check_data`` (fake tensors: no data to read) only its dtype, shape and device."""
@@ -148,7 +155,9 @@ def _check_activation(op: str, name: str, t: object, width: int, like: Tensor, l
 def _indices(op: str, in_index, out_index, G: int, a: int, c: int, device, block_size, check_data: bool) -> Problem:
     b = check_block_size(op, block_size, a, c)
     return Problem(
-        G, a, c,
+        G,
+        a,
+        c,
         check_index(op, "in_index", in_index, G * c, device, b, check_data),
         check_index(op, "out_index", out_index, G * a, device, b, check_data),
     )
@@ -166,7 +175,9 @@ def check_linear(x, values, in_index, out_index, bias, block_size, check_data: b
         if bias.dtype != values.dtype:
             raise TypeError(f"{op}: bias has dtype {bias.dtype} but values have {values.dtype}; they must match")
         if bias.device != values.device:
-            raise ValueError(f"{op}: bias is on {bias.device} but values are on {values.device}; all must share a device")
+            raise ValueError(
+                f"{op}: bias is on {bias.device} but values are on {values.device}; all must share a device"
+            )
     return _indices(op, in_index, out_index, G, a, c, values.device, block_size, check_data)
 
 
@@ -183,7 +194,8 @@ def check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_siz
     op = "linear_grad_values"
     for name, t in (("grad_out", grad_out), ("x", x)):
         if not isinstance(t, Tensor) or t.dim() != 2:
-            raise ValueError(f"{op}: {name} must be a 2-D (T, features) tensor, got {_shape(t) if isinstance(t, Tensor) else type(t).__name__}")
+            got = _shape(t) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{op}: {name} must be a 2-D (T, features) tensor, got {got}")
     if grad_out.shape[0] != x.shape[0]:
         raise ValueError(f"{op}: grad_out (T, m) and x (T, n) must share T, got {_shape(grad_out)} and {_shape(x)}")
     if not x.is_floating_point() or grad_out.dtype != x.dtype:
@@ -191,6 +203,14 @@ def check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_siz
     if grad_out.device != x.device:
         raise ValueError(f"{op}: grad_out is on {grad_out.device} but x is on {x.device}; all must share a device")
     m, n = grad_out.shape[1], x.shape[1]
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or m % groups or n % groups or m == 0 or n == 0:
+    if (
+        isinstance(groups, bool)
+        or not isinstance(groups, int)
+        or groups < 1
+        or m % groups
+        or n % groups
+        or m == 0
+        or n == 0
+    ):
         raise ValueError(f"{op}: groups={groups!r} must be a positive int dividing m={m} and n={n}")
     return _indices(op, in_index, out_index, groups, m // groups, n // groups, x.device, block_size, check_data)

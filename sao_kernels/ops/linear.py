@@ -19,6 +19,7 @@ forward mode: dY = linear(dX) + linear(X; dV) + db.  Both are written in C++ (cs
 and, for builds without the extension, here; the grad ops have autograd of their own, so
 every derivative order works.  FlopCounterMode counts 2*T*m*n/G.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,7 +31,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import dispatch as _dispatch
 from . import _library
-from ._composite import saveable, dense_weight, flops, gather_groups, scatter_groups, vmap_over_tokens
+from ._composite import dense_weight, flops, gather_groups, saveable, scatter_groups, vmap_over_tokens
 from ._validate import Problem, check_linear
 
 NAME = "linear"
@@ -50,7 +51,11 @@ def linear_torch(x: Tensor, values: Tensor, p: Problem, bias: Optional[Tensor]) 
 
 
 def linear_python(
-    x: Tensor, values: Tensor, in_index: Optional[Tensor], out_index: Optional[Tensor], bias: Optional[Tensor],
+    x: Tensor,
+    values: Tensor,
+    in_index: Optional[Tensor],
+    out_index: Optional[Tensor],
+    bias: Optional[Tensor],
     block_size: int = 1,
 ) -> Tensor:
     """The Python implementation: checks, backend choice, then triton / torch / dense."""
@@ -61,8 +66,9 @@ def linear_python(
     if name == "triton":
         from .triton import grouped_gather_matmul
 
-        return grouped_gather_matmul(x, p.in_index.index, values, p.out_index.index, bias,
-                                     lhs_run=p.in_index.run, out_run=p.out_index.run)
+        return grouped_gather_matmul(
+            x, p.in_index.index, values, p.out_index.index, bias, lhs_run=p.in_index.run, out_run=p.out_index.run
+        )
     if name == "native":  # the C++ CPU kernel runs every native case before reaching Python
         raise RuntimeError("linear: the native kernels were selected but the C++ CPU kernel did not run them")
     return linear_torch(x, values, p, bias)

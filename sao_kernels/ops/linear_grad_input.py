@@ -12,6 +12,7 @@ swapped, no copy), dY's columns gathered through ``out_index`` and dX's placed t
 Autograd (it is linear in dY and V): d(dY) = ``linear(g)``, dV = ``linear_grad_values(dY, g)``;
 forward mode: linear_grad_input(dY_t; V) + linear_grad_input(dY; V_t).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,7 +23,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import dispatch as _dispatch
 from . import _library
-from ._composite import saveable, dense_weight, flops, gather_groups, scatter_groups, vmap_over_tokens
+from ._composite import dense_weight, flops, gather_groups, saveable, scatter_groups, vmap_over_tokens
 from ._validate import Problem, check_linear_grad_input
 
 NAME = "linear_grad_input"
@@ -46,11 +47,18 @@ def linear_grad_input_python(
         from .triton import grouped_gather_matmul
 
         return grouped_gather_matmul(
-            grad_out, p.out_index.index, values.transpose(1, 2), p.in_index.index, None,
-            lhs_run=p.out_index.run, out_run=p.in_index.run,
+            grad_out,
+            p.out_index.index,
+            values.transpose(1, 2),
+            p.in_index.index,
+            None,
+            lhs_run=p.out_index.run,
+            out_run=p.in_index.run,
         )
     if name == "native":  # the C++ CPU kernel runs every native case before reaching Python
-        raise RuntimeError("linear_grad_input: the native kernels were selected but the C++ CPU kernel did not run them")
+        raise RuntimeError(
+            "linear_grad_input: the native kernels were selected but the C++ CPU kernel did not run them"
+        )
     return linear_grad_input_torch(grad_out, values, p)
 
 
@@ -69,7 +77,9 @@ def _backward(ctx, ggrad):
     ops = torch.ops.sao_kernels
     d_grad = ops.linear(ggrad, values, in_index, out_index, None, ctx.block_size) if need[0] else None
     d_values = (
-        ops.linear_grad_values(grad_out, ggrad, in_index, out_index, values.shape[0], ctx.block_size) if need[1] else None
+        ops.linear_grad_values(grad_out, ggrad, in_index, out_index, values.shape[0], ctx.block_size)
+        if need[1]
+        else None
     )
     return d_grad, d_values, None, None, None
 

@@ -11,6 +11,7 @@ partials per token split summed in a fixed order; torch: two gathers and one bat
 Autograd (bilinear in dY and X): d(dY) = ``linear(X; g)``, dX = ``linear_grad_input(dY; g)``;
 forward mode: linear_grad_values(dY_t, X) + linear_grad_values(dY, X_t).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -21,7 +22,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import dispatch as _dispatch
 from . import _library
-from ._composite import saveable, block_coords, flops, gather_groups, vmap_over_tokens
+from ._composite import block_coords, flops, gather_groups, saveable, vmap_over_tokens
 from ._validate import Problem, check_linear_grad_values
 
 NAME = "linear_grad_values"
@@ -35,7 +36,11 @@ def linear_grad_values_torch(grad_out: Tensor, x: Tensor, p: Problem) -> Tensor:
 
 
 def linear_grad_values_python(
-    grad_out: Tensor, x: Tensor, in_index: Optional[Tensor], out_index: Optional[Tensor], groups: int,
+    grad_out: Tensor,
+    x: Tensor,
+    in_index: Optional[Tensor],
+    out_index: Optional[Tensor],
+    groups: int,
     block_size: int = 1,
 ) -> Tensor:
     """The Python implementation: checks, backend choice, then triton / torch / dense."""
@@ -47,10 +52,13 @@ def linear_grad_values_python(
     if name == "triton":
         from .triton import grouped_grad_values
 
-        return grouped_grad_values(grad_out, x, p.in_index.index, p.out_index.index, p.G,
-                                   in_run=p.in_index.run, out_run=p.out_index.run)
+        return grouped_grad_values(
+            grad_out, x, p.in_index.index, p.out_index.index, p.G, in_run=p.in_index.run, out_run=p.out_index.run
+        )
     if name == "native":  # the C++ CPU kernel runs every native case before reaching Python
-        raise RuntimeError("linear_grad_values: the native kernels were selected but the C++ CPU kernel did not run them")
+        raise RuntimeError(
+            "linear_grad_values: the native kernels were selected but the C++ CPU kernel did not run them"
+        )
     return linear_grad_values_torch(grad_out, x, p)
 
 
@@ -94,7 +102,9 @@ def _(grad_out, x, in_index, out_index, groups, block_size=1):
 
 
 # grad-values sums over tokens, so a batch cannot fold into them: one call per batch element.
-torch.library.register_vmap(f"{_library.NAMESPACE}::{NAME}", vmap_over_tokens(torch.ops.sao_kernels.linear_grad_values, ()))
+torch.library.register_vmap(
+    f"{_library.NAMESPACE}::{NAME}", vmap_over_tokens(torch.ops.sao_kernels.linear_grad_values, ())
+)
 
 
 @register_flop_formula(torch.ops.sao_kernels.linear_grad_values)

@@ -1,4 +1,5 @@
 """sao_kernels.bench.cases: layer / model comparisons, issue 13's small-width suite, contention."""
+
 import json
 import os
 
@@ -19,7 +20,11 @@ def test_small_width_suite_rows_and_skips():
     rows, skipped = cases.small_width_suite(FAST, progress=labels.append, **TINY)
     assert labels == ["linear 16 T=4 float32", "mlp3 float32"]
     assert {(r["case"], r["mode"], r["groups"]) for r in rows} == {
-        ("linear", "fwd", 2), ("linear", "fwd_bwd", 2), ("mlp3", "fwd", 4), ("mlp3", "train_step", 4)}
+        ("linear", "fwd", 2),
+        ("linear", "fwd_bwd", 2),
+        ("mlp3", "fwd", 4),
+        ("mlp3", "train_step", 4),
+    }
     for r in rows:
         assert set(cases.CASE_FIELDS) <= set(r)
         assert r["contention"] is False and r["ideal_speedup"] == r["groups"] and r["rounds"] >= 3
@@ -45,10 +50,13 @@ def test_contention_pass_and_files(tmp_path):
     rows, skipped = cases.small_width_suite(FAST, contention=True, **dict(TINY, depth=0, groups=(2,)))
     assert [r["contention"] for r in rows] == [False, False, True, True]
     meta = dict(machine_meta("cpu"), machine="m", contention={"core": 1})
-    paths = cases.write_case_results(rows, meta, tmp_path, stem="small_width_m_2026-12-01", what="Small",
-                                     settings=FAST, formats=("json", "md"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["small_width_m_2026-12-01.json",
-                                                          "small_width_m_2026-12-01.md"]
+    paths = cases.write_case_results(
+        rows, meta, tmp_path, stem="small_width_m_2026-12-01", what="Small", settings=FAST, formats=("json", "md")
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "small_width_m_2026-12-01.json",
+        "small_width_m_2026-12-01.md",
+    ]
     data = json.loads(paths["json"].read_text())
     assert len(data["results"]) == 4 and {"ms_iqr", "speedup_lo", "flag"} <= set(data["results"][0])
     md = paths["md"].read_text()

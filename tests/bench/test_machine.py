@@ -1,18 +1,37 @@
 """sao_kernels.bench.machine: metadata, load average, the busy-core contention helper."""
+
 import os
 import time
 
 import pytest
 
 from sao_kernels.bench.machine import (
-    busy_core, busy_load_note, machine_label, machine_meta, recording_load, results_stem, usable_cores,
+    busy_core,
+    busy_load_note,
+    machine_label,
+    machine_meta,
+    recording_load,
+    results_stem,
+    usable_cores,
 )
 
 
 def test_machine_meta_in_one_place():
     meta = machine_meta("cpu")
-    for key in ("device", "cpu", "gpu", "cpu_count", "usable_cores", "threads", "torch", "triton", "sao_kernels",
-                "native_build", "python", "date"):
+    for key in (
+        "device",
+        "cpu",
+        "gpu",
+        "cpu_count",
+        "usable_cores",
+        "threads",
+        "torch",
+        "triton",
+        "sao_kernels",
+        "native_build",
+        "python",
+        "date",
+    ):
         assert key in meta
     assert meta["device"] == "cpu" and meta["gpu"] is None and meta["threads"] >= 1
     with recording_load(meta):
@@ -24,8 +43,10 @@ def test_machine_label_and_stem():
     assert machine_label({"cpu": "Intel(R) Xeon(R) Processor @ 2.20GHz", "usable_cores": 2}) == "intel-xeon-2c"
     assert machine_label({"cpu": "AMD EPYC 7B13 64-Core Processor", "usable_cores": 2}) == "amd-epyc-7b13-2c"
     assert machine_label({"gpu": "NVIDIA H100 80GB HBM3", "cpu": "x"}) == "nvidia-h100-80gb-hbm3"
-    assert results_stem("small_width", {"machine": "m1", "date": "2026-12-01T10:00:00+00:00"}) == \
-        "small_width_m1_2026-12-01"
+    assert (
+        results_stem("small_width", {"machine": "m1", "date": "2026-12-01T10:00:00+00:00"})
+        == "small_width_m1_2026-12-01"
+    )
 
 
 def test_busy_load_note():

@@ -1,4 +1,5 @@
 """sao_kernels.bench.results: atomic result sets, up-front write checks, tables with flags."""
+
 import csv
 import io
 import os
@@ -7,7 +8,14 @@ import stat
 import pytest
 
 from sao_kernels.bench.results import (
-    check_writable, flag_cells, fmt_ms, fmt_speedup, markdown_table, text_file, to_csv, write_outputs,
+    check_writable,
+    flag_cells,
+    fmt_ms,
+    fmt_speedup,
+    markdown_table,
+    text_file,
+    to_csv,
+    write_outputs,
 )
 
 
@@ -30,8 +38,11 @@ def test_a_failing_producer_leaves_the_old_files_untouched(tmp_path):
         raise RuntimeError("matplotlib exploded")
 
     with pytest.raises(RuntimeError, match="exploded"):
-        write_outputs(tmp_path, {"results.json": text_file("new"), "speedup.png": broken_plot},
-                      owned=["results.json", "speedup.png"])
+        write_outputs(
+            tmp_path,
+            {"results.json": text_file("new"), "speedup.png": broken_plot},
+            owned=["results.json", "speedup.png"],
+        )
     assert (tmp_path / "results.json").read_text() == "old"
     assert (tmp_path / "speedup.png").read_text() == "old plot"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "speedup.png"]
@@ -59,12 +70,42 @@ def test_check_writable(tmp_path):
 
 def test_tables_show_spread_and_numbered_flag_reasons():
     rows = [
-        dict(name="a", ms=1.0, ms_iqr=0.01, ms_dense=4.0, ms_dense_iqr=0.02, speedup=4.0, speedup_lo=3.9,
-             speedup_hi=4.1, flag="", flag_reason=""),
-        dict(name="b", ms=1.0, ms_iqr=0.5, ms_dense=4.0, ms_dense_iqr=0.02, speedup=4.0, speedup_lo=2.0,
-             speedup_hi=6.0, flag="noisy", flag_reason="noisy: SAO IQR 50%"),
-        dict(name="c", ms=1.0, ms_iqr=0.5, ms_dense=4.0, ms_dense_iqr=0.02, speedup=4.0, speedup_lo=2.0,
-             speedup_hi=6.0, flag="noisy", flag_reason="noisy: SAO IQR 50%"),
+        dict(
+            name="a",
+            ms=1.0,
+            ms_iqr=0.01,
+            ms_dense=4.0,
+            ms_dense_iqr=0.02,
+            speedup=4.0,
+            speedup_lo=3.9,
+            speedup_hi=4.1,
+            flag="",
+            flag_reason="",
+        ),
+        dict(
+            name="b",
+            ms=1.0,
+            ms_iqr=0.5,
+            ms_dense=4.0,
+            ms_dense_iqr=0.02,
+            speedup=4.0,
+            speedup_lo=2.0,
+            speedup_hi=6.0,
+            flag="noisy",
+            flag_reason="noisy: SAO IQR 50%",
+        ),
+        dict(
+            name="c",
+            ms=1.0,
+            ms_iqr=0.5,
+            ms_dense=4.0,
+            ms_dense_iqr=0.02,
+            speedup=4.0,
+            speedup_lo=2.0,
+            speedup_hi=6.0,
+            flag="noisy",
+            flag_reason="noisy: SAO IQR 50%",
+        ),
     ]
     assert fmt_ms(rows[0]) == "1 (0.01)" and fmt_ms(rows[0], side="_dense") == "4 (0.02)"
     assert fmt_speedup(rows[1]) == "4.00x [2.00-6.00]"

@@ -1,4 +1,5 @@
 """sao_kernels.bench.steps: the closures every benchmark times."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,5 @@
 """sao_kernels.bench.sweep and .candidates: rows with spread, skips with reasons, result files."""
+
 import csv
 import io
 import json
@@ -9,10 +10,24 @@ import torch
 from sao_kernels.bench import candidates, sweep
 from sao_kernels.bench.machine import machine_meta
 
-TINY = dict(tokens=(8,), features=(32,), groups=(1, 2, 4), conv_batch=1, conv_channels=16, conv_size=6,
-            min_run_time=0.005)
-SPREAD = ("ms", "ms_min", "ms_iqr", "ms_dense", "ms_dense_min", "ms_dense_iqr", "speedup", "speedup_lo",
-          "speedup_hi", "ideal_speedup", "rounds", "flag", "flag_reason")
+TINY = dict(
+    tokens=(8,), features=(32,), groups=(1, 2, 4), conv_batch=1, conv_channels=16, conv_size=6, min_run_time=0.005
+)
+SPREAD = (
+    "ms",
+    "ms_min",
+    "ms_iqr",
+    "ms_dense",
+    "ms_dense_min",
+    "ms_dense_iqr",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "ideal_speedup",
+    "rounds",
+    "flag",
+    "flag_reason",
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +84,10 @@ def test_a_backend_that_refuses_the_inputs_becomes_a_skip(monkeypatch):
     def refusing(op, backend, *args):
         fn = real(op, backend, *args)
         if backend == "native":
+
             def refuse():
                 raise TypeError("linear: the native backend runs float32, bfloat16; got float16\nmore detail")
+
             return refuse
         return fn
 
@@ -78,8 +95,9 @@ def test_a_backend_that_refuses_the_inputs_becomes_a_skip(monkeypatch):
     cfg = sweep.SweepConfig(**TINY, ops=("linear_fwd",), backends=("native", "torch"))
     result = sweep.run_sweep(cfg, progress=False)
     assert {r["backend"] for r in result.rows} == {"torch"}
-    assert {s["reason"] for s in result.skipped} == {"TypeError: linear: the native backend runs float32, "
-                                                      "bfloat16; got float16"}
+    assert {s["reason"] for s in result.skipped} == {
+        "TypeError: linear: the native backend runs float32, bfloat16; got float16"
+    }
     cfg = sweep.SweepConfig(**TINY, ops=("linear_fwd",), backends=("native",))
     with pytest.raises(sweep.NothingMeasured):
         sweep.run_sweep(cfg, progress=False)

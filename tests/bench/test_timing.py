@@ -1,10 +1,18 @@
 """sao_kernels.bench.timing: interleaving, the stop rule, spread, the speed-up interval, flags."""
+
 import math
 
 import pytest
 
 from sao_kernels.bench.timing import (
-    Speedup, Stats, TimingSettings, compare, compare_to_baseline, interleave, row_flags, speedup,
+    Speedup,
+    Stats,
+    TimingSettings,
+    compare,
+    compare_to_baseline,
+    interleave,
+    row_flags,
+    speedup,
 )
 
 
@@ -30,11 +38,24 @@ def fake_fn(clock, durations, log, name):
     return fn
 
 
-@pytest.mark.parametrize("field, value", [
-    ("min_run_time", math.nan), ("min_run_time", math.inf), ("min_run_time", 0.0), ("min_run_time", -1.0),
-    ("max_run_time", math.nan), ("max_run_time", 0.01), ("target_rel_iqr", math.nan), ("target_rel_iqr", 0.0),
-    ("flag_rel_spread", -0.1), ("min_rounds", 2), ("min_rounds", 3.5), ("max_rounds", 4), ("min_run_time", True),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("min_run_time", math.nan),
+        ("min_run_time", math.inf),
+        ("min_run_time", 0.0),
+        ("min_run_time", -1.0),
+        ("max_run_time", math.nan),
+        ("max_run_time", 0.01),
+        ("target_rel_iqr", math.nan),
+        ("target_rel_iqr", 0.0),
+        ("flag_rel_spread", -0.1),
+        ("min_rounds", 2),
+        ("min_rounds", 3.5),
+        ("max_rounds", 4),
+        ("min_run_time", True),
+    ],
+)
 def test_settings_refuse_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TimingSettings(**{field: value})
@@ -109,8 +130,9 @@ def test_interleave_stops_at_the_budget_when_noisy():
 def test_interleave_respects_max_rounds():
     clock, log = FakeClock(), []
     fns = {"a": fake_fn(clock, [1e-3, 9e-3], log, "a")}
-    stats = interleave(fns, TimingSettings(min_run_time=0.001, max_run_time=100.0, min_rounds=3, max_rounds=7),
-                       clock=clock)
+    stats = interleave(
+        fns, TimingSettings(min_run_time=0.001, max_run_time=100.0, min_rounds=3, max_rounds=7), clock=clock
+    )
     assert stats["a"].rounds == 7
 
 
@@ -128,12 +150,25 @@ def test_compare_to_baseline_real_timing_columns():
     import torch
 
     x = torch.randn(16, 16)
-    out = compare_to_baseline(lambda: x @ x, {"same": lambda: x @ x}, TimingSettings(min_run_time=0.005),
-                              ideal={"same": 1.0})
+    out = compare_to_baseline(
+        lambda: x @ x, {"same": lambda: x @ x}, TimingSettings(min_run_time=0.005), ideal={"same": 1.0}
+    )
     fields = out["same"].fields()
-    assert set(fields) == {"ms", "ms_min", "ms_iqr", "ms_dense", "ms_dense_min", "ms_dense_iqr", "speedup",
-                           "speedup_lo", "speedup_hi", "rounds"}
+    assert set(fields) == {
+        "ms",
+        "ms_min",
+        "ms_iqr",
+        "ms_dense",
+        "ms_dense_min",
+        "ms_dense_iqr",
+        "speedup",
+        "speedup_lo",
+        "speedup_hi",
+        "rounds",
+    }
     assert fields["ms_min"] <= fields["ms"] and fields["ms_iqr"] >= 0 and fields["rounds"] >= 5
     assert fields["speedup_lo"] <= fields["speedup_hi"]
-    assert set(out["same"].fields("_fwd")) == {k.replace("ms", "ms_fwd", 1).replace("speedup", "speedup_fwd", 1)
-                                               .replace("rounds", "rounds_fwd") for k in fields}
+    assert set(out["same"].fields("_fwd")) == {
+        k.replace("ms", "ms_fwd", 1).replace("speedup", "speedup_fwd", 1).replace("rounds", "rounds_fwd")
+        for k in fields
+    }

@@ -2,6 +2,7 @@
 accepts it, the values laid out as a channels-last grouped-convolution weight, the forward
 (channels-last or contiguous inputs) and gradients equal to the dense reference, and the
 state_dict interchangeable with a contiguous layer's."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,9 +22,12 @@ def gen(seed=0):
 def small_net(seed=0):
     g = gen(seed)
     return nn.Sequential(
-        SAOConv2d(4, 8, 3, padding=1, groups=2, generator=g, dtype=F64), nn.Tanh(),
+        SAOConv2d(4, 8, 3, padding=1, groups=2, generator=g, dtype=F64),
+        nn.Tanh(),
         SAOConv2d(8, 8, 3, stride=2, padding=1, padding_mode="circular", groups=4, init="eco", generator=g, dtype=F64),
-        nn.Tanh(), nn.Flatten(), SAOLinear(8 * 3 * 3, 6, groups=3, generator=g, dtype=F64),
+        nn.Tanh(),
+        nn.Flatten(),
+        SAOLinear(8 * 3 * 3, 6, groups=3, generator=g, dtype=F64),
     )
 
 
@@ -32,8 +36,16 @@ def dense_twin(net):
     layers = []
     for m in net:
         if isinstance(m, SAOConv2d):
-            d = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                          padding_mode=m.padding_mode, dtype=F64)
+            d = nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                padding_mode=m.padding_mode,
+                dtype=F64,
+            )
         elif isinstance(m, SAOLinear):
             d = nn.Linear(m.in_features, m.out_features, dtype=F64)
         else:

@@ -1,6 +1,7 @@
 """SAOConv2d as a drop-in nn.Conv2d: equivalence with nn.Conv2d's own forward on the dense
 weight for every padding mode / padding / stride / dilation, gradients on the mask, inits,
 flops, from_dense, errors, autocast, state_dict and copies."""
+
 from __future__ import annotations
 
 import copy

@@ -6,6 +6,7 @@ and never looks at data (it used to fail with ``aten::equal ... Meta tensors``).
 initialisation, ``to_empty`` then ``reset_parameters(generator)``, gives exactly the layer
 the constructor builds from the same seed.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,6 +30,7 @@ def gen(seed=0):
 @pytest.fixture
 def no_draws(monkeypatch):
     """Every random draw or QR of the SAO construction raises."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a random draw happened during meta construction")
 
@@ -126,8 +128,9 @@ def test_reset_parameters_redraws_in_place():
 
 def test_whole_model_deferred_init_the_usual_way():
     with torch.device("meta"):
-        model = nn.Sequential(SAOLinear(64, 128, sparsity=0.5), nn.Tanh(), SAOLinear(128, 32, sparsity=0.75),
-                              nn.LayerNorm(32))
+        model = nn.Sequential(
+            SAOLinear(64, 128, sparsity=0.5), nn.Tanh(), SAOLinear(128, 32, sparsity=0.75), nn.LayerNorm(32)
+        )
     model.to_empty(device="cpu")
     torch.manual_seed(0)
     for m in model.modules():

@@ -2,6 +2,7 @@
 a GroupedBlockFormat through ``__init__`` (as ``from_dense`` does, never through
 ``cls.__new__``), the bias init is shared, and the recipe ``reset_parameters`` draws with is
 kept."""
+
 from __future__ import annotations
 
 import math
@@ -58,22 +59,46 @@ def test_conv_from_blocks_with_geometry():
     "call, exc, pattern",
     [
         (lambda: SAOLinear.from_blocks("blocks"), TypeError, r"blocks must be a GroupedBlockFormat"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 8, groups=2, kernel_size=3)), ValueError,
-         r"SAOLinear.from_blocks: blocks.values must have shape \(G, m/G, n/G\)"),
-        (lambda: SAOConv2d.from_blocks(sk.sao_blocks(8, 8, groups=2)), ValueError,
-         r"SAOConv2d.from_blocks: blocks.values must have shape \(G, m/G, n/G, kh, kw\)"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), torch.zeros(16)), ValueError,
-         r"bias must be a floating tensor of shape \(8,\)"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), torch.zeros(8, dtype=F64)), ValueError,
-         r"bias \(torch.float64 on cpu\) must match blocks.values \(torch.float32"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), torch.zeros(8, dtype=torch.int64)),
-         ValueError, r"bias must be a floating tensor"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), init="eco"), ValueError,
-         r"init='eco' is not supported; allowed: 'sao', 'rg-n', 'rg-u'"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), activation="gelu"), ValueError,
-         r"activation='gelu' is not supported"),
-        (lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), gain=float("nan")), ValueError,
-         r"gain must be a finite float > 0, got nan"),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 8, groups=2, kernel_size=3)),
+            ValueError,
+            r"SAOLinear.from_blocks: blocks.values must have shape \(G, m/G, n/G\)",
+        ),
+        (
+            lambda: SAOConv2d.from_blocks(sk.sao_blocks(8, 8, groups=2)),
+            ValueError,
+            r"SAOConv2d.from_blocks: blocks.values must have shape \(G, m/G, n/G, kh, kw\)",
+        ),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), torch.zeros(16)),
+            ValueError,
+            r"bias must be a floating tensor of shape \(8,\)",
+        ),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), torch.zeros(8, dtype=F64)),
+            ValueError,
+            r"bias \(torch.float64 on cpu\) must match blocks.values \(torch.float32",
+        ),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), torch.zeros(8, dtype=torch.int64)),
+            ValueError,
+            r"bias must be a floating tensor",
+        ),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), init="eco"),
+            ValueError,
+            r"init='eco' is not supported; allowed: 'sao', 'rg-n', 'rg-u'",
+        ),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), activation="gelu"),
+            ValueError,
+            r"activation='gelu' is not supported",
+        ),
+        (
+            lambda: SAOLinear.from_blocks(sk.sao_blocks(8, 16, groups=2), gain=float("nan")),
+            ValueError,
+            r"gain must be a finite float > 0, got nan",
+        ),
     ],
 )
 def test_from_blocks_errors(call, exc, pattern):

@@ -7,6 +7,7 @@ layer's output.  The reference here is a float64 dense weight written by loops o
 defining formula W[out_index[g*a + i], in_index[g*c + k]] = values[g, i, k], from the
 buffers as they are at call time.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) of a small model built from SAOConv2d and SAOLinear:
 one graph (the registered ops are opaque nodes, not graph breaks), same outputs and
 gradients as eager."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,9 @@ class SmallNet(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.conv1 = SAOConv2d(4, 8, 3, padding=1, groups=2, generator=g, dtype=F64)
-        self.conv2 = SAOConv2d(8, 8, 3, stride=2, padding=1, padding_mode="circular", groups=4,
-                               init="eco", generator=g, dtype=F64)
+        self.conv2 = SAOConv2d(
+            8, 8, 3, stride=2, padding=1, padding_mode="circular", groups=4, init="eco", generator=g, dtype=F64
+        )
         self.fc1 = SAOLinear(8 * 3 * 3, 24, groups=3, generator=g, dtype=F64)
         self.fc2 = SAOLinear(24, 48, groups=2, bias=False, generator=g, dtype=F64)
 

@@ -1,6 +1,7 @@
 """SAOLinear as a drop-in nn.Linear: shapes, parameters, equivalence with its dense weight,
 gradients on the mask, constructors (init / activation / from_dense), errors, and the
 ecosystem (autocast, state_dict, deepcopy / pickle, dtype casts)."""
+
 from __future__ import annotations
 
 import copy

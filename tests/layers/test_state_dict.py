@@ -3,6 +3,7 @@ a corrupt state raises a ValueError naming the layer and the defect and leaves t
 exactly as it was (same tensor objects, same data), with ``assign=False`` and ``assign=True``,
 alone or inside a model.  Valid states (also strided ones, loaded with ``assign=True``) load
 and compute what the dense reference computes."""
+
 from __future__ import annotations
 
 import pytest
@@ -166,8 +167,7 @@ def test_valid_state_loads_with_assign_from_strided_sources(kind):
         torch.testing.assert_close(dst(x), F.linear(x, src.dense_weight(), src.bias), rtol=1e-12, atol=1e-12)
     else:
         x = torch.randn(2, 8, 5, 5, generator=gen(13), dtype=F64)
-        torch.testing.assert_close(dst(x), F.conv2d(x, src.dense_weight(), src.bias, padding=1), rtol=1e-12,
-                                   atol=1e-12)
+        torch.testing.assert_close(dst(x), F.conv2d(x, src.dense_weight(), src.bias, padding=1), rtol=1e-12, atol=1e-12)
 
 
 def test_load_keeps_parameter_objects_and_bumps_index_versions():

@@ -5,6 +5,7 @@ builds it; its fallback run sets SAO_KERNELS_NO_EXT=1 and then native is absent,
 skipped); triton when Triton is installed: compiled on CUDA, interpreted on CPU tensors
 (TRITON_INTERPRET=1, tests/conftest.py), where it is slow, so tests give it small shapes.
 """
+
 from __future__ import annotations
 
 import torch

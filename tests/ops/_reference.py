@@ -1,6 +1,7 @@
 """The one float64 reference of the three SAO products, and the test cases (shape order
 (T, m, n, G, block_size) everywhere).  Independent of the package: the dense weight is built
 entry by entry from the compact format."""
+
 from __future__ import annotations
 
 import torch

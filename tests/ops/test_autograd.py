@@ -6,18 +6,19 @@ With the native extension the autograd kernels are C++ (csrc/ops.cpp); without i
 (SAO_KERNELS_NO_EXT=1, CI's fallback run) they are Python autograd.Functions, which refuse
 nested torch.func autodiff transforms with a clear error (checked here too).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _backends import BACKENDS, DEVICE
+from _reference import make_case, reference_grad_values, reference_weight
 from torch.func import hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
 import sao_kernels as sk
 from sao_kernels import _extension
-from _backends import BACKENDS, DEVICE
-from _reference import make_case, reference_grad_values, reference_weight
 
 OPS = torch.ops.sao_kernels
 NATIVE_AUTOGRAD = _extension.available()
@@ -39,8 +40,14 @@ def test_gradcheck_gradgradcheck_and_forward_ad_linear(backend, with_indices):
     with sk.backend(backend):
         assert torch.autograd.gradcheck(fn, inputs)
         assert torch.autograd.gradgradcheck(fn, inputs)
-        assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True, check_backward_ad=False,
-                                        check_undefined_grad=False, check_batched_grad=False)
+        assert torch.autograd.gradcheck(
+            fn,
+            inputs,
+            check_forward_ad=True,
+            check_backward_ad=False,
+            check_undefined_grad=False,
+            check_batched_grad=False,
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -54,8 +61,14 @@ def test_gradcheck_gradgradcheck_and_forward_ad_grad_ops(backend):
         for fn, args in ((gi, (dy, v)), (gv, (dy, x))):
             assert torch.autograd.gradcheck(fn, args)
             assert torch.autograd.gradgradcheck(fn, args)
-            assert torch.autograd.gradcheck(fn, args, check_forward_ad=True, check_backward_ad=False,
-                                            check_undefined_grad=False, check_batched_grad=False)
+            assert torch.autograd.gradcheck(
+                fn,
+                args,
+                check_forward_ad=True,
+                check_backward_ad=False,
+                check_undefined_grad=False,
+                check_batched_grad=False,
+            )
 
 
 def test_forward_mode_ad_tangents_are_not_zero():
@@ -156,8 +169,9 @@ def test_backward_of_a_saved_index_modified_in_place_raises():
 
 # ----------------------------------------------------------------------------- opcheck
 def _opcheck_args(op_name, with_indices, with_bias, dtype=torch.float64):
-    x, v, ii, oi, b, dy = make_case(4, 12, 18, 3, in_perm=with_indices, out_perm=with_indices, bias=with_bias,
-                                    dtype=dtype, seed=5)
+    x, v, ii, oi, b, dy = make_case(
+        4, 12, 18, 3, in_perm=with_indices, out_perm=with_indices, bias=with_bias, dtype=dtype, seed=5
+    )
     for t in (x, v, dy, b):
         if t is not None:
             t.requires_grad_(True)
@@ -169,11 +183,18 @@ def _opcheck_args(op_name, with_indices, with_bias, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("op_name,with_indices,with_bias", [
-    ("linear", True, True), ("linear", False, False), ("linear", True, False),
-    ("linear_grad_input", True, False), ("linear_grad_input", False, False),
-    ("linear_grad_values", True, False), ("linear_grad_values", False, False),
-])
+@pytest.mark.parametrize(
+    "op_name,with_indices,with_bias",
+    [
+        ("linear", True, True),
+        ("linear", False, False),
+        ("linear", True, False),
+        ("linear_grad_input", True, False),
+        ("linear_grad_input", False, False),
+        ("linear_grad_values", True, False),
+        ("linear_grad_values", False, False),
+    ],
+)
 def test_opcheck(backend, op_name, with_indices, with_bias):
     args = _opcheck_args(op_name, with_indices, with_bias)
     args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)

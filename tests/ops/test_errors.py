@@ -6,6 +6,7 @@ Cases that crashed or returned garbage before these checks existed (zero groups 
 backend, huge or negative indices on triton, strided indices and bias on triton) run in a
 subprocess, so that a regression is a test failure, not a dead test run.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,10 @@ import textwrap
 
 import pytest
 import torch
-
-import sao_kernels as sk
 from _backends import BACKENDS, DEVICE
 from _reference import make_case
+
+import sao_kernels as sk
 
 OPS = torch.ops.sao_kernels
 
@@ -37,31 +38,65 @@ def raises(backend, exc, match, fn):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wrong_feature_size_or_rank_names_x(backend, good):
     x, v, ii, oi, b, _ = good
-    raises(backend, ValueError, r"linear: x must have shape \(T, in_features=24\), got \(4, 25\)",
-           lambda: OPS.linear(torch.randn(4, 25, dtype=x.dtype, device=DEVICE), v, ii, oi, b, 1))
-    raises(backend, ValueError, r"\bx\b must have shape \(T, in_features=24\), got \(24,\)",
-           lambda: OPS.linear(x[0], v, ii, oi, b, 1))
-    raises(backend, ValueError, r"\bx\b must have shape \(T, in_features=24\), got \(\)",
-           lambda: OPS.linear(x[0, 0], v, ii, oi, b, 1))
+    raises(
+        backend,
+        ValueError,
+        r"linear: x must have shape \(T, in_features=24\), got \(4, 25\)",
+        lambda: OPS.linear(torch.randn(4, 25, dtype=x.dtype, device=DEVICE), v, ii, oi, b, 1),
+    )
+    raises(
+        backend,
+        ValueError,
+        r"\bx\b must have shape \(T, in_features=24\), got \(24,\)",
+        lambda: OPS.linear(x[0], v, ii, oi, b, 1),
+    )
+    raises(
+        backend,
+        ValueError,
+        r"\bx\b must have shape \(T, in_features=24\), got \(\)",
+        lambda: OPS.linear(x[0, 0], v, ii, oi, b, 1),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dtype_mismatch_names_x_and_values(backend, good):
     x, v, ii, oi, b, _ = good
-    raises(backend, TypeError, r"\bx\b has dtype torch.float32 but values have torch.float64; they must match",
-           lambda: OPS.linear(x.float(), v, ii, oi, b, 1))
+    raises(
+        backend,
+        TypeError,
+        r"\bx\b has dtype torch.float32 but values have torch.float64; they must match",
+        lambda: OPS.linear(x.float(), v, ii, oi, b, 1),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_values_must_be_3d_float_with_groups(backend, good):
     x, v, ii, oi, b, _ = good
-    raises(backend, ValueError, r"values must be a floating tensor of shape \(G, m/G, n/G\)",
-           lambda: OPS.linear(x, v[0], ii, oi, b, 1))
-    raises(backend, ValueError, r"values must be a floating tensor",
-           lambda: OPS.linear(x.long(), v.long(), ii, oi, None, 1))
-    raises(backend, ValueError, r"values must have G >= 1 groups and non-empty blocks, got shape \(0, 4, 4\)",
-           lambda: OPS.linear(torch.randn(5, 0, dtype=x.dtype, device=DEVICE), torch.randn(0, 4, 4, dtype=x.dtype,
-                              device=DEVICE), None, None, None, 1))
+    raises(
+        backend,
+        ValueError,
+        r"values must be a floating tensor of shape \(G, m/G, n/G\)",
+        lambda: OPS.linear(x, v[0], ii, oi, b, 1),
+    )
+    raises(
+        backend,
+        ValueError,
+        r"values must be a floating tensor",
+        lambda: OPS.linear(x.long(), v.long(), ii, oi, None, 1),
+    )
+    raises(
+        backend,
+        ValueError,
+        r"values must have G >= 1 groups and non-empty blocks, got shape \(0, 4, 4\)",
+        lambda: OPS.linear(
+            torch.randn(5, 0, dtype=x.dtype, device=DEVICE),
+            torch.randn(0, 4, 4, dtype=x.dtype, device=DEVICE),
+            None,
+            None,
+            None,
+            1,
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- indices
@@ -78,7 +113,9 @@ def test_index_dtype_and_shape_name_the_index(backend, name, good):
         return lambda: OPS.linear(x, v, args["in_index"], args["out_index"], b, 1)
 
     raises(backend, ValueError, rf"{name} must be an int64 tensor, got dtype torch.int32", call(good_idx.int()))
-    raises(backend, ValueError, rf"{name} must have shape \({size},\), got \(5,\)", call(torch.arange(5, device=DEVICE)))
+    raises(
+        backend, ValueError, rf"{name} must have shape \({size},\), got \(5,\)", call(torch.arange(5, device=DEVICE))
+    )
     raises(backend, ValueError, rf"{name} must have shape \({size},\)", call(good_idx.view(2, -1)))
 
 
@@ -94,10 +131,10 @@ def test_out_of_range_or_negative_index_is_an_index_error(backend, name, good):
         args = dict(in_index=ii, out_index=oi)
         args[name] = bad
         msg = rf"{name} has entries outside \[0, {size}\): {name}\[{pos}\] = {bad_value}"
-        raises(backend, IndexError, msg, lambda: OPS.linear(x, v, args["in_index"], args["out_index"], b, 1))
-        raises(backend, IndexError, msg, lambda: OPS.linear_grad_input(dy, v, args["in_index"], args["out_index"], 1))
-        raises(backend, IndexError, msg,
-               lambda: OPS.linear_grad_values(dy, x, args["in_index"], args["out_index"], 2, 1))
+        ai, ao = args["in_index"], args["out_index"]
+        raises(backend, IndexError, msg, lambda ai=ai, ao=ao: OPS.linear(x, v, ai, ao, b, 1))
+        raises(backend, IndexError, msg, lambda ai=ai, ao=ao: OPS.linear_grad_input(dy, v, ai, ao, 1))
+        raises(backend, IndexError, msg, lambda ai=ai, ao=ao: OPS.linear_grad_values(dy, x, ai, ao, 2, 1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -137,35 +174,62 @@ def test_index_rewritten_in_place_is_checked_again(backend, good):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bias_wrong_shape_dtype_names_bias(backend, good):
     x, v, ii, oi, b, _ = good
-    raises(backend, ValueError, r"bias must have shape \(48,\) or be None, got \(47,\)",
-           lambda: OPS.linear(x, v, ii, oi, b[:-1], 1))
+    raises(
+        backend,
+        ValueError,
+        r"bias must have shape \(48,\) or be None, got \(47,\)",
+        lambda: OPS.linear(x, v, ii, oi, b[:-1], 1),
+    )
     raises(backend, ValueError, r"bias must have shape \(48,\)", lambda: OPS.linear(x, v, ii, oi, b.view(2, 24), 1))
-    raises(backend, TypeError, r"bias has dtype torch.float32 but values have torch.float64",
-           lambda: OPS.linear(x, v, ii, oi, b.float(), 1))
+    raises(
+        backend,
+        TypeError,
+        r"bias has dtype torch.float32 but values have torch.float64",
+        lambda: OPS.linear(x, v, ii, oi, b.float(), 1),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_block_size_must_be_positive(backend, good):
     x, v, ii, oi, b, dy = good
     for bs in (0, -4):
-        raises(backend, ValueError, rf"block_size must be a positive int, got {bs}", lambda: OPS.linear(x, v, ii, oi, b, bs))
-        raises(backend, ValueError, "block_size", lambda: OPS.linear_grad_input(dy, v, ii, oi, bs))
-        raises(backend, ValueError, "block_size", lambda: OPS.linear_grad_values(dy, x, ii, oi, 2, bs))
+        raises(
+            backend,
+            ValueError,
+            rf"block_size must be a positive int, got {bs}",
+            lambda bs=bs: OPS.linear(x, v, ii, oi, b, bs),
+        )
+        raises(backend, ValueError, "block_size", lambda bs=bs: OPS.linear_grad_input(dy, v, ii, oi, bs))
+        raises(backend, ValueError, "block_size", lambda bs=bs: OPS.linear_grad_values(dy, x, ii, oi, 2, bs))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grad_ops_bad_arguments(backend, good):
     x, v, ii, oi, b, dy = good
-    raises(backend, ValueError, r"linear_grad_input: grad_out must have shape \(T, out_features=48\)",
-           lambda: OPS.linear_grad_input(dy[:, :-1], v, ii, oi, 1))
-    raises(backend, TypeError, r"grad_out has dtype torch.float32 but values have torch.float64",
-           lambda: OPS.linear_grad_input(dy.float(), v, ii, oi, 1))
+    raises(
+        backend,
+        ValueError,
+        r"linear_grad_input: grad_out must have shape \(T, out_features=48\)",
+        lambda: OPS.linear_grad_input(dy[:, :-1], v, ii, oi, 1),
+    )
+    raises(
+        backend,
+        TypeError,
+        r"grad_out has dtype torch.float32 but values have torch.float64",
+        lambda: OPS.linear_grad_input(dy.float(), v, ii, oi, 1),
+    )
     for groups in (5, 0, -2):
-        raises(backend, ValueError, rf"groups={groups} must be a positive int dividing m=48 and n=24",
-               lambda: OPS.linear_grad_values(dy, x, ii, oi, groups, 1))
+        raises(
+            backend,
+            ValueError,
+            rf"groups={groups} must be a positive int dividing m=48 and n=24",
+            lambda groups=groups: OPS.linear_grad_values(dy, x, ii, oi, groups, 1),
+        )
     raises(backend, ValueError, "share T", lambda: OPS.linear_grad_values(dy[:-1], x, ii, oi, 2, 1))
     raises(backend, ValueError, r"grad_out must be a 2-D", lambda: OPS.linear_grad_values(dy[0], x, ii, oi, 2, 1))
-    raises(backend, TypeError, r"must share a floating dtype", lambda: OPS.linear_grad_values(dy.float(), x, ii, oi, 2, 1))
+    raises(
+        backend, TypeError, r"must share a floating dtype", lambda: OPS.linear_grad_values(dy.float(), x, ii, oi, 2, 1)
+    )
     raises(backend, ValueError, "in_index", lambda: OPS.linear_grad_values(dy, x, ii[:-1], oi, 2, 1))
 
 
@@ -187,8 +251,13 @@ def test_fake_tensors_are_checked_too(backend, good):
 
 # --------------------------------------------------- cases that used to crash, isolated
 def run_isolated(code: str, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, **(env or {})),
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

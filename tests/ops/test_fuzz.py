@@ -13,6 +13,7 @@
 The example budget is fixed and the search derandomized, so CI runs the same cases every
 time (SAO_KERNELS_FUZZ_EXAMPLES raises the budget for a longer local search).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,12 @@ import textwrap
 
 import pytest
 import torch
+from _backends import BACKENDS, DEVICE
+from _reference import assert_close_rel, permutation, reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sao_kernels as sk
-from _backends import BACKENDS, DEVICE
-from _reference import assert_close_rel, permutation, reference
 
 OPS = torch.ops.sao_kernels
 EXAMPLES = int(os.environ.get("SAO_KERNELS_FUZZ_EXAMPLES", "0"))
@@ -35,8 +36,12 @@ SLOW = {"triton"} if DEVICE == "cpu" else set()  # interpreted: smaller problems
 
 
 def budget(default: int) -> settings:
-    return settings(max_examples=EXAMPLES or default, deadline=None, derandomize=not EXAMPLES,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=EXAMPLES or default,
+        deadline=None,
+        derandomize=not EXAMPLES,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
@@ -76,9 +81,19 @@ def problems(draw, backend: str):
     block_size = {"true": b, "false": draw(st.sampled_from([2, 3, 4, 16])), "none": 1}[promise]
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     kinds = ["contiguous", "column-major", "sliced", "row-padded"]
-    return dict(x=cast(x), dy=cast(dy), values=cast(values), bias=cast(bias), ii=ii, oi=oi, G=G,
-                block_size=block_size, dtype=dtype, x_layout=draw(st.sampled_from(kinds)),
-                dy_layout=draw(st.sampled_from(kinds)))
+    return dict(
+        x=cast(x),
+        dy=cast(dy),
+        values=cast(values),
+        bias=cast(bias),
+        ii=ii,
+        oi=oi,
+        G=G,
+        block_size=block_size,
+        dtype=dtype,
+        x_layout=draw(st.sampled_from(kinds)),
+        dy_layout=draw(st.sampled_from(kinds)),
+    )
 
 
 def check_problem(p: dict, backend: str) -> None:
@@ -119,8 +134,19 @@ def test_valid_problems_match_the_float64_reference(backend, monkeypatch):
 
 # ---------------------------------------------------------------------- invalid input
 CORRUPT = [
-    "in_index_range", "out_index_range", "in_index_negative", "in_index_duplicate", "out_index_duplicate",
-    "in_index_dtype", "in_index_length", "x_width", "x_dtype", "zero_groups", "block_size", "groups", "bias_length",
+    "in_index_range",
+    "out_index_range",
+    "in_index_negative",
+    "in_index_duplicate",
+    "out_index_duplicate",
+    "in_index_dtype",
+    "in_index_length",
+    "x_width",
+    "x_dtype",
+    "zero_groups",
+    "block_size",
+    "groups",
+    "bias_length",
 ]
 
 INVALID_SCRIPT = textwrap.dedent(
@@ -144,7 +170,8 @@ INVALID_SCRIPT = textwrap.dedent(
         v, bias = torch.randn(G, a, c, generator=g), torch.randn(m, generator=g)
         ii, oi = torch.randperm(n, generator=g), torch.randperm(m, generator=g)
         groups, bs = G, 1
-        if kind == "in_index_range": ii[int(torch.randint(n, (1,), generator=g))] = n + int(torch.randint(2**40, (1,), generator=g))
+        if kind == "in_index_range":
+            ii[int(torch.randint(n, (1,), generator=g))] = n + int(torch.randint(2**40, (1,), generator=g))
         if kind == "out_index_range": oi[int(torch.randint(m, (1,), generator=g))] = m
         if kind == "in_index_negative": ii[0] = -1 - int(torch.randint(n, (1,), generator=g))
         if kind == "in_index_duplicate":
@@ -158,7 +185,9 @@ INVALID_SCRIPT = textwrap.dedent(
         if kind == "x_width": x, dy = torch.randn(T, n + 1), torch.randn(T, m + 1)
         if kind == "x_dtype":  # an activation whose dtype differs from values (or from the other activation)
             x, dy = x.double(), (dy.double() if op == "linear_grad_input" else dy)
-        if kind == "zero_groups": v, x, dy, ii, oi, bias, groups = torch.randn(0, a, c), torch.randn(T, 0), torch.randn(T, 0), None, None, None, 0
+        if kind == "zero_groups":
+            v, x, dy, groups = torch.randn(0, a, c), torch.randn(T, 0), torch.randn(T, 0), 0
+            ii = oi = bias = None
         if kind == "block_size": bs = -int(torch.randint(3, (1,), generator=g))
         if kind == "groups": groups = G * 7 + 1
         if kind == "bias_length": bias = torch.randn(m + 2)
@@ -190,7 +219,10 @@ def test_invalid_problems_raise_and_never_crash(backend):
     n = EXAMPLES or (40 if backend in SLOW else 150)
     proc = subprocess.run(
         [sys.executable, "-c", INVALID_SCRIPT, backend, str(n), "0" if EXAMPLES else "1", ",".join(CORRUPT)],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     seen = set(proc.stdout.split("SEEN", 1)[1].strip().split(","))

@@ -7,6 +7,7 @@ SAO_KERNELS_NO_EXT=1 to test the fallback), that without it the package runs the
 one log line and refuses an explicit "native"; bitwise-identical results for any thread count;
 inference mode mixed with normal calls; per-thread scratch reuse and the large-request path.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,10 @@ import textwrap
 
 import pytest
 import torch
+from _reference import assert_close_rel, make_case, reference
 
 import sao_kernels as sk
 from sao_kernels import _extension
-from _reference import assert_close_rel, make_case, reference
 
 OPS = torch.ops.sao_kernels
 NO_EXT = os.environ.get(_extension.ENV_NO_EXT, "0") == "1"
@@ -69,8 +70,7 @@ def test_fallback_without_extension_in_a_subprocess():
     INFO line, and an explicit "native" raises (checked in every run, extension or not)."""
     env = dict(os.environ, **{_extension.ENV_NO_EXT: "1"})
     env.pop("SAO_KERNELS_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "FALLBACK-OK" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -134,8 +134,18 @@ else:
     # Shapes on both sides of the serial threshold (csrc: kParallelMinFlops), the transposed
     # few-token forward, odd K (no AMX packing), token / K / N block tails.
     @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-    @pytest.mark.parametrize("T,m,n,G", [(20, 200, 200, 2), (300, 136, 1040, 4), (200, 520, 600, 2), (9, 64, 64, 1),
-                                         (129, 128, 128, 4), (515, 96, 90, 3)], ids=str)
+    @pytest.mark.parametrize(
+        "T,m,n,G",
+        [
+            (20, 200, 200, 2),
+            (300, 136, 1040, 4),
+            (200, 520, 600, 2),
+            (9, 64, 64, 1),
+            (129, 128, 128, 4),
+            (515, 96, 90, 3),
+        ],
+        ids=str,
+    )
     def test_same_bits_with_one_and_two_threads(T, m, n, G, dtype):
         case = make_case(T, m, n, G, in_perm=True, out_perm=False, bias=True, dtype=dtype, seed=9)
         before = torch.get_num_threads()
@@ -153,8 +163,10 @@ else:
 
     def test_scratch_reuse_across_sizes_and_threads():
         """Per-thread scratch buffers grow and are reused: alternating sizes stay exact."""
-        cases = [make_case(T, m, n, G, dtype=torch.float32, seed=T) for T, m, n, G in
-                 [(300, 256, 512, 4), (7, 48, 24, 2), (129, 512, 256, 8), (3, 48, 24, 2)]]
+        cases = [
+            make_case(T, m, n, G, dtype=torch.float32, seed=T)
+            for T, m, n, G in [(300, 256, 512, 4), (7, 48, 24, 2), (129, 512, 256, 8), (3, 48, 24, 2)]
+        ]
         for _ in range(2):
             for case in cases:
                 want = reference(*case)
@@ -172,7 +184,10 @@ else:
         ii = torch.randperm(n, generator=g)
         got = native_products(x, v, ii, None, None, dy)
         with sk.backend("torch"):
-            want = (OPS.linear(x, v, ii, None, None, 1), OPS.linear_grad_input(dy, v, ii, None, 1),
-                    OPS.linear_grad_values(dy, x, ii, None, G, 1))
+            want = (
+                OPS.linear(x, v, ii, None, None, 1),
+                OPS.linear_grad_input(dy, v, ii, None, 1),
+                OPS.linear_grad_values(dy, x, ii, None, G, 1),
+            )
         for name, a, b in zip(("y", "dx", "dv"), got, want):
             torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-3, msg=name)

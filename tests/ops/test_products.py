@@ -8,15 +8,15 @@ block_size runs, float64 / float32 / bfloat16 / float16, strided inputs.  Output
 pre-filled with NaN (SAO_KERNELS_POISON=1: native, triton and the composite honour it), so an
 element a kernel forgets to write fails.  Shapes (T, m, n, G, block_size).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from _backends import BACKENDS, DEVICE, FAST_BACKENDS
+from _reference import assert_close_rel, make_case, reference, reference_weight
 
 import sao_kernels as sk
-
-from _reference import TOL, assert_close_rel, make_case, reference, reference_weight
-from _backends import BACKENDS, DEVICE, FAST_BACKENDS
 
 OPS = torch.ops.sao_kernels
 
@@ -65,8 +65,15 @@ def run_ops(x, values, in_index, out_index, b, dy, block_size=1):
     br = None if b is None else b.detach().clone().requires_grad_(True)
     y2 = OPS.linear(xr, vr, in_index, out_index, br, block_size)
     y2.backward(dy)
-    return {"y": y, "dx": dx, "dv": dv, "autograd y": y2.detach(), "autograd dx": xr.grad, "autograd dv": vr.grad,
-            "autograd db": None if br is None else br.grad}
+    return {
+        "y": y,
+        "dx": dx,
+        "dv": dv,
+        "autograd y": y2.detach(),
+        "autograd dx": xr.grad,
+        "autograd dv": vr.grad,
+        "autograd db": None if br is None else br.grad,
+    }
 
 
 def check(got, want, dtype):
@@ -121,8 +128,12 @@ LOW = [torch.float32, torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-@pytest.mark.parametrize("shape,backend", [(s, b) for s in SMALL[1::2] for b in BACKENDS]
-                         + [(s, b) for s in NATIVE_PATHS[1:5] for b in FAST_BACKENDS if b != "dense"], ids=backend_id)
+@pytest.mark.parametrize(
+    "shape,backend",
+    [(s, b) for s in SMALL[1::2] for b in BACKENDS]
+    + [(s, b) for s in NATIVE_PATHS[1:5] for b in FAST_BACKENDS if b != "dense"],
+    ids=backend_id,
+)
 def test_low_precision_matches_float64_reference(shape, backend, dtype):
     T, m, n, G, b = shape
     case = make_case(T, m, n, G, b, bias=True, dtype=dtype, seed=3)
