@@ -11,11 +11,12 @@ without a compiler, with ``SAO_KERNELS_NO_EXT=1``, or if the compilation fails, 
 installs without it and the ops run their Python implementations (sao_kernels/_extension.py
 logs one line saying why).
 """
+
 import os
 import shutil
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 EXT_NAME = "sao_kernels._C"
 EXT_SOURCES = ["csrc/ops.cpp", "csrc/native_kernels.cpp"]
@@ -43,7 +44,7 @@ def _extension_kwargs() -> dict:
     except ImportError:
         _note(
             "torch is not importable here (pip build isolation?): installing without the native CPU kernels; "
-            'to build them: pip install --no-build-isolation -e .'
+            "to build them: pip install --no-build-isolation -e ."
         )
         return {}
     if _find_cxx() is None:
