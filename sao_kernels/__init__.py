@@ -12,7 +12,7 @@ from .dispatch import backend
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
 from .hf import from_pretrained
-from .init import sao_blocks
+from .init import DisconnectedTilesWarning, sao_blocks
 from .layer_report import Report, report
 from .layers import SAOConv2d, SAOLinear
 from .serialization import load_sparse_state_dict
@@ -21,6 +21,7 @@ from .sizes import resolve_sizes, valid_groups, valid_sparsities
 __version__ = "0.1.0"
 
 __all__ = [
+    "DisconnectedTilesWarning",
     "GroupedBlockFormat",
     "ReinitializedWarning",
     "Report",

@@ -755,3 +755,21 @@ def test_no_hang_on_reference_code_hanging_cases():
     assert len(lines) == 4
     assert "sparsity=0.7" in lines[0] and "degree 30 does not divide 100" in lines[0]
     assert "degree=3" in lines[1] and "degree 3 does not divide 100" in lines[1]
+
+
+def test_tile_as_wide_as_the_group_side_warns_and_the_stack_never_mixes():
+    """b = group side on both dimensions: layers are permutations of whole groups, so a stack of
+    them splits into G chains (the paper reproduction measured the accuracy cost)."""
+    import warnings
+
+    import sao_kernels as sk
+    from sao_kernels import diagnostics as dg
+
+    with pytest.warns(sk.DisconnectedTilesWarning, match="block_size=16 equals the group side"):
+        layers = [sk.SAOLinear(64, 64, groups=4, block_size=16) for _ in range(4)]
+    assert dg.connectivity(layers).full_depth is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sk.DisconnectedTilesWarning)
+        mixing = [sk.SAOLinear(64, 64, groups=4, block_size=8) for _ in range(6)]  # half the side: no warning
+        sk.SAOLinear(64, 128, groups=4, block_size=16)  # one side has two tiles per group: mixes
+    assert dg.connectivity(mixing).full_depth is not None

@@ -1,0 +1,1 @@
+"""The SAO paper reproduction (run ``python benchmarks/paper/reproduce.py``); see reproduce.py."""
