@@ -146,7 +146,12 @@ def default_config(device: str) -> SweepConfig:
             conv_size=32,
             min_run_time=0.1,
         )
-    return SweepConfig()
+    from .. import ops  # the extension decides whether the default CPU path can be timed
+
+    # native first: it is what SAOLinear runs on CPU by default (dispatch.AUTO); the composite
+    # stays as the fallback's row
+    native = ("native",) if ops.NATIVE else ()
+    return SweepConfig(backends=(*native, "torch", "masked_dense", "bsr"))
 
 
 def validate_config(cfg: SweepConfig) -> None:
