@@ -124,16 +124,20 @@ def recording_load(meta: dict) -> Iterator[dict]:
 
 
 def busy_load_note(meta: dict) -> str | None:
-    """A sentence when the 1-minute load before or after the run exceeded half the usable
-    cores (other processes were competing for the CPU), else None."""
+    """A sentence when other processes were competing for the CPU, else None: the 1-minute
+    load before the run above half the usable cores, or after it above that plus the run's
+    own threads (which were runnable for most of the last minute themselves)."""
     cores = meta.get("usable_cores") or meta.get("cpu_count") or 1
-    loads = [lo[0] for lo in (meta.get("load_before"), meta.get("load_after")) if lo]
     if meta.get("contention"):
         return None  # the run loaded the machine on purpose
-    if loads and max(loads) > 0.5 * cores:
+    own = meta.get("threads") or 0
+    before, after = (meta[k][0] if meta.get(k) else None for k in ("load_before", "load_after"))
+    others = [lo for lo in (before, None if after is None else after - own) if lo is not None]
+    if others and max(others) > 0.5 * cores:
+        seen = ", ".join("n/a" if x is None else f"{x:.2f}" for x in (before, after))
         return (
-            f"The machine was busy: 1-minute load average {max(loads):.2f} on {cores} usable cores "
-            "(before/after the run); expect wide spreads."
+            f"The machine was busy: 1-minute load average {seen} (before, after) on {cores} usable cores, "
+            f"of which the run's own {own} thread(s) account for at most {own} after it; expect wide spreads."
         )
     return None
 

@@ -53,6 +53,11 @@ def test_busy_load_note():
     assert busy_load_note({"usable_cores": 2, "load_before": [3.5, 1, 1], "load_after": [0.1, 1, 1]})
     assert busy_load_note({"usable_cores": 2, "load_before": [0.2, 1, 1], "load_after": [0.3, 1, 1]}) is None
     assert busy_load_note({"usable_cores": 2, "load_before": [3.5, 1, 1], "contention": {"core": 1}}) is None
+    # the run's own threads raise the load after it: not a sign of other processes
+    assert (
+        busy_load_note({"usable_cores": 2, "threads": 2, "load_before": [0.4, 1, 1], "load_after": [2.3, 1, 1]}) is None
+    )
+    assert busy_load_note({"usable_cores": 2, "threads": 2, "load_before": [0.4, 1, 1], "load_after": [3.5, 1, 1]})
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
