@@ -27,6 +27,7 @@ import io
 import json
 import multiprocessing
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -155,13 +156,18 @@ def sass_summary(cubin: bytes, kernel_file: str) -> tuple[dict, dict]:
     finally:
         os.unlink(f.name)
     labels = _source_labels(kernel_file)
+    # Line info names the file the kernel was first compiled from: a cubin from Triton's cache
+    # may come from another checkout (or a deleted one) of the same source, since the cache key
+    # holds the source's hash.  Match on the package-relative path, not on the file itself.
+    tail = os.path.join(*pathlib.Path(kernel_file).resolve().parts[-4:])
     ops: dict[str, int] = {}
     by_label: dict[str, dict[str, int]] = {}
     where = None
     for line in sass.splitlines():
         m = re.search(r'//## File "(.*?)", line (\d+)', line)
         if m:
-            where = labels.get(int(m.group(2))) if os.path.samefile(m.group(1), kernel_file) else None
+            same = os.path.normpath(m.group(1)).endswith(os.sep + tail)
+            where = labels.get(int(m.group(2))) if same else None
             continue
         m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)", line)
         if not m:
