@@ -20,6 +20,20 @@ def _measures(payload: dict, kind: str) -> list[dict]:
     return [m for m in payload["measures"] if m.get("kind") == kind]
 
 
+def _spread_rows(spread: list[dict], act: str, cells) -> list[str]:
+    """One table row per (convention, init) of the ``act`` spread measures; ``cells`` maps the
+    init's per-depth results to the row's value cells."""
+    rows = []
+    for m in spread:
+        if m["act"] != act:
+            continue
+        for method in m["methods"]:
+            rs = [r for r in m["result"] if r["method"] == method and "error" not in r]
+            if rs:
+                rows.append(f"| {m['act']} | {m['convention']} | {label(method)} | " + " | ".join(cells(rs)) + " |")
+    return rows
+
+
 def tile_comparison(payload: dict, plan: Plan) -> list[dict]:
     """One entry per (setting, b): the b row, b=1's row, and the difference with its standard error."""
     out = []
@@ -168,17 +182,7 @@ def measures_sections(payload: dict, plan: Plan) -> list[str]:
             "| act | convention | init | " + " | ".join(f"k={d}" for d in depths) + f" | rms sv, k={depths[-1]} |",
             "|---" * (len(depths) + 4) + "|",
         ]
-        for m in spread:
-            if m["act"] != "tanh":
-                continue
-            for method in m["methods"]:
-                rs = [r for r in m["result"] if r["method"] == method and "error" not in r]
-                if rs:
-                    L.append(
-                        f"| {m['act']} | {m['convention']} | {label(method)} | "
-                        + " | ".join(fmt(r["log10_cond"]) for r in rs)
-                        + f" | {fmt(rs[-1]['rms'])} |"
-                    )
+        L += _spread_rows(spread, "tanh", lambda rs: [fmt(r["log10_cond"]) for r in rs] + [fmt(rs[-1]["rms"])])
         L += [
             "",
             "ReLU: a ReLU net's Jacobian is rank-deficient (a looks-linear stack has rank <= 64 of 128 by "
@@ -188,17 +192,7 @@ def measures_sections(payload: dict, plan: Plan) -> list[str]:
             "| act | convention | init | " + " | ".join(f"k={d} rms / max" for d in depths) + " |",
             "|---" * (len(depths) + 3) + "|",
         ]
-        for m in spread:
-            if m["act"] != "relu":
-                continue
-            for method in m["methods"]:
-                rs = [r for r in m["result"] if r["method"] == method and "error" not in r]
-                if rs:
-                    L.append(
-                        f"| {m['act']} | {m['convention']} | {label(method)} | "
-                        + " | ".join(f"{fmt(r['rms'])} / {fmt(r['max'])}" for r in rs)
-                        + " |"
-                    )
+        L += _spread_rows(spread, "relu", lambda rs: [f"{fmt(r['rms'])} / {fmt(r['max'])}" for r in rs])
         L.append("")
     conn = _measures(payload, "connectivity")
     if conn:
