@@ -14,6 +14,8 @@ Hidden inits (``method``; ``sao:b16`` = SAO with block_size 16):
                  the density 1 - sparsity is reached (orthogonal/ortho.py), masked dense
   rg-n, rg-u     the SAO mask with Gaussian / uniform values (library-scaled, see README)
   lmp, lrp       dense orthogonal pruned by magnitude / at random (masked dense, not rescaled)
+  lmp-s, lrp-s   the same x 1/sqrt(density): LRP's kept weights then carry the dense layer's
+                 expected signal scale, so "SAO beats pruning" is not only a matter of scale
 """
 
 from __future__ import annotations
@@ -145,9 +147,11 @@ def hidden_linear(method: str, width: int, act: str, sparsity: float, gain: floa
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
         a = torch.as_tensor(givens_orthogonal(width, 1.0 - sparsity, rng), dtype=torch.float32) * relu_gain
         return MaskedLinear(a, (a != 0).float())
-    if base in ("lmp", "lrp"):
-        fill = sk.init.magnitude_prune_ if base == "lmp" else sk.init.random_prune_
+    if base in ("lmp", "lrp", "lmp-s", "lrp-s"):
+        fill = sk.init.magnitude_prune_ if base.startswith("lmp") else sk.init.random_prune_
         mask = fill(w, sparsity, base="orthogonal", gain=relu_gain, generator=g)
+        if base.endswith("-s"):
+            w = w / math.sqrt(1.0 - sparsity)
         return MaskedLinear(w, mask.float())
     raise ValueError(f"unknown MLP init {method!r}")
 
@@ -225,13 +229,22 @@ class CNN(nn.Module):
     """``depth`` 3x3 convs (1 -> C, then depth - 1 of C -> C), tanh, global average pool, C -> 10."""
 
     def __init__(
-        self, method: str, depth: int, channels: int, sparsity: float, convention: str, seed: int, classes: int = 10
+        self,
+        method: str,
+        depth: int,
+        channels: int,
+        sparsity: float,
+        convention: str,
+        seed: int,
+        classes: int = 10,
+        padding: str | None = None,
     ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         gain = CONVENTIONS[convention]["gain"]
         g, g_io = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(10_000 + seed)
-        pm = "circular" if method == "sao-eco" else "zeros"  # ECO is orthogonal with circular padding
+        # ECO is orthogonal with circular padding; None: the first run's rule (circular for ECO only)
+        pm = padding if padding is not None else ("circular" if method == "sao-eco" else "zeros")
         self.first = nn.Conv2d(1, channels, 3, padding=1, padding_mode=pm)
         with torch.no_grad():
             self.first.weight.copy_(_delta_orthogonal(1, channels, 3, gain, g_io))
@@ -251,7 +264,7 @@ class CNN(nn.Module):
                     generator=g,
                 )
             elif method in ("delta-orthogonal", "lrp-delta"):
-                conv = nn.Conv2d(channels, channels, 3, padding=1)
+                conv = nn.Conv2d(channels, channels, 3, padding=1, padding_mode=pm)
                 with torch.no_grad():
                     conv.weight.copy_(_delta_orthogonal(channels, channels, 3, gain, g))
                 if method == "lrp-delta":  # random kernel pruning, as the SAO code's mask_random
@@ -288,5 +301,11 @@ def build(spec: dict) -> nn.Module:
             width=spec.get("width", 128),
         )
     return CNN(
-        spec["method"], spec["depth"], spec.get("channels", 32), spec["sparsity"], spec["convention"], spec["seed"]
+        spec["method"],
+        spec["depth"],
+        spec.get("channels", 32),
+        spec["sparsity"],
+        spec["convention"],
+        spec["seed"],
+        padding=spec.get("padding"),
     )

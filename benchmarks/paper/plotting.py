@@ -21,6 +21,8 @@ COLORS = {
     "rg-u": "C3",
     "lmp": "C4",
     "lrp": "C5",
+    "lmp-s": "C4",
+    "lrp-s": "C5",
     "sao:b8": "C9",
     "sao:b16": "C6",
     "sao:b32": "k",
@@ -57,7 +59,7 @@ def _panel(ax_loss, ax_acc, payload: dict, setting, methods, title: str) -> None
     ax_loss.legend(fontsize=6)
     ax_acc.set_ylabel("val acc %")
     ax_acc.set_xlabel("step")
-    steps = payload["budget"]["steps"]
+    steps = payload["budget"].get("setting_steps", {}).get(setting.key, payload["budget"]["steps"])
     for ax in (ax_loss, ax_acc):
         for f in (0.5, 0.75):
             ax.axvline(f * steps, color="grey", lw=0.5, ls="--")
@@ -72,7 +74,7 @@ def plots(out: pathlib.Path, payload: dict, plan: Plan) -> list[str]:
     files = []
     panels = [(s, [m for m in s.methods if not m.startswith("sao:b")], s.key) for s in plan.settings]
     panels += [
-        (s, [m for m in s.methods if m.startswith("sao")], s.key + " tiles (b=1's lr)")
+        (s, [m for m in s.methods if m.startswith("sao")], s.key + " tiles")
         for s in plan.settings
         if any(m.startswith("sao:b") for m in s.methods)
     ]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from . import statistics as st
 from .reporting import aggregate, fmt, row_lrs
 from .settings import Plan, label
 
@@ -34,8 +33,16 @@ def _spread_rows(spread: list[dict], act: str, cells) -> list[str]:
     return rows
 
 
+def _by_seed(payload: dict, setting: str, method: str, lr: float) -> dict:
+    return {
+        r["seed"]: r["test_acc"]
+        for r in payload["runs"]
+        if r["setting"] == setting and r["method"] == method and r["lr"] == lr and "error" not in r
+    }
+
+
 def tile_comparison(payload: dict, plan: Plan) -> list[dict]:
-    """One entry per (setting, b): the b row, b=1's row, and the difference with its standard error."""
+    """One entry per (setting, b): the b row, b=1's row, and the paired difference b - (b=1)."""
     out = []
     for s in plan.settings:
         if s.arch != "mlp" or s.act != "tanh" or not any(m.startswith("sao:b") for m in s.methods):
@@ -47,16 +54,17 @@ def tile_comparison(payload: dict, plan: Plan) -> list[dict]:
             m = _method(b)
             if m not in s.methods:
                 continue
-            a = aggregate(payload["runs"], s.key, m, lr)
+            own = row_lrs(s, m, payload["choice"])  # a tuned tile size has its own best lr
+            lr_m = own["best"] if own["best"] is not None else own["shared"]
+            a = aggregate(payload["runs"], s.key, m, lr_m)
             err = next(
                 (p["error"] for p in payload["pilots"] if p["setting"] == s.key and p["method"] == m and "error" in p),
                 None,
             )
-            row = dict(setting=s.key, depth=s.depth, sparsity=s.sparsity, block=b, lr=lr, agg=a, error=err)
+            row = dict(setting=s.key, depth=s.depth, sparsity=s.sparsity, block=b, lr=lr, own_lr=lr_m, agg=a, error=err)
             if a is not None and ref is not None and b != 1:
-                diff = a["test_acc"] - ref["test_acc"]
-                se = math.sqrt(a["test_acc_sd"] ** 2 / a["n"] + ref["test_acc_sd"] ** 2 / ref["n"])
-                row.update(diff=diff, se=se, exceeds=abs(diff) > 2 * se)
+                comp = st.compare(_by_seed(payload, s.key, m, lr_m), _by_seed(payload, s.key, "sao", lr))
+                row.update(comp=comp, verdict=st.verdict(comp, "equal"))
             out.append(row)
     return out
 
@@ -83,12 +91,13 @@ def tile_section(payload: dict, plan: Plan) -> list[str]:
         return []
     L = [
         "## Tile partitions: does SAO with block_size b train as well as the paper's element partition (b=1)?\n",
-        "SAO rows only, tanh, the setting's convention (depth 100: SAO code's; depth 1000: EOI's), every b at "
-        "b=1's lr (its best grid lr; at depth 1000, sparsity 0.75: EOI's 1e-4, not tuned).  "
-        "Cells: test accuracy % mean ± std (n seeds); for b > 1 the difference to b=1 in "
-        "points ± its standard error sqrt(sd_b^2/n_b + sd_1^2/n_1); '>2SE' marks a difference larger than "
-        "twice that (beyond the seed spread).  b must divide both group sides (128/G): at sparsity 0.875 "
-        "(G=8, side 16) b=32 cannot be built.\n",
+        "SAO rows only, tanh, the setting's convention (depth 100: SAO code's; depth 1000: EOI's); lr: b=1's "
+        "(its best grid lr, or the shared lr where not tuned); a b tuned on its own shows its lr as @lr, else it "
+        "runs at b=1's lr.  "
+        "Cells: test accuracy % mean ± std (n seeds); for b > 1 Δ = b − (b=1) in points, paired by seed, with "
+        f"its 95 % t interval, and the reading of 'b is free' (equivalent within ±{100 * st.MARGIN:g} point by "
+        "TOST: confirm; a difference detected: contradict; else cannot tell).  b must divide both group sides "
+        "(128/G): at sparsity 0.875 (G=8, side 16) b=32 cannot be built.\n",
         "| depth | sparsity | lr | " + " | ".join(f"b={b}" for b in BLOCKS) + " |",
         "|---" * (3 + len(BLOCKS)) + "|",
     ]
@@ -104,9 +113,12 @@ def tile_section(payload: dict, plan: Plan) -> list[str]:
                 cells.append("—")
             else:
                 a = r["agg"]
-                c = f"{100 * a['test_acc']:.1f} ± {100 * a['test_acc_sd']:.1f} (n={a['n']})"
-                if "diff" in r:
-                    c += f"; Δ {100 * r['diff']:+.1f} ± {100 * r['se']:.1f}" + (" >2SE" if r["exceeds"] else "")
+                sd = f"{100 * a['test_acc_sd']:.1f}" if a["n"] > 1 else "n/a"
+                c = f"{100 * a['test_acc']:.1f} ± {sd} (n={a['n']})"
+                if r["own_lr"] != r["lr"]:
+                    c += f" @{r['own_lr']:g}"
+                if "comp" in r:
+                    c += f"; Δ {st.fmt_points(r['comp'])}, free: {r['verdict']}"
                 cells.append(c)
         L.append(f"| {key[1]} | {key[2]} | {fmt(key[3])} | " + " | ".join(cells) + " |")
     L.append("")

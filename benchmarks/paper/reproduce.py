@@ -4,12 +4,14 @@ benchmarks/paper/results/{results.md, results.json, *.png}.
     python benchmarks/paper/reproduce.py                      # full run, ~55 min on 2 CPU cores
     python benchmarks/paper/reproduce.py --quick --out /tmp/q # CI smoke (tiny settings, same code path)
     python benchmarks/paper/reproduce.py --replot             # redraw tables / plots from results.json
+    python benchmarks/paper/reproduce.py --replot --readme README.md   # + the README's generated claims block
 
 Where things are: settings.py (the ONE table of reference configurations, the optimiser, the
 init conventions, with the reference files they come from), models.py (the networks and
 inits), training.py (the loop, the step-time pilot, the process pool), planning.py (budget
 arithmetic, lr search, jobs), measures.py (init-time isometry / spread / connectivity /
-orthogonality), reporting.py (results.md) and plotting.py (the figures).
+orthogonality), statistics.py (paired t intervals, TOST, the verdict rule), claims.py (the
+paper's claims as comparisons), reporting.py (results.md) and plotting.py (the figures).
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ for path in (str(ROOT / "benchmarks"), str(ROOT)):
 
 import torch  # noqa: E402
 
-from paper import measures, planning, plotting, reporting, training  # noqa: E402
+from paper import claims, measures, planning, plotting, reporting, training  # noqa: E402
 from paper.settings import Plan, Setting, quick_plan  # noqa: E402
+
+#: Plan fields a results.json written before they existed lacks, with the values that run used.
+LEGACY_PLAN = dict(tune_seed=None, extend_edges=0, plateau_steps=None)
 
 
 def plan_from_dict(d: dict) -> Plan:
-    d = dict(d)
+    d = {**LEGACY_PLAN, **d}
     d["settings"] = tuple(
         Setting(
             **{
@@ -87,7 +92,7 @@ def _describe(r: dict) -> str:
 def write_outputs(out: pathlib.Path, payload: dict) -> list[str]:
     plan = payload["plan_obj"]
     (out / "results.md").write_text(reporting.markdown(payload, plan))
-    return plotting.plots(out, payload, plan)
+    return plotting.plots(out, reporting.reported_runs(payload, plan), plan)
 
 
 def replot(out: pathlib.Path) -> dict:
@@ -95,6 +100,11 @@ def replot(out: pathlib.Path) -> dict:
     payload["plan_obj"] = plan_from_dict(payload["plan"])
     write_outputs(out, payload)
     return payload
+
+
+def _readme(path: pathlib.Path, payload: dict) -> None:
+    if not claims.update_readme(path, payload, payload["plan_obj"]):
+        raise SystemExit(f"--readme {path}: no generated claims block (markers {claims.README_BEGIN!r} ...)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,6 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="CPU-minutes per worker for the whole command (the wall time on an idle machine)",
     )
     parser.add_argument("--steps", type=int, default=None, help="fix the step count (skips the budget solver)")
+    parser.add_argument(
+        "--plateau-steps",
+        type=int,
+        default=None,
+        help="steps of the headline rows (default: the plan's, EOI's 100 epochs); 0 = the common budget",
+    )
     parser.add_argument("--commit", default=None, help="commit the code was taken from (default: git rev-parse)")
     parser.add_argument(
         "--resume", action="store_true", help="reuse the finished jobs of an interrupted run (--out/jobs.cache.jsonl)"
@@ -117,10 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
         "--budget-only", action="store_true", help="run only the step-time pilot and print the budget it implies"
     )
     parser.add_argument("--replot", action="store_true", help="only redraw results.md and plots from results.json")
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help="also rewrite the generated claims block of this README from results.json (e.g. README.md)",
+    )
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     if args.replot:
-        return replot(out)
+        payload = replot(out)
+        if args.readme:
+            _readme(pathlib.Path(args.readme), payload)
+        return payload
 
     t_start = time.perf_counter()
     plan = quick_plan() if args.quick else Plan()
@@ -130,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         plan.minutes = args.minutes
     if args.steps is not None:
         plan.fixed_steps = args.steps
+    if args.plateau_steps is not None:
+        plan.plateau_steps = args.plateau_steps or None
     out.mkdir(parents=True, exist_ok=True)
     training.setup_process()
     cache = None if args.budget_only else training.JobCache(out / "jobs.cache.jsonl", load=args.resume)
@@ -172,32 +198,52 @@ def main(argv: list[str] | None = None) -> dict:
     budget = planning.solve_budget(plan, pilots, worker_seconds)
     steps = budget["steps"]
     log(
-        f"budget: {worker_seconds:.0f} worker-s left, {budget['runs']} runs (worst case), "
+        f"budget: {worker_seconds:.0f} worker-s left, {budget['runs']} runs (worst case); headline rows "
+        f"({plan.plateau_steps} steps) {budget['headline_seconds']:.0f} s; the rest "
         f"{budget['per_step_seconds']:.2f} s per common step + {budget['fixed_seconds']:.0f} s fixed "
         f"-> {steps} steps per run (cap {budget['cap']})"
     )
     if args.budget_only:
         for r in budget["rows"]:
             log(
-                f"  {r['setting']:22s} {r['method']:14s} runs {r['runs']:2d} {1000 * r['step_seconds']:7.1f} ms/step "
-                f"fixed {r['fixed_seconds']:5.1f} s -> {r['predicted_seconds']:6.0f} worker-s"
+                f"  {r['setting']:22s} {r['method']:14s} runs {r['runs']:2d} x {r['fixed_steps'] or steps:5d} steps "
+                f"{1000 * r['step_seconds']:7.1f} ms/step fixed {r['fixed_seconds']:5.1f} s -> "
+                f"{r['predicted_seconds']:6.0f} worker-s"
             )
-        return dict(budget=budget, pilots=pilots)
+        total = budget["predicted_worker_seconds"] + spent + reserve_s
+        log(
+            f"predicted cost of the full run (worst case): {total / 60:.0f} CPU-minutes = "
+            f"{total / 60 / plan.workers:.0f} min wall on {plan.workers} idle cores (pilot "
+            f"{spent / 60:.0f}, init-time measures not included, training "
+            f"{budget['predicted_worker_seconds'] / 60:.0f}, reserve {reserve_s / 60:.0f}); "
+            f"target {plan.minutes * plan.workers:.0f} CPU-minutes"
+            + ("" if total <= plan.minutes * 60 * plan.workers else ": OVER the target, raise --minutes")
+        )
+        return dict(budget=budget, pilots=pilots, predicted_cpu_minutes=total / 60)
 
     # 3. lr grid at the first seed, then the other seeds
     def cost(j: dict) -> float:
         return planning.predicted_seconds(j, pilot_map)
 
     t = time.perf_counter()
+    setting_steps = budget["setting_steps"]
     phase1 = training.run_pool(
         training.run_job,
-        planning.phase1_jobs(plan, steps, buildable),
+        planning.phase1_jobs(plan, setting_steps, buildable),
         plan.workers,
         log,
         cost=cost,
         describe=_describe_run,
         cache=cache,
     )
+    for _ in range(plan.extend_edges):  # a best lr at a grid edge: one more ladder step beyond it
+        more = planning.edge_jobs(plan, setting_steps, [r for r in phase1 if r.get("role") == "grid"])
+        if not more:
+            break
+        log(f"grid edges: {len(more)} more lr(s)")
+        phase1 += training.run_pool(
+            training.run_job, more, plan.workers, log, cost=cost, describe=_describe_run, cache=cache
+        )
     timings["phase1"] = time.perf_counter() - t
     choice = planning.choose_lrs(plan, [r for r in phase1 if r.get("role") == "grid"])
     for key, c in choice.items():
@@ -205,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     phase2 = training.run_pool(
         training.run_job,
-        planning.phase2_jobs(plan, steps, choice, buildable),
+        planning.phase2_jobs(plan, setting_steps, choice, buildable),
         plan.workers,
         log,
         cost=cost,
@@ -242,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         cache.path.unlink(missing_ok=True)
     payload["plan_obj"] = plan
     files = write_outputs(out, payload)
+    if args.readme:
+        _readme(pathlib.Path(args.readme), payload)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(str(out / f) for f in files))
     log(f"total {time.perf_counter() - t_start:.0f} s (commit {commit})")
     return payload

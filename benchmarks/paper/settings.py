@@ -92,6 +92,8 @@ INIT_LABEL = {
     "rg-u": "RG-U",
     "lmp": "LMP",
     "lrp": "LRP",
+    "lmp-s": "LMP /sqrt(d)",
+    "lrp-s": "LRP /sqrt(d)",
     "sao-delta": "SAO-Delta",
     "sao-eco": "SAO-ECO",
     "delta-orthogonal": "dense delta-orth",
@@ -115,7 +117,11 @@ class Setting:
     shared lr; ``untuned`` inits run every seed at the shared lr only; ``lr_from`` maps an
     init to the tuned init whose best lr it reuses (tile partitions use b=1's lr).
     ``shared_lr``: the reference's lr where the reference fixes one, else None (= the
-    best grid lr of ``baseline``, the setting's dense reference init).
+    best grid lr of ``baseline``, the setting's dense reference init).  ``shared_also``: the
+    tuned inits that also run every seed at the shared lr (None: all of them).  ``headline``:
+    the rows the claims rest on; they train ``Plan.plateau_steps`` steps (None there: the
+    common budget S like every other row).  ``padding``: the CNN's padding mode for every
+    init (None: the first run's rule, circular for SAO-ECO only and zeros for the rest).
     """
 
     key: str
@@ -134,6 +140,9 @@ class Setting:
     channels: int = 32
     seeds: tuple[int, ...] | None = None  # None: the plan's seeds
     note: str = ""
+    shared_also: tuple[str, ...] | None = None
+    headline: bool = False
+    padding: str | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -145,17 +154,19 @@ class Setting:
         return self.depth - 2 if self.arch == "mlp" else self.depth - 1
 
 
-TANH_INITS = ("sao", "orthogonal", "eoi", "rg-n", "rg-u", "lmp", "lrp")
-RELU_INITS = ("sao", "ll-orthogonal", "orthogonal", "rg-n", "rg-u", "lmp", "lrp")
+TANH_INITS = ("sao", "orthogonal", "eoi", "rg-n", "rg-u", "lmp", "lrp", "lmp-s", "lrp-s")
+RELU_INITS = ("sao", "ll-orthogonal", "orthogonal", "rg-n", "rg-u", "lmp", "lrp", "lmp-s", "lrp-s")
 GRID_SHALLOW = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 GRID_DEEP = (1e-4, 3e-4, 1e-3)
-TILES = (("sao:b8", "sao"), ("sao:b16", "sao"))
-TILES_32 = TILES + (("sao:b32", "sao"),)
+#: The headline rows' seeds (the claims rest on them); the lr is chosen on Plan.tune_seed, not one of these.
+HEADLINE_SEEDS = (0, 1, 2, 3, 4)
+#: The inits whose shared-lr rows a claim needs (the reference lr 1e-4 at depth 1000; the baseline's lr).
+SHARED_CLAIMS = ("sao", "orthogonal", "eoi", "ll-orthogonal")
 
 #: Every training setting of the full run.  Sparsity 0.875 = EOI's density 0.125 (degree 16).
-#: Depth 1000 is where the budget binds (see results.md): there only SAO, the dense baselines
-#: and EOI are tuned; the other inits run at the shared lr, and the tile study at sparsity 0.75
-#: keeps b=32 only (b=8 and b=16 at 0.75 run at depth 100).
+#: Headline rows (depth 100 and 1000, the tile rows): 5 reported seeds, every init and every tile
+#: size tuned on its own at a seed that is not reported, grids extended where the best lr sits at an
+#: edge, ``Plan.plateau_steps`` steps.  The other rows keep 3 seeds and the common budget S.
 SETTINGS: tuple[Setting, ...] = (
     Setting("mlp-d10-tanh", "mlp", 10, "tanh", 0.875, "sao", TANH_INITS, GRID_SHALLOW, None, "orthogonal"),
     Setting("mlp-d10-relu", "mlp", 10, "relu", 0.875, "sao", RELU_INITS, GRID_SHALLOW, None, "ll-orthogonal"),
@@ -166,13 +177,29 @@ SETTINGS: tuple[Setting, ...] = (
         "tanh",
         0.875,
         "sao",
-        TANH_INITS,
+        TANH_INITS + ("sao:b8", "sao:b16"),
         GRID_SHALLOW,
         None,
         "orthogonal",
-        lr_from=TILES_32,
+        seeds=HEADLINE_SEEDS,
+        shared_also=SHARED_CLAIMS,
+        headline=True,
     ),
-    Setting("mlp-d100-relu", "mlp", 100, "relu", 0.875, "sao", RELU_INITS, GRID_SHALLOW, None, "ll-orthogonal"),
+    Setting(
+        "mlp-d100-relu",
+        "mlp",
+        100,
+        "relu",
+        0.875,
+        "sao",
+        RELU_INITS,
+        GRID_SHALLOW,
+        None,
+        "ll-orthogonal",
+        seeds=HEADLINE_SEEDS,
+        shared_also=SHARED_CLAIMS,
+        headline=True,
+    ),
     Setting(
         "mlp-d100-tanh-s0.75",
         "mlp",
@@ -180,11 +207,13 @@ SETTINGS: tuple[Setting, ...] = (
         "tanh",
         0.75,
         "sao",
-        ("sao",),
+        ("sao", "sao:b8", "sao:b16", "sao:b32"),
         GRID_SHALLOW,
         None,
         "sao",
-        lr_from=TILES_32,
+        seeds=HEADLINE_SEEDS,
+        shared_also=(),
+        headline=True,
         note="tile study: b=32 needs the group side 32 of sparsity 0.75",
     ),
     Setting(
@@ -194,14 +223,16 @@ SETTINGS: tuple[Setting, ...] = (
         "tanh",
         0.875,
         "eoi",
-        ("sao", "orthogonal", "eoi"),
+        ("sao", "orthogonal", "eoi", "rg-n", "rg-u", "sao:b8", "sao:b16"),
         GRID_DEEP,
         1e-4,
         "orthogonal",
-        untuned=("rg-n", "rg-u", "lmp", "lrp"),
-        lr_from=TILES_32,
-        note="EOI's 1000-layer setting; RG-N / RG-U / LMP / LRP run at the shared lr only (budget; "
-        "their Jacobian at init is ill-conditioned or zero, see the spread and init-gradient tables)",
+        untuned=("lmp", "lrp", "lmp-s", "lrp-s"),
+        seeds=HEADLINE_SEEDS,
+        shared_also=SHARED_CLAIMS,
+        headline=True,
+        note="EOI's 1000-layer setting; LMP / LRP (plain and x1/sqrt(density)) run at EOI's lr only: no "
+        "gradient reaches their lower layers at init (init-gradient table)",
     ),
     Setting(
         "mlp-d1000-tanh-s0.75",
@@ -210,13 +241,14 @@ SETTINGS: tuple[Setting, ...] = (
         "tanh",
         0.75,
         "eoi",
-        (),
+        ("sao", "sao:b32"),
         GRID_DEEP,
         1e-4,
         "sao",
-        untuned=("sao", "sao:b32"),
-        note="tile study at depth 1000, b=32: b=1 and b=32 both at EOI's lr 1e-4, not tuned (budget); "
-        "b=8, 16 at sparsity 0.75 run at depth 100 only",
+        seeds=HEADLINE_SEEDS,
+        shared_also=(),
+        headline=True,
+        note="tile study at depth 1000, b=32 (b=8, 16 at sparsity 0.75 run at depth 100 only)",
     ),
     Setting(
         "mlp-d1000-relu",
@@ -260,7 +292,9 @@ SETTINGS: tuple[Setting, ...] = (
         1e-2,
         "delta-orthogonal",
         untuned=("sao-delta", "sao-eco", "delta-orthogonal", "rg-n-delta", "lrp-delta"),
-        note="not tuned (budget): every init at 1e-2, the SAO README's vanilla-CNN lr",
+        padding="circular",
+        note="not tuned (budget): every init at 1e-2, the SAO README's vanilla-CNN lr; circular padding for "
+        "every init (ECO's; a delta kernel is orthogonal with it too)",
     ),
 )
 
@@ -279,6 +313,11 @@ class Plan:
     pilot_steps: int = 3
     log_points: int = 20  # learning-curve points per run
     fixed_steps: int | None = None  # skip the budget solver (tests, --steps)
+    # the protocol of the claims (legacy results.json without these keys: see reproduce.plan_from_dict)
+    tune_seed: int | None = 100  # the lr grids run at this seed, never reported (None: the first seed)
+    extend_edges: int = 2  # a best lr at a grid edge extends the grid one ladder step, up to this often
+    plateau_steps: int | None = 1100  # headline rows: EOI's 100 epochs of digits (None: the common S)
+    plateau_log_points: int = 55  # headline rows' validation points: steps to 90 / 95 % every 20 steps
     # init-time measures
     iso_width: int = 100
     iso_depth: int = 7
@@ -310,6 +349,7 @@ def quick_plan() -> Plan:
             lr_grid=s.lr_grid[-2:],
             shared_lr=s.lr_grid[-1] if s.shared_lr is not None else None,
             channels=8,
+            seeds=(0, 1, 2) if s.headline else s.seeds,
         )
 
     keep = (
@@ -342,5 +382,9 @@ def quick_plan() -> Plan:
         conn_seeds=(0,),
         conn_big_width=512,
         conn_big_sparsities=(0.875,),
+        tune_seed=100,
+        extend_edges=1,
+        plateau_steps=6,
+        plateau_log_points=6,
         quick=True,
     )

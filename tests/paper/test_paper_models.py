@@ -109,9 +109,75 @@ def test_lr_choice_uses_validation_and_shared_lr_rules():
     choice = planning.choose_lrs(plan, grid)[s.key]
     assert choice["best"] == {"orthogonal": s.lr_grid[1], "sao": s.lr_grid[3]}
     assert choice["shared"] == s.lr_grid[1]  # the dense baseline's best
-    jobs = planning.phase2_jobs(plan, 10, {s.key: choice}, {(s.key, m) for m in s.methods})
+    buildable = {(s.key, m) for m in s.methods}
+    jobs = planning.phase2_jobs(plan, 10, {s.key: choice}, buildable)
     sao = {(j["lr"], j["seed"]) for j in jobs if j["method"] == "sao"}
-    assert sao == {(lr, seed) for lr in (s.lr_grid[3], s.lr_grid[1]) for seed in plan.seeds[1:]}
+    # the tuning seed is not reported: every reported seed runs at the best and at the shared lr
+    assert plan.tune_seed not in plan.seeds
+    assert sao == {(lr, seed) for lr in (s.lr_grid[3], s.lr_grid[1]) for seed in plan.seeds}
+    legacy = Plan(settings=(s,), tune_seed=None)  # the first run: seed 0's grid run is reported
+    jobs = planning.phase2_jobs(legacy, 10, {s.key: choice}, buildable)
+    sao = {(j["lr"], j["seed"]) for j in jobs if j["method"] == "sao"}
+    assert sao == {(lr, seed) for lr in (s.lr_grid[3], s.lr_grid[1]) for seed in legacy.seeds[1:]}
+
+
+def test_ladder_and_grid_extension_at_edges():
+    assert [planning.ladder(x, +1) for x in (1e-4, 3e-4, 0.1)] == [3e-4, 1e-3, 0.3]
+    assert [planning.ladder(x, -1) for x in (1e-4, 3e-4, 0.01)] == [3e-5, 1e-4, 3e-3]
+    s = next(x for x in SETTINGS if x.key == "mlp-d1000-tanh")
+    plan = Plan(settings=(s,), extend_edges=2)
+
+    def grid(method, accs):
+        return [
+            dict(setting=s.key, method=method, lr=lr, val_acc=acc, val_loss=1.0, seed=plan.tune_seed)
+            for lr, acc in accs.items()
+        ]
+
+    results = grid("sao", {1e-4: 0.8, 3e-4: 0.9, 1e-3: 0.95}) + grid("orthogonal", {1e-4: 0.8, 3e-4: 0.9, 1e-3: 0.7})
+    jobs = planning.edge_jobs(plan, {s.key: 7}, results)
+    assert [(j["method"], j["lr"], j["seed"], j["steps"]) for j in jobs] == [("sao", 3e-3, plan.tune_seed, 7)]
+    results += grid("sao", {3e-3: 0.97})
+    assert [j["lr"] for j in planning.edge_jobs(plan, 7, results)] == [1e-2]
+    results += grid("sao", {1e-2: 0.98})
+    assert planning.edge_jobs(plan, 7, results) == []  # extend_edges lrs beyond the grid: stop
+    assert planning.choose_lrs(plan, results)[s.key]["best"]["sao"] == 1e-2
+
+
+def test_planned_runs_bound_the_jobs():
+    """The budget's worst-case run count is what phase 1, the edge rounds and phase 2 can generate."""
+    for s in SETTINGS:
+        plan = Plan(settings=(s,))
+        buildable = {(s.key, m) for m in s.methods}
+        jobs = planning.phase1_jobs(plan, 5, buildable)
+        grid = [dict(j, val_acc=float(j["lr"]), val_loss=1.0) for j in jobs if j["role"] == "grid"]
+        for _ in range(plan.extend_edges):  # the largest lr always wins: every round extends upwards
+            more = planning.edge_jobs(plan, 5, grid)
+            grid += [dict(j, val_acc=float(j["lr"]), val_loss=1.0) for j in more]
+            jobs += more
+        choice = planning.choose_lrs(plan, grid)
+        if s.shared_lr is None and s.tuned:  # worst case: the baseline's best differs from the others'
+            choice[s.key]["shared"] = min(lr for lr, _, _ in choice[s.key]["grid"][s.baseline])
+            choice[s.key]["best"][s.baseline] = choice[s.key]["shared"]
+        jobs += planning.phase2_jobs(plan, 5, choice, buildable)
+        for m in s.methods:
+            got = sum(j["method"] == m for j in jobs)
+            assert got <= planning.planned_runs(s, m, plan), (s.key, m)
+            if s.headline and m in s.tuned:
+                seeds = {j["seed"] for j in jobs if j["method"] == m and j["role"] != "grid"}
+                assert len(seeds) >= 5 and plan.tune_seed not in seeds
+
+
+def test_rescaled_pruning_and_cnn_padding():
+    plain = models.hidden_linear("lrp", 128, "tanh", 0.875, 1.0, torch.Generator().manual_seed(3))
+    scaled = models.hidden_linear("lrp-s", 128, "tanh", 0.875, 1.0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(scaled.weight, plain.weight / math.sqrt(0.125))
+    assert torch.equal(scaled.weight_mask, plain.weight_mask)
+    cnn = next(x for x in SETTINGS if x.arch == "cnn")
+    assert cnn.padding == "circular"
+    for method in cnn.methods:
+        spec = dict(planning.base_spec(cnn, method, Plan()), depth=3, channels=8, seed=0)
+        convs = [m for m in models.build(spec).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and {c.padding_mode for c in convs} == {"circular"}, method
 
 
 def test_job_cache_resumes_finished_jobs(tmp_path):

@@ -67,8 +67,12 @@ def test_budget_and_schedule(quick):
     _, data = quick
     budget = data["budget"]
     assert 1 <= budget["steps"] <= budget["cap"]
+    headline = {s["key"] for s in data["plan"]["settings"] if s["headline"]}
+    assert headline and budget["steps"] != data["plan"]["plateau_steps"]
+    for key, steps in budget["setting_steps"].items():
+        assert steps == (data["plan"]["plateau_steps"] if key in headline else budget["steps"])
     runs = [r for r in data["runs"] if "error" not in r]
-    assert runs and all(r["steps"] == budget["steps"] for r in runs)
+    assert runs and all(r["steps"] == budget["setting_steps"][r["setting"]] for r in runs)
     for r in runs:
         assert 0.0 <= r["test_acc"] <= 1.0 and len(r["curve"]) >= 2
         if not r["diverged"]:
@@ -76,20 +80,41 @@ def test_budget_and_schedule(quick):
             assert r["curve"][-1]["lr"] == pytest.approx(r["lr"] * 0.01)
 
 
+def _ladder_neighbours(lr):
+    return {round(lr * f, 12) for f in (3.0, 10 / 3, 1 / 3, 0.3)}
+
+
 def test_lr_protocol(quick):
     _, data = quick
-    settings = {s["key"]: s for s in data["plan"]["settings"]}
+    plan = data["plan"]
+    settings = {s["key"]: s for s in plan["settings"]}
     runs = [r for r in data["runs"] if "error" not in r]
+    tune = plan["tune_seed"]
     for key, c in data["choice"].items():
         s = settings[key]
-        seeds = s["seeds"] if s["seeds"] is not None else data["plan"]["seeds"]
+        seeds = s["seeds"] if s["seeds"] is not None else plan["seeds"]
+        assert tune not in seeds  # the lr is chosen on a seed that is never reported
         for method in s["tuned"]:
             grid = [r for r in runs if r["setting"] == key and r["method"] == method and r.get("role") == "grid"]
-            assert sorted(r["lr"] for r in grid) == sorted(s["lr_grid"])
+            assert {r["seed"] for r in grid} == {tune}
+            lrs = sorted(r["lr"] for r in grid)
+            extra = [lr for lr in lrs if lr not in s["lr_grid"]]
+            assert set(s["lr_grid"]) <= set(lrs) and len(extra) <= plan["extend_edges"]
+            for lr in extra:  # an extension is one ladder step beyond the lrs tried before it
+                assert round(lr, 12) in set().union(*(_ladder_neighbours(x) for x in lrs if x != lr))
             best = max(grid, key=lambda r: (r["val_acc"], -r["val_loss"]))["lr"]  # validation, never test
             assert c["best"][method] == best
-            for lr in {best, c["shared"]}:
-                got = sorted(r["seed"] for r in runs if r["setting"] == key and r["method"] == method and r["lr"] == lr)
+            if best in (lrs[0], lrs[-1]):  # still at an edge only when the extensions are used up
+                assert len(extra) == plan["extend_edges"]
+            wanted = {best}
+            if s["shared_also"] is None or method in s["shared_also"]:
+                wanted.add(c["shared"])
+            for lr in wanted:
+                got = sorted(
+                    r["seed"]
+                    for r in runs
+                    if r["setting"] == key and r["method"] == method and r["lr"] == lr and r.get("role") != "grid"
+                )
                 assert got == sorted(seeds), (key, method, lr)
         for method in s["untuned"]:
             got = {(r["lr"], r["seed"]) for r in runs if r["setting"] == key and r["method"] == method}
@@ -100,17 +125,37 @@ def test_lr_protocol(quick):
             assert c["shared"] == c["best"][s["baseline"]]
 
 
+def test_claims_table(quick):
+    out, data = quick
+    md = (out / "results.md").read_text()
+    assert "## The claims, with paired 95 % intervals" in md
+    rows = [line for line in md.splitlines() if line.startswith("| depth 1000, tanh: SAO trains as well as dense")]
+    assert rows and all(any(v in row for v in ("confirm", "contradict", "cannot tell")) for row in rows)
+    assert "± 0.0 (nan) n=1" not in md and "± n/a" in md  # one seed has no spread
+
+
+def test_budget_only_prints_the_cost(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--budget-only", "--workers", "1", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "predicted cost of the full run (worst case):" in proc.stdout and "CPU-minutes" in proc.stdout
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_tiles_and_measures(quick):
     _, data = quick
-    # b=32 cannot tile a group side of 16 (sparsity 0.875, G=8): recorded, not run, not silently dropped
-    errors = [p for p in data["pilots"] if p["method"] == "sao:b32" and p["sparsity"] == 0.875]
-    assert errors and all("block_size" in p["error"] for p in errors)
     assert any(r["method"] == "sao:b32" and r["sparsity"] == 0.75 and "error" not in r for r in data["runs"])
     measures = {}
     for m in data["measures"]:
         measures.setdefault(m["kind"], []).append(m)
     conn = {(m["sparsity"], m["block"]): m["result"] for m in measures["tile-connectivity"]}
-    assert "error" in conn[(0.875, 32)]
+    # b=32 cannot tile a group side of 16 (sparsity 0.875, G=8): recorded, not silently dropped
+    assert "block_size" in conn[(0.875, 32)]["error"]
     # a tile as wide as the group side turns each layer into a permutation of whole groups:
     # the stack splits into disjoint chains and never connects every input to every output
     assert conn[(0.875, 16)]["full_depths"] == [None] * len(conn[(0.875, 16)]["full_depths"])
