@@ -1,7 +1,8 @@
 """The SAO paper's claims, measured at the reference settings: one command regenerates
 benchmarks/paper/results/{results.md, results.json, *.png}.
 
-    python benchmarks/paper/reproduce.py                      # full run, ~55 min on 2 CPU cores
+    python benchmarks/paper/reproduce.py                      # full run, ~8 h on 2 idle CPU cores
+    python benchmarks/paper/reproduce.py --budget-only        # the pilot only: budget and CPU-minutes
     python benchmarks/paper/reproduce.py --quick --out /tmp/q # CI smoke (tiny settings, same code path)
     python benchmarks/paper/reproduce.py --replot             # redraw tables / plots from results.json
     python benchmarks/paper/reproduce.py --replot --readme README.md   # + the README's generated claims block

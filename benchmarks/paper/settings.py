@@ -305,7 +305,10 @@ class Plan:
 
     settings: tuple[Setting, ...] = SETTINGS
     seeds: tuple[int, ...] = (0, 1, 2)
-    minutes: float = 55.0  # CPU-minutes per worker for the whole command (= wall time when idle)
+    # CPU-minutes per worker for the whole command (= wall time when idle).  --budget-only on
+    # 2026-12-06 (native kernels, load 10-40 on 2 cores): the headline rows cost 768 CPU-minutes
+    # worst case, the others 9.9 CPU-s per common step, so 470 x 2 workers gives them S ~ 560.
+    minutes: float = 470.0
     workers: int = 2
     cap_epochs: int = 100  # EOI trains 100 epochs: no run gets more
     min_steps: int = 20
