@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from .convert_hooks import carry_hooks, disable_transformer_fast_paths
 from .convert_plan import ConversionRow, ConversionSummary, dense_flops, last_summary, remember
 from .convert_registry import SAOSettings, dense_shape, lookup
 from .convert_select import check_names, looks_trained, name_matches, output_heads, resolve_filter
 from .hf_config import mark_config
 from .init import CONV_INITS, LINEAR_INITS, _check_gain, _check_generator
-from .layers import SAOLayerBase, SAOLinear
+from .layers import SAOLayerBase
 from .sizes import _check_activation, _check_dim
 
 __all__ = ["ReinitializedWarning", "conversion_summary", "convert"]
@@ -33,27 +34,6 @@ class ReinitializedWarning(UserWarning):
     """convert() replaced layers whose weights look trained by freshly initialised SAO layers
     (their weights are not kept).  Silence it with
     ``warnings.filterwarnings("ignore", category=ReinitializedWarning)``."""
-
-
-# Module hook tables that describe the module's forward / backward as a whole: they apply
-# unchanged to the SAO layer that replaces it, and are carried over (the very dict objects,
-# so that the RemovableHandles the user holds still remove them).
-_CARRIED_HOOKS = (
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_backward_pre_hooks",
-)
-# Hooks about the replaced module's own tensors (its state_dict keys ``weight`` / ``bias``):
-# they cannot mean the same thing on the SAO layer, whose state is values / in_index / out_index.
-_STATE_HOOKS = {
-    "_state_dict_hooks": "state_dict",
-    "_state_dict_pre_hooks": "state_dict pre",
-    "_load_state_dict_pre_hooks": "load_state_dict pre",
-    "_load_state_dict_post_hooks": "load_state_dict post",
-}
 
 
 def _is_candidate(module: nn.Module) -> bool:
@@ -81,32 +61,6 @@ def _tied_to(module: nn.Module, owners: dict[int, list[tuple[nn.Module, str]]]) 
     """Qualified names of the parameters of *other* modules that are this module's weight."""
     weight = getattr(module, "weight", None)
     return [qual for other, qual in owners.get(id(weight), []) if other is not module] if weight is not None else []
-
-
-def _carry_hooks(name: str, old: nn.Module, new: nn.Module) -> None:
-    for attr in _CARRIED_HOOKS:
-        setattr(new, attr, getattr(old, attr))
-    lost = []
-    if old._backward_hooks:
-        if old._is_full_backward_hook is False:
-            lost.append(
-                f"{len(old._backward_hooks)} backward hook(s) registered with the deprecated "
-                "register_backward_hook (register_full_backward_hook hooks are carried)"
-            )
-        else:
-            new._backward_hooks = old._backward_hooks
-            new._is_full_backward_hook = old._is_full_backward_hook
-    for attr, what in _STATE_HOOKS.items():
-        if getattr(old, attr):
-            lost.append(f"{len(getattr(old, attr))} {what} hook(s) (they refer to its weight/bias keys)")
-    weight = getattr(old, "weight", None)
-    tensor_hooks = len(getattr(weight, "_backward_hooks", None) or {}) + len(
-        getattr(weight, "_post_accumulate_grad_hooks", None) or {}
-    )
-    if tensor_hooks:
-        lost.append(f"{tensor_hooks} hook(s) on its weight tensor (the dense weight no longer exists)")
-    if lost:
-        warnings.warn(f"convert: {name}: not carried to the SAO layer: {'; '.join(lost)}", stacklevel=3)
 
 
 def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, settings, extra) -> None:
@@ -148,19 +102,6 @@ def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, s
     ):
         if not isinstance(value, str) or value not in allowed:
             raise ValueError(f"convert: {arg}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
-
-
-def _disable_transformer_fast_paths(model: nn.Module) -> None:
-    """torch's fused inference path of nn.TransformerEncoderLayer / nn.TransformerEncoder
-    reads ``linear1.weight`` / ``linear2.weight`` as dense tensors.  For converted layers it
-    is switched off through the flags torch itself consults (the regular path is used)."""
-    for module in model.modules():
-        if isinstance(module, nn.TransformerEncoderLayer) and (
-            isinstance(module.linear1, SAOLinear) or isinstance(module.linear2, SAOLinear)
-        ):
-            module.activation_relu_or_gelu = 0  # only read by the fast-path checks
-        if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, SAOLinear) for m in module.modules()):
-            module.use_nested_tensor = False
 
 
 def _places(model: nn.Module) -> list[tuple[str, nn.Module | None, str, nn.Module]]:
@@ -422,7 +363,7 @@ def convert(
             new.values.requires_grad_(weight.requires_grad)
         new.train(child.training)
         shown = first[key][0] or f"the model itself ({type(child).__name__})"
-        _carry_hooks(shown, child, new)
+        carry_hooks(shown, child, new)
         if looks_trained(child):
             reinitialised.append(shown)
         for _name, parent, attr in by_module[key]:
@@ -443,7 +384,7 @@ def convert(
             ReinitializedWarning,
             stacklevel=2,
         )
-    _disable_transformer_fast_paths(root)
+    disable_transformer_fast_paths(root)
     if replaced:
         mark_config(root, len(replaced))  # a transformers model's config.json then says it holds SAO layers
     remember(summary, root, model)
