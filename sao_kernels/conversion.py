@@ -339,6 +339,8 @@ def convert(
                         to_warn.append(f"convert: left {shown} dense: {err}")
                 if new is None and why is None:
                     why = f"the conversion function registered for {type(child).__name__} returned None"
+                    if not dry_run:
+                        to_warn.append(f"convert: left {shown} dense: {why}")
                 if new is not None:
                     status, replaced[key] = "converted", new
         rows.append(_row(path, child, status, why, new, also_at))

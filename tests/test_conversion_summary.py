@@ -183,8 +183,12 @@ def test_register_conversion_declines_and_errors():
     sk.register_conversion(Transposed, lambda m, s: None)
     try:
         model = nn.Sequential(Transposed(16, 32))
-        with pytest.warns(UserWarning, match="registered for Transposed returned None"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             sk.convert(model, groups=2)
+        messages = [str(w.message) for w in caught]
+        assert messages[0] == "convert: left 0 dense: the conversion function registered for Transposed returned None"
+        assert messages[1].startswith("convert: no module of Sequential was converted")
         assert type(model[0]) is Transposed
     finally:
         sk.register_conversion(Transposed, None)
