@@ -2,9 +2,10 @@
 checkpoint written by a plain ``save_pretrained`` of a model with SAO layers back as the
 sparse model (the swap of dense modules for SAO layers is ``sao_kernels.serialization``'s).
 
-transformers has no public hook between building a model and loading its weights (the
-quantizer API needs a ``quantization_config`` that a plain ``save_pretrained`` never
-writes), so the loader overrides the private ``_load_pretrained_model`` in a throwaway
+transformers has no public hook between building a model and loading its weights (its
+quantizer API runs before the checkpoint files are resolved; the SAO block that ``convert``
+writes into the config, ``sao_kernels.hf_config``, only makes the plain loader refuse), so
+the loader overrides the private ``_load_pretrained_model`` in a throwaway
 subclass: at that point the model is built on the meta device and the files are resolved
 (sharded, safetensors, ``.bin``, hub), so the dense modules are swapped before any tensor is
 read.  A transformers without that method raises a clear error.  Needs the ``[hf]`` extra.
