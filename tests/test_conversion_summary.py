@@ -333,3 +333,32 @@ def test_fresh_models_convert_silently_and_trained_ones_warn():
     reinit = [m for c, m in caught if c is ReinitializedWarning]
     assert len(reinit) == 1 and "layer(s) whose weights look trained were re-initialised by SAO (0, 2" in reinit[0]
     assert not looks_trained(nn.Linear(8, 8, device="meta"))
+
+
+class TaggedConv(nn.Conv2d):
+    """A user's Conv2d subclass: left dense unless registered (it may read its weight)."""
+
+
+def test_a_registered_conv_type_converts_and_loads():
+    torch.manual_seed(0)
+    model = nn.Sequential(TaggedConv(8, 16, 3, padding=1, stride=2), nn.ReLU(), TaggedConv(16, 16, 1))
+    assert sk.conversion_summary(model, groups=2)[0].reason.startswith("subclass TaggedConv of nn.Conv2d")
+
+    def to_sao(m, s):
+        return s.conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, like=m)
+
+    sk.register_conversion(
+        TaggedConv, to_sao, shape=lambda m: (m.out_channels, m.in_channels, *m.kernel_size), kind="conv2d"
+    )
+    try:
+        quiet_convert(model, groups=2)
+        assert isinstance(model[0], SAOConv2d) and model[0].stride == (2, 2) and model[0].groups == 2
+        summary = sk.conversion_summary(model)
+        assert [(r.shape, r.status) for r in summary] == [((16, 8, 3, 3), "converted"), ((16, 16, 1, 1), "converted")]
+        assert "1x1 convolution" in summary[1].note
+        skeleton = nn.Sequential(TaggedConv(8, 16, 3, padding=1, stride=2), nn.ReLU(), TaggedConv(16, 16, 1))
+        sk.load_sparse_state_dict(skeleton, model.state_dict())
+        x = torch.randn(2, 8, 6, 6)
+        assert isinstance(skeleton[2], SAOConv2d) and torch.equal(skeleton(x), model(x))
+    finally:
+        sk.register_conversion(TaggedConv, None)
