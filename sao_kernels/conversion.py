@@ -22,11 +22,13 @@ from .sizes import _check_activation, _check_dim
 __all__ = ["ReinitializedWarning", "conversion_summary", "convert"]
 
 ON_EMPTY = ("warn", "raise", "ignore")
-# 1x1 SAO convolutions measured 0.53-0.59x the dense forward at 1 thread (issue 22's
-# walk-through, 2026-12-02): the input-channel gather costs as much as the 1x1 product it saves.
+# 1x1 SAO convolutions can be slower than dense: the input-channel gather costs about as much
+# as the 1x1 product it saves.  Measured forward at 1 thread: 0.53-0.59x (issue 22's
+# walk-through, 2026-12-02); 0.16-0.30x at 64->256 ch 28x28 but 1.8-2.5x at 512->1024 ch 7x7
+# (2026-12-06, docs/conversion.md): it depends on the shape, so skipping them is opt-in.
 POINTWISE_REASON = (
-    "1x1 convolution: as SAO it runs slower than dense on CPU (measured 0.53-0.59x forward at 1 thread); "
-    "skip_pointwise_conv=True"
+    "1x1 convolution: as SAO it can run slower than dense on CPU (forward 0.16-0.59x at 1 thread for "
+    "large maps, see docs/conversion.md); skip_pointwise_conv=True"
 )
 
 
@@ -250,9 +252,10 @@ def convert(
             ``lm_head``, ``classifier``, ``score``, ``qa_outputs``, ``head`` or ``heads``.
             Left dense by default: the head's outputs are the model's, so its sparsity is
             a modelling choice of its own.  A tied head stays dense either way.
-        skip_pointwise_conv: leave 1x1 convolutions dense: as SAO they run slower than
-            dense on CPU (measured 0.53-0.59x forward at 1 thread: the channel gather costs
-            as much as the product).  The summary notes converted 1x1 convolutions.
+        skip_pointwise_conv: leave 1x1 convolutions dense: as SAO they can run slower than
+            dense on CPU (the channel gather costs about as much as the product; measured
+            0.16-0.59x forward at 1 thread on large feature maps, faster on small ones: see
+            docs/conversion.md).  The summary notes converted 1x1 convolutions.
         skip_invalid: when a layer's shape cannot reach the requested sparsity, leave it
             dense with a warning (True) or raise the ValueError (False).
         on_empty: when nothing is converted: "warn" (a UserWarning listing every
