@@ -30,7 +30,8 @@ def main() -> None:
                 x = torch.randn(batch, cin, side, side)
                 with torch.no_grad():
                     torch.testing.assert_close(layer(x), dense(x), rtol=1e-4, atol=1e-4)
-                    stats = interleave({"dense": lambda: dense(x), "sao": lambda: layer(x)}, settings)
+                    steps = {"dense": lambda d=dense, x=x: d(x), "sao": lambda s=layer, x=x: s(x)}
+                    stats = interleave(steps, settings)
                 f = compare(stats["dense"], stats["sao"], ideal=float(G), flag_rel_spread=0.1)
                 r = f.fields()
                 print(
