@@ -7,7 +7,9 @@ registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work
 """
 
 from . import diagnostics, format, init, ops, pruning, sizes
-from .conversion import ReinitializedWarning, convert
+from .conversion import ReinitializedWarning, conversion_summary, convert
+from .convert_plan import ConversionRow, ConversionSummary
+from .convert_registry import SAOSettings, register_conversion
 from .dispatch import backend
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
@@ -23,14 +25,19 @@ __version__ = "0.1.0"
 __all__ = [
     "DisconnectedTilesWarning",
     "GroupedBlockFormat",
+    "ConversionRow",
+    "ConversionSummary",
     "ReinitializedWarning",
+    "SAOSettings",
     "Report",
     "diagnostics",
     "report",
     "SAOConv2d",
     "SAOLinear",
     "backend",
+    "conversion_summary",
     "convert",
+    "register_conversion",
     "from_pretrained",
     "load_sparse_state_dict",
     "format",
@@ -46,3 +53,9 @@ __all__ = [
     "valid_sparsities",
     "__version__",
 ]
+
+# A process that already has transformers gets the "sao_kernels" quantization method now, so
+# that transformers' plain from_pretrained refuses SAO checkpoints clearly (see hf_config).
+from .hf_config import register_quantizer as _register_quantizer  # noqa: E402
+
+_register_quantizer()

@@ -325,10 +325,28 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
 
 
 # -------------------------------------------------------------------------- report
+def _nothing_converted(prog: str, args, summary) -> str:
+    """Why ``report`` stops: no layer reached --sparsity, and the sparsities that would."""
+    from .sizes import valid_sparsities
+
+    shapes = {row.shape[:2] for row in summary.rows if len(row.shape) >= 2}
+    common = set.intersection(*(set(valid_sparsities(m, n)) for m, n in shapes)) - {0.0} if shapes else set()
+    hint = (
+        f"; sparsities every layer of it can reach: {', '.join(f'{s:g}' for s in sorted(common)[:6])}" if common else ""
+    )
+    return (
+        f"{prog} report: --sparsity {args.sparsity:g} converted no layer of {args.model} "
+        f"({len(summary.rows)} Linear / Conv2d layer(s), e.g. {summary.rows[0].path or '(root)'}: "
+        f"{summary.rows[0].reason}){hint}"
+        if summary.rows
+        else f"{prog} report: {args.model} has no Linear / Conv2d layer to convert"
+    )
+
+
 def _report(args, argv: Sequence[str], prog: str) -> int:
     from .bench import machine, results
     from .bench.timing import TimingSettings
-    from .conversion import ReinitializedWarning, convert
+    from .conversion import ReinitializedWarning, conversion_summary, convert
     from .layer_report import report
     from .models import load_model
 
@@ -359,9 +377,12 @@ def _report(args, argv: Sequence[str], prog: str) -> int:
         warnings.simplefilter("always")
         # (the models here are freshly built: that their weights are re-initialised is expected)
         warnings.simplefilter("ignore", ReinitializedWarning)
-        model = convert(model, sparsity=args.sparsity)
+        model = convert(model, sparsity=args.sparsity, on_empty="ignore")
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
+    if not conversion_summary(model).converted:
+        print(_nothing_converted(prog, args, conversion_summary(model)), file=sys.stderr)
+        return 1
     timing = TimingSettings(
         min_run_time=args.min_run_time,
         min_rounds=args.repeats,

@@ -1,109 +1,71 @@
-"""convert(): swap a model's nn.Linear / nn.Conv2d modules for SAO layers in one call."""
+"""convert(): swap a model's nn.Linear / nn.Conv2d / Conv1D (and registered) modules for SAO
+layers in one call, with a summary of what it did and why."""
 
 from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from .convert_hooks import carry_hooks, disable_transformer_fast_paths
+from .convert_plan import ConversionRow, ConversionSummary, dense_flops, last_summary, remember
+from .convert_registry import SAOSettings, dense_shape, lookup
+from .convert_select import check_names, looks_trained, name_matches, output_heads, resolve_filter
+from .hf_config import mark_config
 from .init import CONV_INITS, LINEAR_INITS, _check_gain, _check_generator
-from .layers import SAOConv2d, SAOLinear
+from .layers import SAOLayerBase
 from .sizes import _check_activation, _check_dim
 
-__all__ = ["ReinitializedWarning", "convert"]
+__all__ = ["ReinitializedWarning", "conversion_summary", "convert"]
+
+ON_EMPTY = ("warn", "raise", "ignore")
+# 1x1 SAO convolutions can be slower than dense: the input-channel gather costs about as much
+# as the 1x1 product it saves.  Measured forward at 1 thread: 0.53-0.59x (issue 22's
+# walk-through, 2026-12-02); 0.16-0.30x at 64->256 ch 28x28 but 1.8-2.5x at 512->1024 ch 7x7
+# (2026-12-06, docs/conversion.md): it depends on the shape, so skipping them is opt-in.
+POINTWISE_REASON = (
+    "1x1 convolution: as SAO it can run slower than dense on CPU (forward 0.16-0.59x at 1 thread for "
+    "large maps, see docs/conversion.md); skip_pointwise_conv=True"
+)
 
 
 class ReinitializedWarning(UserWarning):
-    """convert() replaced layers by freshly initialised SAO layers (their weights are not
-    kept).  Silence it with ``warnings.filterwarnings("ignore", category=ReinitializedWarning)``."""
+    """convert() replaced layers whose weights look trained by freshly initialised SAO layers
+    (their weights are not kept).  Silence it with
+    ``warnings.filterwarnings("ignore", category=ReinitializedWarning)``."""
 
 
-# Module hook tables that describe the module's forward / backward as a whole: they apply
-# unchanged to the SAO layer that replaces it, and are carried over (the very dict objects,
-# so that the RemovableHandles the user holds still remove them).
-_CARRIED_HOOKS = (
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_backward_pre_hooks",
-)
-# Hooks about the replaced module's own tensors (its state_dict keys ``weight`` / ``bias``):
-# they cannot mean the same thing on the SAO layer, whose state is values / in_index / out_index.
-_STATE_HOOKS = {
-    "_state_dict_hooks": "state_dict",
-    "_state_dict_pre_hooks": "state_dict pre",
-    "_load_state_dict_pre_hooks": "load_state_dict pre",
-    "_load_state_dict_post_hooks": "load_state_dict post",
-}
+def _is_candidate(module: nn.Module) -> bool:
+    return lookup(module) is not None or isinstance(module, (nn.Linear, nn.Conv2d))
 
 
-def _default_skip(name: str, module: nn.Module, parent: nn.Module | None) -> str | None:
-    """Why a module must stay dense, or None."""
+def _default_skip(module: nn.Module, parent: nn.Module | None) -> str | None:
+    """Why a module must stay dense whatever the call asks, or None."""
     if isinstance(parent, nn.MultiheadAttention):
         # MultiheadAttention's forward reads out_proj.weight directly (F.multi_head_attention_forward),
         # so a replaced out_proj would be bypassed; it stays dense.
         return "nn.MultiheadAttention reads out_proj.weight directly"
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         return f"grouped convolution (groups={module.groups})"
-    if isinstance(module, nn.Linear) and type(module) not in (nn.Linear,):
-        return f"subclass {type(module).__name__} of nn.Linear may rely on its dense weight"
-    if isinstance(module, nn.Conv2d) and type(module) is not nn.Conv2d:
-        return f"subclass {type(module).__name__} of nn.Conv2d may rely on its dense weight"
-    if not module.weight.is_floating_point():
-        return f"its weight is {module.weight.dtype}, not floating point"
+    if lookup(module) is None:
+        base = "nn.Linear" if isinstance(module, nn.Linear) else "nn.Conv2d"
+        return f"subclass {type(module).__name__} of {base} may rely on its dense weight"
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and not weight.is_floating_point():
+        return f"its weight is {weight.dtype}, not floating point"
     return None
 
 
 def _tied_to(module: nn.Module, owners: dict[int, list[tuple[nn.Module, str]]]) -> list[str]:
     """Qualified names of the parameters of *other* modules that are this module's weight."""
-    return [qual for other, qual in owners.get(id(module.weight), []) if other is not module]
+    weight = getattr(module, "weight", None)
+    return [qual for other, qual in owners.get(id(weight), []) if other is not module] if weight is not None else []
 
 
-def _carry_hooks(name: str, old: nn.Module, new: nn.Module) -> None:
-    for attr in _CARRIED_HOOKS:
-        setattr(new, attr, getattr(old, attr))
-    lost = []
-    if old._backward_hooks:
-        if old._is_full_backward_hook is False:
-            lost.append(
-                f"{len(old._backward_hooks)} backward hook(s) registered with the deprecated "
-                "register_backward_hook (register_full_backward_hook hooks are carried)"
-            )
-        else:
-            new._backward_hooks = old._backward_hooks
-            new._is_full_backward_hook = old._is_full_backward_hook
-    for attr, what in _STATE_HOOKS.items():
-        if getattr(old, attr):
-            lost.append(f"{len(getattr(old, attr))} {what} hook(s) (they refer to its weight/bias keys)")
-    weight = old.weight
-    tensor_hooks = len(getattr(weight, "_backward_hooks", None) or {}) + len(
-        getattr(weight, "_post_accumulate_grad_hooks", None) or {}
-    )
-    if tensor_hooks:
-        lost.append(f"{tensor_hooks} hook(s) on its weight tensor (the dense weight no longer exists)")
-    if lost:
-        warnings.warn(f"convert: {name}: not carried to the SAO layer: {'; '.join(lost)}", stacklevel=4)
-
-
-def _check_arguments(
-    model,
-    sparsity,
-    degree,
-    groups,
-    filter_fn,
-    skip_invalid,
-    activation,
-    linear_init,
-    conv_init,
-    block_size,
-    gain,
-    generator,
-) -> None:
+def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, settings, extra) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
     if [sparsity, degree, groups].count(None) != 2:
@@ -116,32 +78,111 @@ def _check_arguments(
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise ValueError(f"convert: {arg} must be a positive int, got {value!r}")
     if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"convert: filter_fn must be a callable (name, module) -> bool or None, got {filter_fn!r}")
-    if not isinstance(skip_invalid, bool):
-        raise TypeError(f"convert: skip_invalid must be a bool, got {skip_invalid!r}")
+        raise TypeError(
+            "convert: filter_fn must be a callable (name, module) -> bool (or (module, name)) or None, "
+            f"got {filter_fn!r}"
+        )
+    for arg in ("skip_invalid", "include_heads", "skip_pointwise_conv", "dry_run"):
+        value = skip_invalid if arg == "skip_invalid" else extra[arg]
+        if not isinstance(value, bool):
+            raise TypeError(f"convert: {arg} must be a bool, got {value!r}")
+    if extra["on_empty"] not in ON_EMPTY:
+        allowed = ", ".join(map(repr, ON_EMPTY))
+        raise ValueError(f"convert: on_empty={extra['on_empty']!r} is not supported; allowed: {allowed}")
+    check_names("target_modules", extra["target_modules"])
+    check_names("exclude_modules", extra["exclude_modules"])
     try:
-        _check_activation(activation)
-        _check_dim("block_size", block_size)
-        _check_generator(generator)
-        _check_gain(gain)
+        _check_activation(settings.activation)
+        _check_dim("block_size", settings.block_size)
+        _check_generator(settings.generator)
+        _check_gain(settings.gain)
     except (TypeError, ValueError) as err:
         raise type(err)(f"convert: {err}") from None
-    for arg, value, allowed in (("linear_init", linear_init, LINEAR_INITS), ("conv_init", conv_init, CONV_INITS)):
+    for arg, value, allowed in (
+        ("linear_init", settings.linear_init, LINEAR_INITS),
+        ("conv_init", settings.conv_init, CONV_INITS),
+    ):
         if not isinstance(value, str) or value not in allowed:
             raise ValueError(f"convert: {arg}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
 
 
-def _disable_transformer_fast_paths(model: nn.Module) -> None:
-    """torch's fused inference path of nn.TransformerEncoderLayer / nn.TransformerEncoder
-    reads ``linear1.weight`` / ``linear2.weight`` as dense tensors.  For converted layers it
-    is switched off through the flags torch itself consults (the regular path is used)."""
-    for module in model.modules():
-        if isinstance(module, nn.TransformerEncoderLayer) and (
-            isinstance(module.linear1, SAOLinear) or isinstance(module.linear2, SAOLinear)
-        ):
-            module.activation_relu_or_gelu = 0  # only read by the fast-path checks
-        if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, SAOLinear) for m in module.modules()):
-            module.use_nested_tensor = False
+def _places(model: nn.Module) -> list[tuple[str, nn.Module | None, str, nn.Module]]:
+    """(name, parent or None for the root, attribute, module) of every candidate module, at
+    every place it occurs (parent._modules, not named_children(): a module used twice in
+    one parent is seen twice)."""
+    places = [("", None, "", model)] if _is_candidate(model) else []
+    for parent_name, parent in model.named_modules():
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and _is_candidate(child):
+                places.append((f"{parent_name}.{child_name}" if parent_name else child_name, parent, child_name, child))
+    return places
+
+
+def _selector(filter_fn, target_modules, exclude_modules, places) -> Callable[[str, nn.Module], str | None]:
+    """``(name, module) -> None`` when the user's selectors admit the module, else the reason."""
+    filt = resolve_filter(filter_fn, [(n, c) for n, _, _, c in places])[0] if filter_fn is not None else None
+
+    def excluded(name: str, module: nn.Module) -> str | None:
+        if exclude_modules is not None and name_matches(name, exclude_modules):
+            return "excluded by exclude_modules"
+        if target_modules is not None and not name_matches(name, target_modules):
+            return "not in target_modules"
+        if filt is not None and not filt(name, module):
+            return "filter_fn returned False"
+        return None
+
+    return excluded
+
+
+def _empty_message(model: nn.Module, rows: list[ConversionRow], dry_run: bool) -> str:
+    what = f"convert: no module of {type(model).__name__} was converted"
+    if not rows:
+        return (
+            f"{what}: it has no nn.Linear, nn.Conv2d, transformers Conv1D or registered module type "
+            "(sao_kernels.register_conversion adds one)"
+        )
+    listed = "; ".join(f"{r.path or '(root)'}: {r.reason}" for r in rows[:5])
+    more = f"; and {len(rows) - 5} more" if len(rows) > 5 else ""
+    return f"{what} ({len(rows)} candidate(s)): {listed}{more}. sk.conversion_summary(model, ...) shows every row"
+
+
+def _row(path, module, status, reason, new, also_at) -> ConversionRow:
+    shape = dense_shape(module)
+    if shape is None and isinstance(new, SAOLayerBase):
+        out_f, in_f, kernel = new._shape()
+        shape = (out_f, in_f, *(kernel or ()))
+    before = sum(p.numel() for p in module.parameters())
+    flops = dense_flops(shape)
+    note = ""
+    if status == "converted":
+        after = sum(p.numel() for p in new.parameters())
+        if isinstance(new, SAOLayerBase):
+            groups, flops_after = new.groups, 2 * new.values.numel()
+        else:
+            groups, flops_after = 1, dense_flops(dense_shape(new))
+        if shape is not None and len(shape) == 4 and shape[2:] == (1, 1):
+            note = POINTWISE_REASON.split(";")[0]
+    else:
+        after, groups, flops_after = before, 1, flops
+    return ConversionRow(
+        path=path,
+        type=type(module).__name__,
+        shape=tuple(shape or ()),
+        status=status,
+        groups=groups,
+        sparsity=1.0 - 1.0 / groups,
+        params_before=before,
+        params_after=after,
+        flops_before=flops,
+        flops_after=flops_after,
+        reason=reason or "",
+        note=note,
+        also_at=tuple(also_at),
+    )
+
+
+def _settings_text(sparsity, degree, groups) -> str:
+    return next(f"{k}={v!r}" for k, v in (("sparsity", sparsity), ("degree", degree), ("groups", groups)) if v)
 
 
 def convert(
@@ -158,17 +199,26 @@ def convert(
     block_size: int = 1,
     gain: float = 1.0,
     generator: torch.Generator | None = None,
-) -> nn.Module:
-    """Replace ``nn.Linear`` and ``nn.Conv2d`` modules of ``model`` by SAO layers, in place,
+    target_modules: str | Iterable[str] | None = None,
+    exclude_modules: str | Iterable[str] | None = None,
+    include_heads: bool = False,
+    skip_pointwise_conv: bool = False,
+    on_empty: str = "warn",
+    dry_run: bool = False,
+) -> nn.Module | ConversionSummary:
+    """Replace ``nn.Linear``, ``nn.Conv2d`` and transformers ``Conv1D`` modules of ``model``
+    (and types added with :func:`sao_kernels.register_conversion`) by SAO layers, in place,
     and return the model's new root: **always use the return value** (when ``model`` is
-    itself an ``nn.Linear`` / ``nn.Conv2d`` the converted layer is returned; otherwise it is
-    ``model``).
+    itself such a module the converted layer is returned; otherwise it is ``model``).
+    ``sao_kernels.conversion_summary(root)`` then gives one row per candidate module: what
+    was converted, what was left dense and why, parameters and FLOPs before and after.
 
     The weights are **re-initialised by SAO**: every converted layer gets a fresh SAO
     topology and values (``linear_init`` / ``conv_init``) at the given sparsity / degree /
-    groups; the pretrained weights are not kept (a :class:`ReinitializedWarning` says so,
-    once per call).  To keep an SAO-structured or pruned weight, pack it with
-    ``SAOLinear.from_dense`` / ``SAOConv2d.from_dense`` instead.
+    groups.  When a replaced weight looks trained (its top singular value stands out of a
+    random matrix's, see ``convert_select.TRAINED_SPECTRAL_RATIO``) a
+    :class:`ReinitializedWarning` says so once per call; freshly built models convert
+    silently.  To keep an SAO-structured weight, pack it with ``SAOLinear.from_dense``.
 
     What is kept: the bias (the very Parameter object), device and dtype, train/eval
     mode, ``requires_grad`` of the weight (on ``values``) and of the bias, forward hooks,
@@ -177,37 +227,65 @@ def convert(
     the weight tensor) are named in a warning.  A module used at several places becomes one
     shared SAO layer.  Modules that stay dense, each with a warning: a layer whose weight
     is tied to another module's parameter (e.g. GPT-2's ``lm_head`` and ``wte``: converting
-    would break the tie), the ``out_proj`` of an ``nn.MultiheadAttention``, grouped
-    convolutions, subclasses, non-floating weights.  Converted
+    would break the tie), output heads unless ``include_heads`` (see below), the
+    ``out_proj`` of an ``nn.MultiheadAttention``, grouped convolutions, subclasses,
+    non-floating weights, shapes that cannot reach the sparsity.  Converted
     ``nn.TransformerEncoderLayer`` s have torch's fused inference fast path switched off
     (it reads dense ``linear1.weight``), so eval mode runs the regular path.  A model on the
     meta device converts without drawing anything (see ``SAOLinear``: deferred init).
 
     Args:
-        filter_fn: ``filter_fn(name, module) -> bool`` chooses which modules to convert
-            (default: all); the root module's name is "".
+        filter_fn: chooses which modules to convert (default: all); ``filter_fn(name,
+            module)`` or torchao's ``filter_fn(module, fqn)``: the order is read from the
+            parameter annotations (str / nn.Module) or names (module / mod / m / layer
+            first, or fqn / name / path second); when they say nothing, ``(name, module)``
+            unless that raises or selects nothing while ``(module, name)`` selects some.
+            The root module's name is "".
+        target_modules / exclude_modules: PEFT-style: a list of names (a module matches
+            when its qualified name equals one or ends with ``"." + name``, e.g.
+            ``["c_attn", "c_fc"]``) or a regex string (full match of the qualified name).
+            A module is converted when filter_fn, target_modules and exclude_modules all
+            admit it.
+        include_heads: also convert output heads.  A head is the module that
+            ``model.get_output_embeddings()`` returns (transformers' LM heads, e.g.
+            Llama's ``lm_head``) or any module at or under a path component named
+            ``lm_head``, ``classifier``, ``score``, ``qa_outputs``, ``head`` or ``heads``.
+            Left dense by default: the head's outputs are the model's, so its sparsity is
+            a modelling choice of its own.  A tied head stays dense either way.
+        skip_pointwise_conv: leave 1x1 convolutions dense: as SAO they can run slower than
+            dense on CPU (the channel gather costs about as much as the product; measured
+            0.16-0.59x forward at 1 thread on large feature maps, faster on small ones: see
+            docs/conversion.md).  The summary notes converted 1x1 convolutions.
         skip_invalid: when a layer's shape cannot reach the requested sparsity, leave it
             dense with a warning (True) or raise the ValueError (False).
+        on_empty: when nothing is converted: "warn" (a UserWarning listing every
+            candidate and why it stayed dense), "raise" (a ValueError with that text) or
+            "ignore".
+        dry_run: change nothing and return the :class:`ConversionSummary` of what the
+            call would do (layers are built on the meta device: nothing is drawn; no
+            warnings).
         The other arguments are those of ``SAOLinear`` / ``SAOConv2d``; they are checked up
         front (a bad value raises instead of leaving every layer dense).
 
     Returns:
-        The new root module.
+        The new root module (``dry_run=True``: the summary).
     """
-    _check_arguments(
-        model,
-        sparsity,
-        degree,
-        groups,
-        filter_fn,
-        skip_invalid,
-        activation,
-        linear_init,
-        conv_init,
-        block_size,
-        gain,
-        generator,
+    settings = SAOSettings(
+        sparsity, degree, groups, activation, linear_init, conv_init, block_size, gain, generator, None
     )
+    extra = {
+        "target_modules": target_modules,
+        "exclude_modules": exclude_modules,
+        "include_heads": include_heads,
+        "skip_pointwise_conv": skip_pointwise_conv,
+        "on_empty": on_empty,
+        "dry_run": dry_run,
+    }
+    _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, settings, extra)
+    if dry_run:
+        settings = SAOSettings(
+            sparsity, degree, groups, activation, linear_init, conv_init, block_size, gain, None, "meta"
+        )
     # Which module owns each parameter (remove_duplicate=False: shared modules and tied
     # parameters are seen at every place they occur).
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
@@ -215,127 +293,131 @@ def convert(
         for p_name, p in module._parameters.items():
             if p is not None:
                 owners.setdefault(id(p), []).append((module, f"{mod_name}.{p_name}" if mod_name else p_name))
+    places = _places(model)
+    excluded = _selector(filter_fn, target_modules, exclude_modules, places)
+    heads = output_heads(model)
 
-    # (name, parent or None for the root, attribute, module)
-    places: list[tuple[str, nn.Module | None, str, nn.Module]] = [("", None, "", model)]
-    for parent_name, parent in model.named_modules():
-        # parent._modules, not named_children(): a module used twice in one parent must be
-        # seen twice (named_children skips repeats).
-        for child_name, child in list(parent._modules.items()):
-            if child is not None:
-                places.append((f"{parent_name}.{child_name}" if parent_name else child_name, parent, child_name, child))
-    todo = []
+    by_module: dict[int, list[tuple[str, nn.Module | None, str]]] = {}  # admitted places
+    first: dict[int, tuple[str, nn.Module, str | None]] = {}  # path, module, exclusion reason
     for name, parent, attr, child in places:
-        if not isinstance(child, (nn.Linear, nn.Conv2d)):
-            continue
-        if filter_fn is not None and not filter_fn(name, child):
-            continue
-        shown = name or f"the model itself ({type(child).__name__})"
-        why = _default_skip(name, child, parent)
-        tied = _tied_to(child, owners)
-        if why is None and tied:
-            why = f"its weight is tied to {', '.join(tied)} (converting it would break the tie)"
-        if why is not None:
-            warnings.warn(f"convert: left {shown} dense: {why}", stacklevel=2)
-            continue
-        todo.append((name, shown, parent, attr, child))
+        why = excluded(name, child)
+        entry = first.setdefault(id(child), (name, child, why))
+        if why is None:
+            by_module.setdefault(id(child), []).append((name, parent, attr))
+            if entry[2] is not None:  # excluded at its first place, admitted here: this place names it
+                first[id(child)] = (name, child, None)
 
-    replaced: dict[int, nn.Module] = {}  # one SAO layer per original module: sharing is kept
+    rows: list[ConversionRow] = []
+    replaced: dict[int, nn.Module] = {}
+    to_warn: list[str] = []
+    order = {}
+    for i, (_, m) in enumerate(model.named_modules(remove_duplicate=False)):
+        order.setdefault(id(m), i)
+    for key, (path, child, why) in sorted(first.items(), key=lambda item: order.get(item[0], -1)):
+        all_paths = [n for n, _, _, c in places if c is child]
+        also_at = [p for p in all_paths if p != path]
+        shown = path or f"the model itself ({type(child).__name__})"
+        new, status = None, "excluded"
+        if why is None:
+            status = "dense"
+            why = next((r for _, parent, _ in by_module[key] if (r := _default_skip(child, parent))), None)
+            tied = _tied_to(child, owners)
+            if why is None and tied:
+                why = f"its weight is tied to {', '.join(tied)} (converting it would break the tie)"
+            if why is None and key in heads and not include_heads:
+                why = "an output head (include_heads=True converts it)"
+            pointwise = isinstance(child, nn.Conv2d) and tuple(child.kernel_size) == (1, 1)
+            if why is None and skip_pointwise_conv and pointwise:
+                why = POINTWISE_REASON
+            elif why is not None and not dry_run:
+                to_warn.append(f"convert: left {shown} dense: {why}")
+            if why is None:
+                try:
+                    new = lookup(child).fn(child, settings)
+                except ValueError as err:
+                    if not skip_invalid:
+                        raise ValueError(f"convert: cannot convert {shown}: {err}") from err
+                    why = str(err)
+                    if not dry_run:
+                        to_warn.append(f"convert: left {shown} dense: {err}")
+                if new is None and why is None:
+                    why = f"the conversion function registered for {type(child).__name__} returned None"
+                    if not dry_run:
+                        to_warn.append(f"convert: left {shown} dense: {why}")
+                if new is not None:
+                    status, replaced[key] = "converted", new
+        rows.append(_row(path, child, status, why, new, also_at))
+    summary = ConversionSummary(
+        rows=rows,
+        model=type(model).__name__,
+        settings=_settings_text(sparsity, degree, groups),
+        dry_run=dry_run,
+        model_params_before=sum(p.numel() for p in model.parameters()),
+    )
+    if dry_run:
+        return summary
+    for message in to_warn:
+        warnings.warn(message, stacklevel=2)
+
     root = model
     reinitialised = []
-    for _name, shown, parent, attr, child in todo:
-        if id(child) not in replaced:
-            new = _convert_one(
-                shown,
-                child,
-                sparsity,
-                degree,
-                groups,
-                activation,
-                linear_init,
-                conv_init,
-                block_size,
-                gain,
-                generator,
-                skip_invalid,
-            )
-            if new is None:
-                continue
-            replaced[id(child)] = new
-            if not child.weight.is_meta:
-                reinitialised.append(shown)
-        if parent is None:
-            root = replaced[id(child)]
-        else:
-            setattr(parent, attr, replaced[id(child)])
+    for key, new in replaced.items():
+        child = first[key][1]
+        weight = getattr(child, "weight", None)
+        if isinstance(new, SAOLayerBase) and isinstance(weight, torch.Tensor):
+            new.values.requires_grad_(weight.requires_grad)
+        new.train(child.training)
+        shown = first[key][0] or f"the model itself ({type(child).__name__})"
+        carry_hooks(shown, child, new)
+        if looks_trained(child):
+            reinitialised.append(shown)
+        for _name, parent, attr in by_module[key]:
+            if parent is None:
+                root = new
+            else:
+                setattr(parent, attr, new)
 
     if reinitialised:
         listed = ", ".join(reinitialised[:5])
         if len(reinitialised) > 5:
             listed += f" and {len(reinitialised) - 5} more"
         warnings.warn(
-            f"convert: {len(reinitialised)} layer(s) were re-initialised by SAO ({listed}): their weights are "
-            "freshly drawn, the pretrained values are not kept (biases are). To keep an SAO-structured or pruned "
-            "weight, use SAOLinear.from_dense / SAOConv2d.from_dense.",
+            f"convert: {len(reinitialised)} layer(s) whose weights look trained were re-initialised by SAO "
+            f"({listed}): their weights are freshly drawn, the trained values are not kept (biases are). To keep "
+            "what they learned, convert with keep_weights=True (an SAO topology chosen to keep the most of each "
+            "weight); an SAO-structured weight packs exactly with SAOLinear.from_dense / SAOConv2d.from_dense.",
             ReinitializedWarning,
             stacklevel=2,
         )
-    _disable_transformer_fast_paths(root)
+    disable_transformer_fast_paths(root)
+    if replaced:
+        mark_config(root, len(replaced))  # a transformers model's config.json then says it holds SAO layers
+    remember(summary, root, model)
+    if not replaced and on_empty != "ignore":
+        message = _empty_message(model, rows, dry_run)
+        if on_empty == "raise":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
     return root
 
 
-def _convert_one(
-    shown,
-    child,
-    sparsity,
-    degree,
-    groups,
-    activation,
-    linear_init,
-    conv_init,
-    block_size,
-    gain,
-    generator,
-    skip_invalid,
-) -> nn.Module | None:
-    """The SAO layer that replaces ``child``, or None (left dense with a warning)."""
-    ref = child.weight
-    common = {
-        "sparsity": sparsity,
-        "degree": degree,
-        "groups": groups,
-        "activation": activation,
-        "block_size": block_size,
-        "gain": gain,
-        "generator": generator,
-        "device": ref.device,
-        "dtype": ref.dtype,
-    }
-    has_bias = child.bias is not None
-    try:
-        if isinstance(child, nn.Linear):
-            new = SAOLinear(child.in_features, child.out_features, has_bias, init=linear_init, **common)
-        else:
-            new = SAOConv2d(
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                child.stride,
-                child.padding,
-                child.dilation,
-                has_bias,
-                child.padding_mode,
-                init=conv_init,
-                **common,
-            )
-    except ValueError as err:
-        if not skip_invalid:
-            raise ValueError(f"convert: cannot convert {shown}: {err}") from err
-        warnings.warn(f"convert: left {shown} dense: {err}", stacklevel=3)
-        return None
-    if has_bias:
-        new.bias = child.bias  # the same Parameter: value, requires_grad, hooks and ties kept
-    new.values.requires_grad_(ref.requires_grad)
-    new.train(child.training)
-    _carry_hooks(shown, child, new)
-    return new
+def conversion_summary(model: nn.Module, **convert_kwargs) -> ConversionSummary:
+    """The :class:`ConversionSummary` of ``model``.
+
+    ``conversion_summary(model)``: what the last ``convert`` did to it (pass the model
+    ``convert`` returned, or the one passed in).  ``conversion_summary(model, groups=4,
+    ...)``: what ``convert(model, groups=4, ...)`` would do, without changing the model
+    (``convert(..., dry_run=True)``).  ``print(summary)`` shows the table,
+    ``summary.to_markdown()`` the Markdown table, ``summary.rows`` / ``to_dicts()`` the data.
+    """
+    if convert_kwargs:
+        return convert(model, **convert_kwargs, dry_run=True)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"conversion_summary: model must be an nn.Module, got {type(model).__name__}")
+    found = last_summary(model)
+    if found is None:
+        raise ValueError(
+            f"conversion_summary: no convert() of this {type(model).__name__} is recorded; pass convert's "
+            "arguments for a dry run, e.g. sk.conversion_summary(model, groups=4)"
+        )
+    return found

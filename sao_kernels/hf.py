@@ -2,9 +2,10 @@
 checkpoint written by a plain ``save_pretrained`` of a model with SAO layers back as the
 sparse model (the swap of dense modules for SAO layers is ``sao_kernels.serialization``'s).
 
-transformers has no public hook between building a model and loading its weights (the
-quantizer API needs a ``quantization_config`` that a plain ``save_pretrained`` never
-writes), so the loader overrides the private ``_load_pretrained_model`` in a throwaway
+transformers has no public hook between building a model and loading its weights (its
+quantizer API runs before the checkpoint files are resolved; the SAO block that ``convert``
+writes into the config, ``sao_kernels.hf_config``, only makes the plain loader refuse), so
+the loader overrides the private ``_load_pretrained_model`` in a throwaway
 subclass: at that point the model is built on the meta device and the files are resolved
 (sharded, safetensors, ``.bin``, hub), so the dense modules are swapped before any tensor is
 read.  A transformers without that method raises a clear error.  Needs the ``[hf]`` extra.
@@ -12,12 +13,15 @@ read.  A transformers without that method raises a clear error.  Needs the ``[hf
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
-from .serialization import SAO_KEYS, _apply, _plan, _Source
+from .hf_config import register_quantizer, sao_block
+from .layers import SAOConv2d, SAOLinear
+from .serialization import SAO_KEYS, _apply, _plan, _Source, replaceable
 
 __all__ = ["from_pretrained"]
 
@@ -83,6 +87,61 @@ def _untie_sao_layers(model: nn.Module) -> None:
                     del tied[target]
 
 
+def _tolerate_sao_children_in_init(model: nn.Module) -> list[nn.Module]:
+    """transformers initialises every module after loading (the tensor-level guards skip
+    loaded tensors), and some ``_init_weights`` read a child's dense weight directly (GPT-2:
+    ``module.c_proj.weight``).  Where that child is now an SAO layer, loaded from the
+    checkpoint, the AttributeError is ignored for that module: nothing of it is left to
+    initialise there (GPT-2's line is the last of its ``_init_weights``).  Returns the
+    models whose ``_init_weights`` was wrapped (undone by :func:`_restore_init`)."""
+    wrapped = []
+    for sub in model.modules():
+        init = getattr(sub, "_init_weights", None)
+        if init is None or "_init_weights" in sub.__dict__:
+            continue
+
+        def tolerant(module, _init=init):
+            try:
+                _init(module)
+            except AttributeError:
+                if not any(isinstance(c, (SAOLinear, SAOConv2d)) for c in module.children()):
+                    raise
+
+        sub._init_weights = tolerant
+        wrapped.append(sub)
+    return wrapped
+
+
+def _restore_init(wrapped: list[nn.Module]) -> None:
+    for sub in wrapped:
+        sub.__dict__.pop("_init_weights", None)
+
+
+def _config_without_sao_block(config_class: type, done: dict[str, Any]) -> type:
+    """A throwaway subclass of ``config_class`` whose ``from_pretrained`` takes the SAO block
+    out of the loaded config (into ``done["block"]``): transformers would otherwise hand it
+    to the quantizer that refuses plain loads (``sao_kernels.hf_config``)."""
+
+    def load_config(cls, *args, **kwargs):
+        out = config_class.from_pretrained.__func__(cls, *args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        block = sao_block(config)
+        if block is not None:
+            done["block"] = block
+            del config.quantization_config
+        return out
+
+    return type(
+        config_class.__name__,
+        (config_class,),
+        {
+            "from_pretrained": classmethod(load_config),
+            "__module__": config_class.__module__,
+            "__qualname__": config_class.__qualname__,
+        },
+    )
+
+
 def from_pretrained(
     model_class: Any, pretrained_model_name_or_path: Any = None, *model_args: Any, **kwargs: Any
 ) -> Any:
@@ -123,20 +182,38 @@ def from_pretrained(
         done["plan"] = plan = _plan(model, source, _prefix_resolver(model))
         done["layers"] = _apply(model, plan)
         _untie_sao_layers(model)
+        # transformers initialises the missing tensors after this returns: undone below
+        done["wrapped"] = _tolerate_sao_children_in_init(model) if done["layers"] else []
         return load(model, state_dict, checkpoint_files, *args, **kw)
 
+    config_class = model_class.config_class
     hooked = type(
         model_class.__name__,
         (model_class,),
         {
             "_load_pretrained_model": staticmethod(load_with_sao_layers),
+            "config_class": _config_without_sao_block(config_class, done),
             "__module__": model_class.__module__,
             "__qualname__": model_class.__qualname__,
         },
     )
+    if isinstance(kwargs.get("config"), transformers.PretrainedConfig) and sao_block(kwargs["config"]) is not None:
+        config = kwargs["config"] = copy.deepcopy(kwargs["config"])
+        done["block"] = sao_block(config)
+        del config.quantization_config
     want_info = kwargs.pop("output_loading_info", False)
-    model, info = hooked.from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+    register_quantizer()
+    try:
+        model, info = hooked.from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+    finally:
+        _restore_init(done.get("wrapped", []))
     model.__class__ = model_class  # the subclass only hooked the load
+    if type(model.config) is not config_class and isinstance(model.config, config_class):
+        model.config.__class__ = config_class
+    if done.get("block") is not None:  # kept for the next save_pretrained
+        model.config.quantization_config = done["block"]
     if "plan" not in done:
         raise RuntimeError(
             f"from_pretrained: the checkpoint was not loaded through _load_pretrained_model; {unsupported}"
@@ -159,7 +236,9 @@ def from_pretrained(
     for key in sorted(info.get("unexpected_keys", ())):
         prefix, _, leaf = key.rpartition(".")
         path = resolve(prefix)
-        if leaf in SAO_KEYS and path is not None and type(by_path[path]) in (nn.Linear, nn.Conv2d):
+        module = by_path.get(path) if path is not None else None
+        dense = module is not None and replaceable(module) and not isinstance(module, (SAOLinear, SAOConv2d))
+        if leaf in SAO_KEYS and dense:
             raise ValueError(
                 f"from_pretrained: the checkpoint's SAO layer {prefix!r} was not put in: {key} is "
                 f"unexpected and {path!r} is still a dense {type(by_path[path]).__name__}"

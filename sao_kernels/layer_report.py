@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -95,6 +95,7 @@ class Report:
         m = self.meta
         timed = any(r.get("ms_fwd") is not None for r in self.rows)
         backward = any(r.get("ms_fwd_bwd") is not None for r in self.rows)
+        counted_bwd = m.get("backward", True)  # fwd+bwd FLOPs counted (report(..., backward=False): not)
         flag_cell, flag_notes = flag_cells(self.rows)
         head = [
             "layer",
@@ -106,8 +107,9 @@ class Report:
             "G",
             "params (dense)",
             "fwd MFLOP (dense)",
-            "fwd+bwd MFLOP (dense)",
         ]
+        if counted_bwd:
+            head.append("fwd+bwd MFLOP (dense)")
         if timed:
             head += ["fwd ms (IQR)", "dense fwd ms (IQR)", "fwd speed-up [95% CI]"]
         if backward:
@@ -117,8 +119,13 @@ class Report:
         lines = meta_header(m, f"Per-layer report of `{m['model']}`") + [
             "Sizes are the layers' features / channels (in -> out). Input / output activation are the shapes of "
             "the tensors each layer saw in one forward of the example input (batch and tokens included); FLOPs "
-            "and latencies are for that input. fwd+bwd FLOPs and latencies include the input, weight and bias "
-            "gradients (a first layer whose input needs no gradient has none)."
+            "and latencies are for that input. "
+            + (
+                "fwd+bwd FLOPs and latencies include the input, weight and bias gradients (a first layer whose "
+                "input needs no gradient has none)."
+                if counted_bwd
+                else "Forward only (backward=False): no fwd+bwd column."
+            )
         ]
         if timed:
             lines += [
@@ -150,8 +157,9 @@ class Report:
                 str(r.get("groups", "")),
                 f"{r['params']:,} ({r['params_dense']:,})",
                 f"{r['flops_fwd'] / 1e6:,.1f} ({r['flops_fwd_dense'] / 1e6:,.1f})",
-                f"{r['flops_fwd_bwd'] / 1e6:,.1f} ({r['flops_fwd_bwd_dense'] / 1e6:,.1f})",
             ]
+            if counted_bwd:
+                cells.append(f"{r['flops_fwd_bwd'] / 1e6:,.1f} ({r['flops_fwd_bwd_dense'] / 1e6:,.1f})")
             if timed:
                 cells += [fmt_ms(r, "_fwd"), fmt_ms(r, "_fwd", "_dense"), fmt_speedup(r, "_fwd")]
             if backward:
@@ -179,7 +187,10 @@ class Report:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 3) + 3.5, 4.2))
         w = 0.38
         handles = []
-        for i, (mode, label, color) in enumerate((("fwd", "forward", "C0"), ("fwd_bwd", "forward + backward", "C1"))):
+        modes = (("fwd", "forward", "C0"), ("fwd_bwd", "forward + backward", "C1"))
+        if not self.meta.get("backward", True):  # forward only: no fwd+bwd bars (nothing was measured)
+            modes = modes[:1]
+        for i, (mode, label, color) in enumerate(modes):
             if timed:
                 vals = [r.get(f"speedup_{mode}") for r in self.rows]
                 if all(v is None for v in vals):
@@ -320,10 +331,30 @@ def _flops_by_module(model: nn.Module, inputs: Sequence[torch.Tensor], backward:
     return counts
 
 
+def output_tensors(out) -> list[torch.Tensor]:
+    """The tensors a backward starts from: the output itself, the tensors of a tuple / list,
+    or of a mapping such as transformers' ModelOutput: its ``loss`` when it has one, else its
+    ``logits``, else its first tensor (e.g. ``last_hidden_state``)."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, Mapping):
+        for key in ("loss", "logits"):
+            if torch.is_tensor(out.get(key)):
+                return [out[key]]
+        return [next(v for v in out.values() if torch.is_tensor(v))] if any(map(torch.is_tensor, out.values())) else []
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if torch.is_tensor(t)]
+    return []
+
+
 def _backward(out) -> None:
-    tensors = [t for t in (out if isinstance(out, (tuple, list)) else [out]) if torch.is_tensor(t) and t.requires_grad]
+    tensors = [t for t in output_tensors(out) if t.requires_grad]
     if not tensors:
-        raise ValueError("report: the model's output does not require grad, so fwd+bwd cannot be measured")
+        raise ValueError(
+            "report: the model's output does not require grad, so fwd+bwd cannot be measured (outputs used: a "
+            "tensor, the tensors of a tuple / list, or a ModelOutput's loss / logits / first tensor); pass "
+            "backward=False for forward only"
+        )
     # A scalar loss rather than backward(grad) on the outputs: FlopCounterMode's module
     # tracker only attributes the last module's backward when autograd enters through a
     # node downstream of it (checked on torch 2.13).
@@ -408,8 +439,8 @@ def report(
 
     fwd = _flops_by_module(model, inputs, backward=False)
     fwd_dense = _flops_by_module(dense, inputs, backward=False)
-    both = _flops_by_module(model, inputs, backward=True) if backward else fwd
-    both_dense = _flops_by_module(dense, inputs, backward=True) if backward else fwd_dense
+    both = _flops_by_module(model, inputs, backward=True) if backward else {}
+    both_dense = _flops_by_module(dense, inputs, backward=True) if backward else {}
 
     rows = []
     for n, layer in layers:
@@ -430,15 +461,15 @@ def report(
             params_dense=sum(p.numel() for p in dlayer.parameters()),
             flops_fwd=fwd.get(n, 0),
             flops_fwd_dense=fwd_dense.get(n, 0),
-            flops_fwd_bwd=both.get(n, 0),
-            flops_fwd_bwd_dense=both_dense.get(n, 0),
+            flops_fwd_bwd=both.get(n, 0) if backward else None,
+            flops_fwd_bwd_dense=both_dense.get(n, 0) if backward else None,
         )
         if measure_latency:
             row.update(_layer_latency(layer, dlayer, x, input_grad, float(row["groups"]), timing, backward))
         rows.append(row)
 
     totals = {
-        k: sum(r[k] for r in rows)
+        k: sum(r[k] for r in rows) if backward or "bwd" not in k else None
         for k in ("params", "params_dense", "flops_fwd", "flops_fwd_dense", "flops_fwd_bwd", "flops_fwd_bwd_dense")
     }
     for mode in MODES if measure_latency and rows else ():
@@ -449,5 +480,7 @@ def report(
     totals["model_flops_fwd"] = fwd.get("", 0)
     totals["model_flops_fwd_dense"] = fwd_dense.get("", 0)
     device = inputs[0].device if inputs else torch.device("cpu")
-    meta = dict(machine_meta(device), model=name or type(model).__name__, flag_spread=timing.flag_rel_spread)
+    meta = dict(
+        machine_meta(device), model=name or type(model).__name__, flag_spread=timing.flag_rel_spread, backward=backward
+    )
     return Report(rows=rows, totals=totals, meta=meta)

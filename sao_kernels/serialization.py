@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
+from .convert_registry import lookup
 from .format import GroupedBlockFormat, _largest_block_size
 from .layers import SAOConv2d, SAOLinear
 
@@ -35,6 +36,22 @@ __all__ = ["load_sparse_state_dict"]
 
 SAO_KEYS = ("values", "in_index", "out_index")
 _REPLACEABLE = (nn.Linear, nn.Conv2d, SAOLinear, SAOConv2d)  # exact types: subclasses may read .weight
+
+
+def _registered_kind(module: nn.Module) -> str:
+    """ "linear" / "conv2d" for a type registered with a loadable kind (transformers' Conv1D
+    is "linear"; see ``register_conversion``), else ""."""
+    if type(module) in _REPLACEABLE:
+        return ""
+    found = lookup(module)
+    return found.kind if found is not None and found.shape is not None else ""
+
+
+def replaceable(module: nn.Module) -> bool:
+    """Whether a saved SAO layer can be put where the model has ``module``."""
+    return type(module) in _REPLACEABLE or bool(_registered_kind(module))
+
+
 _FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"}
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
 
@@ -160,14 +177,22 @@ def _check_module(path: str, module: nn.Module, parent: nn.Module | None, spec: 
             f"{stored}, the out_proj of an nn.MultiheadAttention, whose forward reads "  # noqa: TRY004
             "out_proj.weight directly: it cannot be an SAO layer"
         )
-    if type(module) not in _REPLACEABLE:
+    if not replaceable(module):
         raise ValueError(
-            f"{stored}, where the model has {_a(kind)}; only nn.Linear and nn.Conv2d (not subclasses) "
+            f"{stored}, where the model has {_a(kind)}; only nn.Linear and nn.Conv2d (not subclasses), "
+            "transformers' Conv1D, types registered with a kind (sao_kernels.register_conversion) "
             "and SAO layers can be replaced"
         )
-    if isinstance(module, (nn.Linear, SAOLinear)) == bool(spec.kernel_size):
+    registered = _registered_kind(module)
+    linear_like = isinstance(module, (nn.Linear, SAOLinear)) or registered == "linear"
+    if linear_like == bool(spec.kernel_size):
         raise ValueError(f"{stored}, where the model has {_a(kind)}")
-    if isinstance(module, (nn.Linear, SAOLinear)):
+    if registered:
+        dense = tuple(lookup(module).shape(module))
+        if dense[2:] != spec.kernel_size:
+            raise ValueError(f"{stored}, where the model has {_a(kind)} with kernel_size={dense[2:]}")
+        shape = dense[:2]
+    elif linear_like:
         shape = (module.out_features, module.in_features)
     else:
         if len(spec.kernel_size) != 2 or tuple(module.kernel_size) != spec.kernel_size:
@@ -182,13 +207,21 @@ def _check_module(path: str, module: nn.Module, parent: nn.Module | None, spec: 
         raise ValueError(f"{stored}, where the model has {_a(kind)} {shape[0]}x{shape[1]} (out x in)")
 
 
+def _weight_of(module: nn.Module) -> Tensor:
+    """The tensor whose device / dtype / requires_grad an SAO layer in its place takes."""
+    if isinstance(module, (SAOLinear, SAOConv2d)):
+        return module.values
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, Tensor) else next(p for p in module.parameters() if p.is_floating_point())
+
+
 def _empty_sao_layer(module: nn.Module, spec: _LayerSpec) -> SAOLinear | SAOConv2d:
     """An SAO layer of shape ``spec`` with ``module``'s device, dtype, training flag,
     requires_grad and convolution geometry.  No random init: values and bias are left
     uninitialised and the indices are identities, because the load that follows overwrites
     every one of them (the checkpoint holds them: that is how the layer was found).  On the
     meta device (transformers' construction) no memory is touched at all."""
-    ref = module.values if isinstance(module, (SAOLinear, SAOConv2d)) else module.weight
+    ref = _weight_of(module)
     device, dtype = ref.device, ref.dtype
     G, m, n = spec.groups, spec.out_features, spec.in_features
     blocks = GroupedBlockFormat(
@@ -211,7 +244,8 @@ def _empty_sao_layer(module: nn.Module, spec: _LayerSpec) -> SAOLinear | SAOConv
         layer = SAOLinear.from_blocks(blocks, bias)
     layer.values.requires_grad_(ref.requires_grad)
     if layer.bias is not None:
-        layer.bias.requires_grad_(module.bias.requires_grad if module.bias is not None else ref.requires_grad)
+        bias = getattr(module, "bias", None)
+        layer.bias.requires_grad_(bias.requires_grad if isinstance(bias, Tensor) else ref.requires_grad)
     return layer.train(module.training)
 
 
@@ -242,7 +276,7 @@ def _plan(model: nn.Module, source: _Source, resolve: Callable[[str], str | None
             continue
         module = by_path[path]
         dot = f"{path}." if path else ""
-        if type(module) not in _REPLACEABLE and all(f"{dot}{leaf}" in own_keys for leaf in leaves):
+        if not replaceable(module) and all(f"{dot}{leaf}" in own_keys for leaf in leaves):
             continue  # a module of the model's own that holds a tensor called "values": loaded as is
         spec = _read_spec(source, prefix, leaves)
         _check_module(path, module, parents.get(path), spec, source.where)
@@ -289,7 +323,7 @@ def _keys_after(model: nn.Module, plan: _Plan) -> tuple[set[str], dict[str, tupl
             by_tensor.setdefault(id(tensor), []).append(key)
     groups = list(by_tensor.values())
     for key, paths in plan.paths.items():
-        leaves = (*SAO_KEYS, "bias") if plan.modules[key].bias is not None else SAO_KEYS
+        leaves = (*SAO_KEYS, "bias") if getattr(plan.modules[key], "bias", None) is not None else SAO_KEYS
         groups += [[f"{p}.{leaf}" for p in paths] for leaf in leaves]
     aliases = {k: tuple(group) for group in groups for k in group}
     return set(aliases), aliases
@@ -342,7 +376,7 @@ def load_sparse_state_dict(
     plan = _plan(model, _Source.from_state_dict(state_dict, where), lambda prefix: prefix)
     for key, module in plan.modules.items():
         prefix = plan.stored_at[key]
-        if (module.values if isinstance(module, (SAOLinear, SAOConv2d)) else module.weight).is_meta and not assign:
+        if _weight_of(module).is_meta and not assign:
             raise ValueError(
                 f"{where}: {prefix!r} is on the meta device, where nothing can be copied; "
                 "pass assign=True to take the state dict's tensors"

@@ -260,6 +260,16 @@ def test_version_and_prog(capsys):
         assert flag in proc.stdout
 
 
+def test_report_that_converts_nothing_fails_clearly(tmp_path, capsys):
+    """Issue 22: --sparsity 0.7 reaches no 1024x1024 layer; that is an error, not an empty report."""
+    out = tmp_path / "rep"
+    assert cli.main(["report", "--model", "mlp", "--sparsity", "0.7", "--no-latency", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "report: --sparsity 0.7 converted no layer of mlp (4 Linear / Conv2d layer(s), e.g. 0: sparsity=0.7" in err
+    assert "sparsities every layer of it can reach: 0.5, 0.75, 0.875" in err
+    assert not (out / "report.json").exists()
+
+
 def test_report_builtin_mlp_without_latency(tmp_path):
     out = tmp_path / "rep"
     assert (

@@ -47,6 +47,22 @@ class TinyGPT(nn.Module):
         return self.lm_head(self.mlp(self.wte(tokens)))
 
 
+@torch.no_grad()
+def looking_trained(model):
+    """Give every weight the learned structure of a trained one: a rank-1 component whose
+    singular value is 3x the random bulk's edge (see convert_select.TRAINED_SPECTRAL_RATIO)."""
+    gen = torch.Generator().manual_seed(5)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            w = module.weight.flatten(1)
+            u = torch.randn(w.shape[0], 1, generator=gen, dtype=w.dtype)
+            v = torch.randn(1, w.shape[1], generator=gen, dtype=w.dtype)
+            spike = u @ v / (u.norm() * v.norm())
+            edge = w.square().mean().sqrt() * (w.shape[0] ** 0.5 + w.shape[1] ** 0.5)
+            module.weight.add_((3 * edge * spike).view_as(module.weight))
+    return model
+
+
 # ---------------------------------------------------------------------------------- ties
 def test_weight_tied_to_an_embedding_stays_dense_and_tied():
     torch.manual_seed(0)
@@ -80,7 +96,7 @@ def test_a_shared_module_is_not_a_tie():
     model = nn.Sequential(shared, nn.Tanh(), shared)
     _out, caught = run_convert(model, groups=2)
     assert isinstance(model[0], SAOLinear) and model[0] is model[2]
-    assert [c for c, _ in caught] == [ReinitializedWarning]
+    assert caught == []  # no tie warning, and no ReinitializedWarning for a freshly built layer
 
 
 # ---------------------------------------------------------------------- frozen flags
@@ -152,6 +168,7 @@ def test_hooks_that_cannot_be_carried_are_named():
 # ------------------------------------------------------------------------------ root
 @pytest.mark.parametrize("root", [nn.Linear(16, 32), nn.Conv2d(8, 16, 3)], ids=["linear", "conv"])
 def test_a_model_that_is_a_linear_or_conv_returns_the_converted_layer(root):
+    looking_trained(root)
     frozen_bias = root.bias
     root.weight.requires_grad_(False)
     out, caught = run_convert(root, groups=2)
@@ -166,24 +183,25 @@ def test_a_root_that_stays_dense_is_returned_as_is():
     out, caught = run_convert(root, sparsity=0.75)
     assert out is root
     assert next(m for _, m in caught).startswith("convert: left the model itself (Linear) dense")
-    assert sk.convert(root, groups=2, filter_fn=lambda name, m: name != "") is root
+    with pytest.warns(UserWarning, match=r"no module of Linear was converted .*\(root\): filter_fn returned False"):
+        assert sk.convert(root, groups=2, filter_fn=lambda name, m: name != "") is root
 
 
 # ---------------------------------------------------------------------- re-init warning
 def test_reinitialisation_is_said_once_per_call():
-    model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(8)])
+    model = looking_trained(nn.Sequential(*[nn.Linear(32, 32) for _ in range(8)]))
     pretrained = model[0].weight.detach().clone()
     _out, caught = run_convert(model, groups=2)
     reinit = [m for c, m in caught if c is ReinitializedWarning]
     assert len(reinit) == 1
-    assert "8 layer(s) were re-initialised by SAO (0, 1, 2, 3, 4 and 3 more)" in reinit[0]
-    assert "not kept" in reinit[0] and "SAOLinear.from_dense" in reinit[0]
+    assert "8 layer(s) whose weights look trained were re-initialised by SAO (0, 1, 2, 3, 4 and 3 more)" in reinit[0]
+    assert "not kept" in reinit[0] and "keep_weights=True" in reinit[0] and "SAOLinear.from_dense" in reinit[0]
     assert issubclass(ReinitializedWarning, UserWarning)
     assert not torch.allclose(model[0].dense_weight().detach(), pretrained)
     with warnings.catch_warnings():
         warnings.filterwarnings("error")
         warnings.filterwarnings("ignore", category=ReinitializedWarning)
-        sk.convert(nn.Sequential(nn.Linear(32, 32)), groups=2)  # silenced by category
+        sk.convert(looking_trained(nn.Sequential(nn.Linear(32, 32))), groups=2)  # silenced by category
     assert "re-initialised by SAO" in sk.convert.__doc__ and "return value" in sk.convert.__doc__
 
 

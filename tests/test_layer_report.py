@@ -136,6 +136,28 @@ def test_plot_without_latency_and_repeats_validation(tmp_path):
         report(model, x, repeats=2)
 
 
+def test_forward_only_report_has_no_fwd_bwd_numbers(tmp_path, monkeypatch):
+    """Issue 22: backward=False left forward numbers in the fwd+bwd columns and drew fwd+bwd bars."""
+    import matplotlib.axes
+
+    model, x = _mlp()
+    rep = report(model, x, measure_latency=False, backward=False)
+    assert all(r["flops_fwd_bwd"] is None and r["flops_fwd_bwd_dense"] is None for r in rep.rows)
+    assert rep.totals["flops_fwd_bwd"] is None and rep.meta["backward"] is False
+    md = rep.to_markdown()
+    assert "fwd+bwd" not in md.split("| layer |")[1] and "Forward only (backward=False)" in md
+    assert ",," in rep.to_csv().splitlines()[1]  # empty fwd+bwd cells
+    bars = []
+    original = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "bar", lambda self, *a, **k: bars.append(k.get("color")) or original(self, *a, **k)
+    )
+    rep.plot(tmp_path / "fwd.png")
+    assert bars == ["C0"]  # forward bars only
+    report(model, x, measure_latency=False).plot(tmp_path / "both.png")
+    assert bars == ["C0", "C0", "C1"]
+
+
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match="nn.Module"):
         report(lambda x: x, torch.randn(2, 2))

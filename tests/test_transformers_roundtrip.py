@@ -206,3 +206,67 @@ def test_not_a_transformers_class():
         r"Auto class",
     ):
         from_pretrained(torch.nn.Linear, "unused")
+
+
+# ------------------------------------------------------------------ GPT-2 (issue 22)
+def converted_gpt2():
+    """A tiny GPT-2 whose Conv1D projections are SAO layers, values moved from their init."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=128, n_positions=32)
+    model = transformers.GPT2LMHeadModel(config)
+    with warnings.catch_warnings():  # the tied lm_head stays dense: known here
+        warnings.simplefilter("ignore")
+        sk.convert(model, groups=4, block_size=2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_gpt2_round_trip_through_save_pretrained(tmp_path):
+    model = converted_gpt2()
+    assert len(sao_layers(model)) == 8  # c_attn, c_proj, c_fc, c_proj per block
+    model.save_pretrained(tmp_path)
+    loaded, info = from_pretrained(transformers.GPT2LMHeadModel, tmp_path, output_loading_info=True)
+    assert type(loaded) is transformers.GPT2LMHeadModel
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    assert_same_state(loaded, model)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still tied
+    with torch.no_grad():
+        out, ref = loaded(INPUT_IDS).logits, model(INPUT_IDS).logits
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert torch.equal(out, ref)
+    loaded.save_pretrained(tmp_path / "again")  # the SAO block survives a second round
+    again = from_pretrained(transformers.AutoModelForCausalLM, tmp_path / "again")
+    assert type(again) is transformers.GPT2LMHeadModel and type(again.config) is transformers.GPT2Config
+    assert_same_state(again, model)
+    pickle.loads(pickle.dumps(again))
+
+
+def test_config_carries_an_sao_block_and_the_plain_loader_refuses(tmp_path):
+    model = converted_gpt2()
+    model.save_pretrained(tmp_path)
+    block = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert block["quant_method"] == "sao_kernels" and block["converted_layers"] == 8
+    assert block["load_with"] == "sao_kernels.from_pretrained(GPT2LMHeadModel, path)"
+    # without the block transformers would build random dense Conv1D layers and say little
+    with pytest.raises(
+        ValueError, match=r"holds sao_kernels SAO sparse layers.*sao_kernels\.from_pretrained\(GPT2LMHead"
+    ):
+        transformers.GPT2LMHeadModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"sao_kernels\.from_pretrained"):
+        transformers.AutoModel.from_pretrained(tmp_path)
+    loaded = from_pretrained(transformers.GPT2LMHeadModel, tmp_path, config=model.config)  # a config object too
+    assert loaded.config.quantization_config["quant_method"] == "sao_kernels"
+    assert model.config.quantization_config["quant_method"] == "sao_kernels"  # the caller's config kept it
+
+
+def test_bert_checkpoint_has_the_block_and_a_dense_one_has_none(tmp_path):
+    converted().save_pretrained(tmp_path / "sao")
+    assert "quantization_config" in json.loads((tmp_path / "sao" / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"sao_kernels\.from_pretrained\(BertModel, path\)"):
+        BertModel.from_pretrained(tmp_path / "sao")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**CONFIG)).save_pretrained(tmp_path / "dense")
+    assert "quantization_config" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+    BertModel.from_pretrained(tmp_path / "dense")  # untouched

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..format import GroupedBlockFormat
+from ..format import GroupedBlockFormat, from_dense, from_pruned
 from ..init import CONV_INITS, LINEAR_INITS, _check_gain, sao_blocks
 from ..sizes import _check_activation
 
@@ -37,6 +37,23 @@ def check_bias_flag(layer: str, bias: object) -> bool:
             f"sparsity: sparsity, degree and groups are keyword-only, e.g. {layer}(..., sparsity={bias!r})"
         )
     raise TypeError(f"{layer}: bias must be a bool, got {type(bias).__name__} {bias!r}")
+
+
+def pack_structured(layer: str, weight: Tensor, mask: Tensor | None) -> GroupedBlockFormat:
+    """``weight`` (and ``mask``) in the compact format, or a ValueError that says what
+    ``from_dense`` accepts and where a trained or unstructured-pruned weight goes instead."""
+    try:
+        return from_dense(weight) if mask is None else from_pruned(weight, mask)
+    except ValueError as err:
+        source = "its non-zeros do" if mask is None else "the mask does"
+        raise ValueError(
+            f"{layer}.from_dense: {source} not form an SAO pattern ({err}). from_dense packs exactly what an "
+            "SAO layer can hold: a weight whose non-zeros (or whose mask, e.g. torch.nn.utils.prune's weight_mask) "
+            "form a row- and column-permuted block diagonal of G equal blocks, as sao_kernels.init.sao_ or an "
+            "SAO layer's dense_weight() give; an unstructured pruning (prune.l1_unstructured, "
+            "random_unstructured) does not. To make an SAO layer from a trained dense or pruned layer, keeping "
+            "as much of its weight as the SAO structure allows, use sk.convert(model, ..., keep_weights=True)."
+        ) from err
 
 
 class SAOLayerBase(nn.Module):

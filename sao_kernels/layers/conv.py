@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..format import GroupedBlockFormat, from_dense, from_pruned
+from ..format import GroupedBlockFormat
 from ..functional import sao_conv2d
 from ..sizes import _check_dim
-from ._base import SAOLayerBase, check_bias_flag
+from ._base import SAOLayerBase, check_bias_flag, pack_structured
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -226,7 +226,7 @@ class SAOConv2d(SAOLayerBase):
         weight = conv.weight
         if mask is None and hasattr(conv, "weight_mask") and hasattr(conv, "weight_orig"):
             weight, mask = conv.weight_orig, conv.weight_mask
-        blocks = from_dense(weight.detach()) if mask is None else from_pruned(weight.detach(), mask)
+        blocks = pack_structured("SAOConv2d", weight.detach(), mask)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         layer = cls.from_blocks(
             blocks,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..format import GroupedBlockFormat, from_dense, from_pruned
+from ..format import GroupedBlockFormat
 from ..functional import sao_linear
 from ..sizes import _check_dim
-from ._base import SAOLayerBase, check_bias_flag
+from ._base import SAOLayerBase, check_bias_flag, pack_structured
 
 
 class SAOLinear(SAOLayerBase):
@@ -122,16 +122,18 @@ class SAOLinear(SAOLayerBase):
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: Tensor | None = None) -> SAOLinear:
         """Pack an nn.Linear whose weight is SAO-structured (``mask=None``: detected from its
-        non-zeros), or a pruned one (``mask``: the kept entries, e.g. ``weight_mask``).
-        A linear pruned with torch.nn.utils.prune is read through its ``weight_orig`` and
-        ``weight_mask``.  The values and bias are copies; ``requires_grad`` is kept.
-        Raises ValueError when the pattern is not a permuted block diagonal."""
+        non-zeros), or one pruned to an SAO pattern (``mask``: the kept entries, e.g.
+        ``weight_mask``).  A linear pruned with torch.nn.utils.prune is read through its
+        ``weight_orig`` and ``weight_mask``.  The values and bias are copies;
+        ``requires_grad`` is kept.  Raises ValueError when the pattern is not a permuted
+        block diagonal of G equal blocks (an unstructured prune is not: for a trained
+        layer, ``sk.convert(..., keep_weights=True)`` chooses the SAO topology)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight
         if mask is None and hasattr(linear, "weight_mask") and hasattr(linear, "weight_orig"):
             weight, mask = linear.weight_orig, linear.weight_mask
-        blocks = from_dense(weight.detach()) if mask is None else from_pruned(weight.detach(), mask)
+        blocks = pack_structured("SAOLinear", weight.detach(), mask)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         layer = cls.from_blocks(blocks, bias, activation="linear")
         layer.values.requires_grad_(weight.requires_grad)

@@ -190,7 +190,9 @@ def test_from_dense_refuses_bad_convs():
     conv = nn.Conv2d(8, 8, 3)
     with torch.no_grad():
         conv.weight.mul_(torch.rand(8, 8, 1, 1, generator=gen(11)) < 0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"SAOConv2d.from_dense: its non-zeros do not form an SAO pattern.*keep_weights"
+    ):
         SAOConv2d.from_dense(conv)
     with pytest.raises(ValueError, match="groups"):
         SAOConv2d.from_dense(nn.Conv2d(8, 8, 3, groups=2))

@@ -234,6 +234,20 @@ def test_from_dense_refuses_unstructured():
         SAOLinear.from_dense(nn.Conv2d(4, 4, 1))
 
 
+def test_from_dense_of_an_unstructured_prune_says_what_it_accepts():
+    """Issue 22: the README said from_dense packs pruned modules; an l1-unstructured prune
+    is refused with what it accepts and where a trained layer goes instead."""
+    torch.manual_seed(0)
+    pruned = nn.Linear(16, 16)
+    prune.l1_unstructured(pruned, "weight", amount=0.75)
+    with pytest.raises(ValueError) as info:
+        SAOLinear.from_dense(pruned)
+    msg = str(info.value)
+    assert msg.startswith("SAOLinear.from_dense: the mask does not form an SAO pattern (not ")
+    assert "row- and column-permuted block diagonal of G equal blocks" in msg and "prune.l1_unstructured" in msg
+    assert "sk.convert(model, ..., keep_weights=True)" in msg
+
+
 # ------------------------------------------------------------------------------- errors
 def test_wrong_last_dim_names_in_features(layer64):
     with pytest.raises(ValueError, match="in_features=48"):
