@@ -11,7 +11,7 @@ from torch import nn
 
 from .init import CONV_INITS, LINEAR_INITS, _check_gain, _check_generator
 from .layers import SAOConv2d, SAOLinear
-from .sizes import _check_activation, _check_dim
+from .sizes import _check_activation, _check_dim, resolve_sizes
 
 __all__ = ["ReinitializedWarning", "convert"]
 
@@ -158,6 +158,8 @@ def convert(
     block_size: int = 1,
     gain: float = 1.0,
     generator: torch.Generator | None = None,
+    keep_weights: bool = False,
+    orthogonalize: bool = False,
 ) -> nn.Module:
     """Replace ``nn.Linear`` and ``nn.Conv2d`` modules of ``model`` by SAO layers, in place,
     and return the model's new root: **always use the return value** (when ``model`` is
@@ -188,6 +190,13 @@ def convert(
             (default: all); the root module's name is "".
         skip_invalid: when a layer's shape cannot reach the requested sparsity, leave it
             dense with a warning (True) or raise the ValueError (False).
+        keep_weights: keep the trained weights instead of re-initialising: each layer gets
+            the SAO topology that retains the most of its weight's energy and W's values on
+            it (``sao_kernels.pretrained``; per-layer retention in
+            ``sao_kernels.pretrained.retained_energy(model)``).  ``generator`` seeds its
+            restarts.
+        orthogonalize: with ``keep_weights``, replace each kept block by its nearest
+            semi-orthogonal matrix scaled to the block's Frobenius norm.
         The other arguments are those of ``SAOLinear`` / ``SAOConv2d``; they are checked up
         front (a bad value raises instead of leaving every layer dense).
 
@@ -208,6 +217,11 @@ def convert(
         gain,
         generator,
     )
+    for arg, value in (("keep_weights", keep_weights), ("orthogonalize", orthogonalize)):
+        if not isinstance(value, bool):
+            raise TypeError(f"convert: {arg} must be a bool, got {value!r}")
+    if orthogonalize and not keep_weights:
+        raise ValueError("convert: orthogonalize=True needs keep_weights=True (it orthogonalises the kept blocks)")
     # Which module owns each parameter (remove_duplicate=False: shared modules and tied
     # parameters are seen at every place they occur).
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
@@ -258,11 +272,13 @@ def convert(
                 gain,
                 generator,
                 skip_invalid,
+                keep_weights,
+                orthogonalize,
             )
             if new is None:
                 continue
             replaced[id(child)] = new
-            if not child.weight.is_meta:
+            if not child.weight.is_meta and not keep_weights:
                 reinitialised.append(shown)
         if parent is None:
             root = replaced[id(child)]
@@ -297,9 +313,13 @@ def _convert_one(
     gain,
     generator,
     skip_invalid,
+    keep_weights=False,
+    orthogonalize=False,
 ) -> nn.Module | None:
     """The SAO layer that replaces ``child``, or None (left dense with a warning)."""
     ref = child.weight
+    if keep_weights and ref.is_meta:
+        raise ValueError(f"convert: keep_weights=True: {shown} is on the meta device, it has no weights to keep")
     common = {
         "sparsity": sparsity,
         "degree": degree,
@@ -313,7 +333,30 @@ def _convert_one(
     }
     has_bias = child.bias is not None
     try:
-        if isinstance(child, nn.Linear):
+        if keep_weights:
+            from .pretrained import trained_layer
+
+            out_f, in_f = ref.shape[:2]
+            kept = resolve_sizes(
+                out_f,
+                in_f,
+                sparsity=sparsity,
+                degree=degree,
+                groups=groups,
+                activation=activation,
+                block_size=block_size,
+            )
+            new = trained_layer(
+                child,
+                groups=kept.groups,
+                block_size=block_size,
+                activation=activation,
+                init=linear_init if isinstance(child, nn.Linear) else conv_init,
+                gain=gain,
+                orthogonalize=orthogonalize,
+                generator=generator,
+            )
+        elif isinstance(child, nn.Linear):
             new = SAOLinear(child.in_features, child.out_features, has_bias, init=linear_init, **common)
         else:
             new = SAOConv2d(
