@@ -53,9 +53,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--suite sweep (default): ops x shapes x G x dtype x block_size x backend; a few minutes on a 2-core CPU, "
         "the full sweep on CUDA.  --suite small-width: SAOLinear vs nn.Linear at widths 128 / 512, T 128 / 1024, and "
         "a 100-layer width-128 tanh MLP training step vs its dense twin.  --suite models: BERT, GPT-2, Llama, ViT "
-        "(base width, 2 layers, from transformers configs) and a ResNet-style CNN, dense vs converted at G = 2/4/8: training "
-        "step and inference latency at batch 1 and 8, with parameters and FLOPs.  Comma-separated lists override "
-        "defaults.",
+        "(base width, 2 layers, from transformers configs) and a ResNet-style CNN, dense vs converted at G = 2/4/8: "
+        "training step and inference latency at batch 1 and 8, with parameters and FLOPs.  Comma-separated lists "
+        "override defaults.",
     )
     b.set_defaults(subparser=b)
     b.add_argument("--suite", choices=SUITES, default="sweep", help="what to measure (default: sweep)")
