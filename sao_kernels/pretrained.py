@@ -62,6 +62,7 @@ __all__ = [
     "fit_topology",
     "orthogonalize_blocks",
     "partition_energy",
+    "random_blocks",
     "random_partition",
     "retained_energy",
     "trained_blocks",
@@ -327,6 +328,25 @@ def trained_blocks(
     if orthogonalize:
         values = orthogonalize_blocks(values, orthogonal_scale)
     return GroupedBlockFormat(values, in_index, out_index, int(block_size)), retained
+
+
+def random_blocks(
+    weight: Tensor, groups: int, *, block_size: int = 1, generator: torch.Generator | None = None
+) -> tuple[GroupedBlockFormat, float]:
+    """The baseline of :func:`trained_blocks`: ``weight``'s values on a uniformly random
+    balanced partition of its row and column tiles; (blocks, retained energy fraction)."""
+    E = energy_matrix(weight)
+    m, n = E.shape
+    G, b = int(groups), int(block_size)
+    if m % (G * b) or n % (G * b):
+        raise ValueError(f"groups={G} x block_size={b} must divide both sides of the {m}x{n} weight")
+    rows, cols = random_partition(m // b, G, generator), random_partition(n // b, G, generator)
+    total = float(E.sum())
+    kept = partition_energy(_tile_energy(E, b), rows, cols, G)
+    out_index = _index_from_labels(rows, b).to(weight.device)
+    in_index = _index_from_labels(cols, b).to(weight.device)
+    values = weight.detach()[out_index.view(G, m // G, 1), in_index.view(G, 1, n // G)].contiguous()
+    return GroupedBlockFormat(values, in_index, out_index, b), (kept / total if total > 0 else 1.0)
 
 
 def retained_energy(module: nn.Module) -> dict[str, float]:

@@ -208,3 +208,13 @@ def test_keep_weights_block_size_and_state_dict_round_trip():
     twin.load_state_dict(sparse.state_dict())
     x = torch.randn(5, 32)
     torch.testing.assert_close(twin(x), sparse(x))
+
+
+def test_random_blocks_baseline():
+    w = torch.randn(32, 16, generator=_gen(0), dtype=torch.float64)
+    blocks, retained = pretrained.random_blocks(w, 4, block_size=2, generator=_gen(1))
+    _check_balanced(blocks.out_index, blocks.in_index, 32, 16, 4, 2)
+    mask = blocks.mask()
+    torch.testing.assert_close(blocks.to_dense(), w * mask, rtol=0, atol=0)
+    assert retained == pytest.approx(float((w * mask).square().sum() / w.square().sum()), rel=1e-12)
+    assert pretrained.fit_topology(w, 4, block_size=2, generator=_gen(1))[2] >= retained
