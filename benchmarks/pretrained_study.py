@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dict(width=256, train_steps=1500, steps=100, groups=(2, 4, 8), seeds=(0, 1, 2), draws=20)
     if args.quick:
         cfg.update(width=32, train_steps=60, steps=5, groups=(2, 4), seeds=(0,), draws=3)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: these layers are small, and on a shared 2-core machine a 2-thread region waits
+    # for a descheduled thread at every op (measured: 0.6 s per step with 2 threads under load,
+    # 5 ms with 1).
+    torch.set_num_threads(1)
     meta = machine_meta("cpu")
     meta["command"] = " ".join(["python benchmarks/pretrained_study.py", *(argv if argv is not None else sys.argv[1:])])
     start = time.perf_counter()
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = train(mlp(cfg["width"]), data[0], data[1], cfg["train_steps"], seed=0)
         cfg["dense_acc"] = accuracy(trained, data[2], data[3])
         energy = energy_rows(trained, cfg["groups"], cfg["draws"], seed=0)
+        print(f"dense accuracy {cfg['dense_acc']:.4f}; energy done", flush=True)
         acc = accuracy_rows(trained, data, cfg["groups"], cfg["seeds"], cfg["steps"])
     cfg["seconds"] = time.perf_counter() - start
     stem = f"pretrained_{datetime.date.fromisoformat(meta['date'][:10]).isoformat()}"
