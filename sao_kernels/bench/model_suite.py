@@ -164,6 +164,8 @@ def build(name: str, size: SuiteSize) -> tuple[nn.Module, Callable[[int], torch.
             n_layer=L,
             n_head=heads,
             n_inner=size.ffn,
+            bos_token_id=0,  # (GPT-2's default 50256 is outside the suite's vocabulary)
+            eos_token_id=0,
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
