@@ -218,3 +218,18 @@ def test_random_blocks_baseline():
     torch.testing.assert_close(blocks.to_dense(), w * mask, rtol=0, atol=0)
     assert retained == pytest.approx(float((w * mask).square().sum() / w.square().sum()), rel=1e-12)
     assert pretrained.fit_topology(w, 4, block_size=2, generator=_gen(1))[2] >= retained
+
+
+def test_docs_snippet_runs():
+    """The Python block of docs/pretrained.md runs as written (in a fresh interpreter)."""
+    import os
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    (code,) = re.findall(r"^```python\n(.*?)^```", (root / "docs" / "pretrained.md").read_text(), flags=re.S | re.M)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
