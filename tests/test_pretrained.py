@@ -233,3 +233,26 @@ def test_docs_snippet_runs():
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", ["greedy above EXACT_MAX_ITEMS", "no scipy"])
+def test_heuristic_assignment_paths(monkeypatch, path):
+    """The heuristic path (large layers, or scipy missing) still recovers block structure,
+    keeps the balance, and beats random partitions."""
+    if path == "no scipy":
+
+        def missing(score, cap):
+            raise ImportError("scipy")
+
+        monkeypatch.setattr(pretrained, "_assign_exact", missing)
+    else:
+        monkeypatch.setattr(pretrained, "EXACT_MAX_ITEMS", 4)
+    blocks = sao_blocks(64, 96, groups=4, init="rg-n", generator=_gen(1), dtype=torch.float64)
+    perm = torch.randperm(64, generator=_gen(2))
+    weight = blocks.to_dense()[perm]
+    out_index, in_index, retained = pretrained.fit_topology(weight, 4, generator=_gen(3))
+    assert retained == pytest.approx(1.0, abs=1e-12)
+    w = torch.randn(64, 96, generator=_gen(4), dtype=torch.float64)
+    out_index, in_index, retained = pretrained.fit_topology(w, 4, generator=_gen(3))
+    _check_balanced(out_index, in_index, 64, 96, 4, 1)
+    assert retained > _random_mean(w, 4)
