@@ -8,6 +8,7 @@ cannot be written, a --model that does not load), always before any measuring.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
@@ -28,11 +29,12 @@ from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchma
     seconds,
 )
 
-SUITES = ("sweep", "small-width")
+SUITES = ("sweep", "small-width", "models")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from . import __version__
+    from .bench.model_suite import MODELS
     from .bench.sweep import BACKENDS, DTYPES, OPS
     from .models import BUILTIN
 
@@ -50,7 +52,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "spread (min / median / IQR), a 95% interval on every speed-up and flags on rows that cannot be trusted. "
         "--suite sweep (default): ops x shapes x G x dtype x block_size x backend; a few minutes on a 2-core CPU, "
         "the full sweep on CUDA.  --suite small-width: SAOLinear vs nn.Linear at widths 128 / 512, T 128 / 1024, and "
-        "a 100-layer width-128 tanh MLP training step vs its dense twin.  Comma-separated lists override defaults.",
+        "a 100-layer width-128 tanh MLP training step vs its dense twin.  --suite models: BERT, GPT-2, Llama, ViT "
+        "(base width, 2 layers, from transformers configs) and a ResNet-style CNN, dense vs converted at G = 2/4/8: "
+        "training step and inference latency at batch 1 and 8, with parameters and FLOPs.  Comma-separated lists "
+        "override defaults.",
     )
     b.set_defaults(subparser=b)
     b.add_argument("--suite", choices=SUITES, default="sweep", help="what to measure (default: sweep)")
@@ -79,6 +84,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         type=nonnegative_int,
         help="small-width: layers of the tanh MLP step (default 100; 0 leaves it out)",
     )
+    b.add_argument("--models", type=choice_list(MODELS), help=f"models: which models, from: {', '.join(MODELS)}")
+    b.add_argument("--quick", action="store_true", help="models: tiny configurations (a smoke test, seconds)")
     b.add_argument(
         "--min-run-time",
         type=seconds,
@@ -166,6 +173,8 @@ def default_prog() -> str:
 # --------------------------------------------------------------------------- bench
 _SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune")
 _SUITE_ONLY = ("mlp_depth",)
+_MODELS_ONLY = ("models", "quick")
+_NOT_MODELS = ("mlp_depth", "tokens", "features", "dtypes")
 
 
 def _meta(device: str, args, argv: Sequence[str], prog: str) -> dict:
@@ -192,10 +201,13 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
     for name in _SUITE_ONLY if sweep_suite else _SWEEP_ONLY:
         if getattr(args, name) not in (None, False):
             err(f"--{name.replace('_', '-')} applies to --suite {'small-width' if sweep_suite else 'sweep'} only")
+    for name in _MODELS_ONLY if args.suite != "models" else _NOT_MODELS:
+        if getattr(args, name) not in (None, False):
+            err(f"--{name.replace('_', '-')} does not apply to --suite {args.suite}")
     device = args.device or ("cuda" if torch.cuda.is_available() and sweep_suite else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")
-    if not sweep_suite and device != "cpu":
+    if args.suite == "small-width" and device != "cpu":
         err("--suite small-width runs on the CPU only")
     if args.contention_core is not None and not args.contention:
         err("--contention-core needs --contention")
@@ -252,7 +264,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
         meta["contention"] = {"core": core}
     try:
         with machine.recording_load(meta):
-            run = _run_sweep if sweep_suite else _run_small_width
+            run = {"sweep": _run_sweep, "small-width": _run_small_width, "models": _run_models}[args.suite]
             write = run(cfg, args, meta, out, not args.no_progress)
         paths = write()  # after the load average was recorded
     except sweep.NothingMeasured as e:
@@ -322,6 +334,38 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
         plot_name="speedup.png",
         skipped=skipped,
     )
+
+
+def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
+    from .bench import model_suite
+
+    models = tuple(args.models or model_suite.MODELS)
+    size = model_suite.QUICK if args.quick else model_suite.FULL
+    meta["size"] = dataclasses.asdict(size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(models), desc="sao_kernels bench models", unit="model")
+    try:
+        rows, skipped = model_suite.model_suite(
+            cfg.timing(),
+            models=models,
+            groups=tuple(args.groups or model_suite.GROUPS),
+            size=size,
+            device=cfg.device,
+            progress=(lambda label: bar.update(1)) if bar else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if skipped:
+        _print_skipped(skipped)
+    if not rows:
+        from .bench.sweep import NothingMeasured
+
+        raise NothingMeasured(skipped)
+    return lambda: model_suite.write_model_results(rows, meta, out, settings=cfg.timing(), skipped=skipped)
 
 
 # -------------------------------------------------------------------------- report

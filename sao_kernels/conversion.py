@@ -3,6 +3,7 @@ layers in one call, with a summary of what it did and why."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 from collections.abc import Callable, Iterable
@@ -205,6 +206,8 @@ def convert(
     skip_pointwise_conv: bool = False,
     on_empty: str = "warn",
     dry_run: bool = False,
+    keep_weights: bool = False,
+    orthogonalize: bool = False,
 ) -> nn.Module | ConversionSummary:
     """Replace ``nn.Linear``, ``nn.Conv2d`` and transformers ``Conv1D`` modules of ``model``
     (and types added with :func:`sao_kernels.register_conversion`) by SAO layers, in place,
@@ -264,6 +267,13 @@ def convert(
         dry_run: change nothing and return the :class:`ConversionSummary` of what the
             call would do (layers are built on the meta device: nothing is drawn; no
             warnings).
+        keep_weights: keep the trained weights instead of re-initialising: each layer gets
+            the SAO topology that retains the most of its weight's energy and W's values on
+            it (``sao_kernels.pretrained``; per-layer retention in
+            ``sao_kernels.pretrained.retained_energy(model)``).  ``generator`` seeds its
+            restarts.
+        orthogonalize: with ``keep_weights``, replace each kept block by its nearest
+            semi-orthogonal matrix scaled to the block's Frobenius norm.
         The other arguments are those of ``SAOLinear`` / ``SAOConv2d``; they are checked up
         front (a bad value raises instead of leaving every layer dense).
 
@@ -273,6 +283,11 @@ def convert(
     settings = SAOSettings(
         sparsity, degree, groups, activation, linear_init, conv_init, block_size, gain, generator, None
     )
+    for arg, value in (("keep_weights", keep_weights), ("orthogonalize", orthogonalize)):
+        if not isinstance(value, bool):
+            raise TypeError(f"convert: {arg} must be a bool, got {value!r}")
+    if orthogonalize and not keep_weights:
+        raise ValueError("convert: orthogonalize=True needs keep_weights=True (it orthogonalises the kept blocks)")
     extra = {
         "target_modules": target_modules,
         "exclude_modules": exclude_modules,
@@ -282,10 +297,12 @@ def convert(
         "dry_run": dry_run,
     }
     _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, settings, extra)
-    if dry_run:
-        settings = SAOSettings(
-            sparsity, degree, groups, activation, linear_init, conv_init, block_size, gain, None, "meta"
-        )
+    if dry_run:  # the kept topology has the same shapes: a dry run builds plain meta layers
+        settings = dataclasses.replace(settings, generator=None, device="meta")
+    elif keep_weights:
+        if any(p.is_meta for p in model.parameters()):
+            raise ValueError("convert: keep_weights=True: the model's weights are on the meta device, nothing to keep")
+        settings = dataclasses.replace(settings, keep_weights=True, orthogonalize=orthogonalize)
     # Which module owns each parameter (remove_duplicate=False: shared modules and tied
     # parameters are seen at every place they occur).
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
@@ -369,7 +386,7 @@ def convert(
         new.train(child.training)
         shown = first[key][0] or f"the model itself ({type(child).__name__})"
         carry_hooks(shown, child, new)
-        if looks_trained(child):
+        if not keep_weights and looks_trained(child):
             reinitialised.append(shown)
         for _name, parent, attr in by_module[key]:
             if parent is None:

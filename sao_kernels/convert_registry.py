@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .layers import SAOConv2d, SAOLinear
+from .sizes import resolve_sizes
 
 __all__ = ["SAOSettings", "register_conversion"]
 
@@ -42,6 +43,8 @@ class SAOSettings:
     gain: float = 1.0
     generator: torch.Generator | None = None
     device: torch.device | str | None = None
+    keep_weights: bool = False  # convert(keep_weights=True): fit the topology to the trained weight
+    orthogonalize: bool = False
 
     def _common(self, like: nn.Module) -> dict:
         ref = next((p for p in like.parameters() if p.is_floating_point()), None)
@@ -58,8 +61,54 @@ class SAOSettings:
             "dtype": ref.dtype if ref is not None else None,
         }
 
-    def linear(self, in_features: int, out_features: int, bias: bool = True, *, like: nn.Module) -> SAOLinear:
-        """An SAOLinear of these settings; ValueError when the shape cannot reach them."""
+    def _kept(self, like: nn.Module, weight: torch.Tensor | None, shape: tuple[int, ...], init: str) -> nn.Module:
+        # keep_weights: the topology that retains the most of the trained weight (pretrained.py)
+        from .pretrained import trained_layer
+
+        weight = getattr(like, "weight", None) if weight is None else weight
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != shape:
+            got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(
+                f"keep_weights=True needs the dense weight of shape {shape} (pass weight= to the settings' "
+                f"builder when the module stores it otherwise), got {got}"
+            )
+        if weight.is_meta:
+            raise ValueError("keep_weights=True: the weight is on the meta device, there are no weights to keep")
+        sizes = resolve_sizes(
+            shape[0],
+            shape[1],
+            sparsity=self.sparsity,
+            degree=self.degree,
+            groups=self.groups,
+            activation=self.activation,
+            block_size=self.block_size,
+        )
+        return trained_layer(
+            like,
+            weight=weight,
+            groups=sizes.groups,
+            block_size=self.block_size,
+            activation=self.activation,
+            init=init,
+            gain=self.gain,
+            orthogonalize=self.orthogonalize,
+            generator=self.generator,
+        )
+
+    def linear(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        like: nn.Module,
+        weight: torch.Tensor | None = None,
+    ) -> SAOLinear:
+        """An SAOLinear of these settings; ValueError when the shape cannot reach them.
+        With ``keep_weights`` it holds the trained ``weight`` (out, in) (default
+        ``like.weight``) on its best topology; its bias is left to the caller."""
+        if self.keep_weights:
+            return self._kept(like, weight, (out_features, in_features), self.linear_init)
         return SAOLinear(in_features, out_features, bias, init=self.linear_init, **self._common(like))
 
     def conv2d(
@@ -75,7 +124,11 @@ class SAOSettings:
         *,
         like: nn.Module,
     ) -> SAOConv2d:
-        """An SAOConv2d of these settings; ValueError when the shape cannot reach them."""
+        """An SAOConv2d of these settings; ValueError when the shape cannot reach them
+        (with ``keep_weights``: ``like.weight`` kept, as :meth:`linear`)."""
+        if self.keep_weights:
+            kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+            return self._kept(like, None, (out_channels, in_channels, kh, kw), self.conv_init)
         return SAOConv2d(
             in_channels,
             out_channels,
@@ -128,7 +181,8 @@ def _conv2d(module: nn.Conv2d, s: SAOSettings) -> SAOConv2d:
 def _conv1d(module: nn.Module, s: SAOSettings) -> SAOLinear:
     # transformers' Conv1D: y = x @ weight + bias with weight (nx, nf) = (in, out), i.e. a
     # Linear(nx, nf); its forward only needs the (..., nx) -> (..., nf) contract.
-    return _keep_bias(s.linear(module.nx, module.nf, module.bias is not None, like=module), module)
+    new = s.linear(module.nx, module.nf, module.bias is not None, like=module, weight=module.weight.t())
+    return _keep_bias(new, module)
 
 
 _BY_TYPE: dict[type, Conversion] = {
