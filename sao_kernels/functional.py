@@ -187,7 +187,9 @@ def sao_conv2d(
             got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
             raise ValueError(f"{op}: bias must have shape ({m},) or be None, got {got}")
         if bias.device != values.device:
-            raise ValueError(f"{op}: bias is on {bias.device} but values are on {values.device}; all must share a device")
+            raise ValueError(
+                f"{op}: bias is on {bias.device} but values are on {values.device}; all must share a device"
+            )
         if _autocast_result(bias, cast) != v_dtype:
             raise TypeError(f"{op}: bias has dtype {bias.dtype} but values have {values.dtype}; they must match")
     b = check_block_size(op, block_size, a, c)

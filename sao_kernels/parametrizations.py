@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _Orthogonal, _OrthMaps
+from torch.nn.utils.parametrizations import _OrthMaps, _Orthogonal
 
 from .layers import SAOConv2d, SAOLinear
 

@@ -150,5 +150,6 @@ def test_functional_forms_under_autocast():
     assert y.dtype == torch.bfloat16
     conv, _ = _pair_conv(torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = sk.sao_conv2d(torch.randn(1, 8, 4, 4), conv.values, conv.in_index, conv.out_index, conv.bias, padding=(1, 1))
+        x = torch.randn(1, 8, 4, 4)
+        y = sk.sao_conv2d(x, conv.values, conv.in_index, conv.out_index, conv.bias, padding=(1, 1))
     assert y.dtype == torch.bfloat16
