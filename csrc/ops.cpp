@@ -25,6 +25,7 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -507,6 +508,7 @@ TORCH_LIBRARY_IMPL(sao_kernels, Autograd, m) {
 // costs several microseconds per call, as much as a width-128 layer's whole product).  It is
 // the same dispatcher call as torch.ops.sao_kernels.linear (autograd, modes, vmap, every
 // backend); sao_kernels.functional uses it for plain tensors outside tracing and compiling.
+// It returns NotImplemented for a non-strided input or under torch.jit.trace.
 namespace {
 
 bool parse_optional_tensor(PyObject* obj, const char* name, std::optional<at::Tensor>& out) {
@@ -548,6 +550,9 @@ PyObject* py_linear(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs)
   if (block_size == -1 && PyErr_Occurred()) return nullptr;
   const at::Tensor& x = THPVariable_Unpack(args[0]);
   const at::Tensor& values = THPVariable_Unpack(args[1]);
+  // Cases sao_kernels.functional handles in Python (a non-strided input, torch.jit.trace):
+  // NotImplemented sends it there, at no cost to the common case.
+  if (x.layout() != c10::kStrided || x.is_nested() || torch::jit::tracer::isTracing()) Py_RETURN_NOTIMPLEMENTED;
   at::Tensor y;
   {
     pybind11::gil_scoped_release no_gil;

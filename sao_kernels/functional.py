@@ -73,17 +73,12 @@ def sao_linear(
     other than float64 run in the autocast dtype.  Every argument is checked by the op.
     """
     # The hot path: a plain 2-D tensor, no autocast, not compiling: straight to the C++ entry
-    # point, which checks every argument itself (the op's messages name in_features too).
-    if (
-        type(x) is Tensor
-        and _linear_fast is not None
-        and x.dim() == 2
-        and x.layout is _strided
-        and not _any_autocast()
-        and not _is_compiling()
-        and _tracing() is None
-    ):
-        return _linear_fast(x, values, in_index, out_index, bias, block_size)
+    # point, which checks every argument itself (the op's messages name in_features too) and
+    # returns NotImplemented for a sparse input or under torch.jit.trace (handled below).
+    if type(x) is Tensor and _linear_fast is not None and not _any_autocast() and not _is_compiling() and x.dim() == 2:
+        y = _linear_fast(x, values, in_index, out_index, bias, block_size)
+        if y is not NotImplemented:
+            return y
     _refuse_jit_trace("sao_linear")
     if isinstance(x, Tensor) and (x.is_nested or x.layout is not _strided):
         return _sao_linear_unstrided(x, values, in_index, out_index, bias, block_size)
