@@ -25,6 +25,7 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -72,7 +73,16 @@ std::string dtype_str(ScalarType t) {  // as Python prints a torch.dtype
 // SAO_KERNELS_BACKEND).
 thread_local std::string tl_request;
 
-void set_thread_backend(std::string name) { tl_request = std::move(name); }
+// The names sao_kernels.dispatch.BACKENDS allows ("" resets to SAO_KERNELS_BACKEND): checked
+// here, at the call, so that a bad name never reaches a forward.
+void set_thread_backend(std::string name) {
+  static const char* const allowed[] = {"auto", "torch", "triton", "dense", "native"};
+  bool ok = name.empty();
+  for (const char* a : allowed) ok |= name == a;
+  TORCH_CHECK_VALUE(ok, "_set_thread_backend: name=", name.empty() ? "''" : "'" + name + "'",
+                    " is not a backend; allowed: 'auto', 'torch', 'triton', 'dense', 'native' (or '' to reset)");
+  tl_request = std::move(name);
+}
 
 std::string requested_backend() {
   std::string s = tl_request;
@@ -327,8 +337,21 @@ struct SaoBackward : public torch::autograd::TraceableFunction {
     in_index.reset_data();
     out_index.reset_data();
   }
-  optional<Tensor> in_map() const { return opt(in_index.unpack()); }
-  optional<Tensor> out_map() const { return opt(out_index.unpack()); }
+  // Each saved tensor is unpacked once per apply: saved-tensor hooks (non-reentrant
+  // activation checkpointing, save_on_cpu) allow one unpack per tensor and backward.
+  struct Unpacked {
+    Tensor first, second;
+    optional<Tensor> in_map, out_map;
+  };
+  template <typename NodePtr>  // (intrusive_ptr or shared_ptr, see NodeFactory)
+  Unpacked unpack(const NodePtr& self, bool need_first, bool need_second) {
+    Unpacked u;
+    if (need_first) u.first = first.unpack(self);
+    if (need_second) u.second = second.unpack(self);
+    u.in_map = opt(in_index.unpack(self));
+    u.out_map = opt(out_index.unpack(self));
+    return u;
+  }
 };
 
 // The node of an op whose differentiable inputs are `edges` (none requiring grad: no node).
@@ -355,11 +378,10 @@ struct LinearBackward : public SaoBackward {  // first x, second values; edges: 
     variable_list out(3);
     const Tensor& dy = grads[0];
     if (!dy.defined()) return out;
-    auto self = getptr();
-    const Tensor v = second.unpack(self);
-    if (task_should_compute_output(0)) out[0] = linear_grad_input(dy, v, in_map(), out_map(), block_size);
-    if (task_should_compute_output(1))
-      out[1] = linear_grad_values(dy, first.unpack(self), in_map(), out_map(), v.size(0), block_size);
+    const bool dx = task_should_compute_output(0), dv = task_should_compute_output(1);
+    const Unpacked u = unpack(getptr(), /*need_first=*/dv, /*need_second=*/true);  // x, values
+    if (dx) out[0] = linear_grad_input(dy, u.second, u.in_map, u.out_map, block_size);
+    if (dv) out[1] = linear_grad_values(dy, u.first, u.in_map, u.out_map, u.second.size(0), block_size);
     if (has_bias && task_should_compute_output(2)) out[2] = dy.sum(0);
     return out;
   }
@@ -394,12 +416,11 @@ struct GradInputBackward : public SaoBackward {  // first grad_out, second value
     variable_list out(2);
     const Tensor& g = grads[0];
     if (!g.defined()) return out;
-    auto self = getptr();
-    const Tensor v = second.unpack(self);
+    const bool d0 = task_should_compute_output(0), d1 = task_should_compute_output(1);
+    const Unpacked u = unpack(getptr(), /*need_first=*/d1, /*need_second=*/true);  // grad_out, values
     // dx = dY @ V per group  =>  d(dY) = g @ V^T (the forward product), dV = dY^T @ g.
-    if (task_should_compute_output(0)) out[0] = linear(g, v, in_map(), out_map(), std::nullopt, block_size);
-    if (task_should_compute_output(1))
-      out[1] = linear_grad_values(first.unpack(self), g, in_map(), out_map(), v.size(0), block_size);
+    if (d0) out[0] = linear(g, u.second, u.in_map, u.out_map, std::nullopt, block_size);
+    if (d1) out[1] = linear_grad_values(u.first, g, u.in_map, u.out_map, u.second.size(0), block_size);
     return out;
   }
 };
@@ -430,12 +451,12 @@ struct GradValuesBackward : public SaoBackward {  // first grad_out, second x
     variable_list out(2);
     const Tensor& g = grads[0];
     if (!g.defined()) return out;
-    auto self = getptr();
+    const bool d0 = task_should_compute_output(0), d1 = task_should_compute_output(1);
+    const Unpacked u = unpack(getptr(), /*need_first=*/d1, /*need_second=*/d0);  // grad_out, x
     // dV_g = dY_g^T X_g  =>  d(dY)_g = X_g @ g_g^T (forward product with values g),
     //                        dX_g = dY_g @ g_g (grad-input product with values g).
-    if (task_should_compute_output(0))
-      out[0] = linear(second.unpack(self), g, in_map(), out_map(), std::nullopt, block_size);
-    if (task_should_compute_output(1)) out[1] = linear_grad_input(first.unpack(self), g, in_map(), out_map(), block_size);
+    if (d0) out[0] = linear(u.second, g, u.in_map, u.out_map, std::nullopt, block_size);
+    if (d1) out[1] = linear_grad_input(u.first, g, u.in_map, u.out_map, block_size);
     return out;
   }
 };
@@ -487,6 +508,7 @@ TORCH_LIBRARY_IMPL(sao_kernels, Autograd, m) {
 // costs several microseconds per call, as much as a width-128 layer's whole product).  It is
 // the same dispatcher call as torch.ops.sao_kernels.linear (autograd, modes, vmap, every
 // backend); sao_kernels.functional uses it for plain tensors outside tracing and compiling.
+// It returns NotImplemented for a non-strided input or under torch.jit.trace.
 namespace {
 
 bool parse_optional_tensor(PyObject* obj, const char* name, std::optional<at::Tensor>& out) {
@@ -528,6 +550,9 @@ PyObject* py_linear(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs)
   if (block_size == -1 && PyErr_Occurred()) return nullptr;
   const at::Tensor& x = THPVariable_Unpack(args[0]);
   const at::Tensor& values = THPVariable_Unpack(args[1]);
+  // Cases sao_kernels.functional handles in Python (a non-strided input, torch.jit.trace):
+  // NotImplemented sends it there, at no cost to the common case.
+  if (x.layout() != c10::kStrided || x.is_nested() || torch::jit::tracer::isTracing()) Py_RETURN_NOTIMPLEMENTED;
   at::Tensor y;
   {
     pybind11::gil_scoped_release no_gil;

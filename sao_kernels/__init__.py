@@ -6,7 +6,7 @@ exactly as the paper does, stores it in a compact grouped block format and runs 
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
 
-from . import diagnostics, format, init, ops, pruning, sizes
+from . import diagnostics, format, init, ops, parametrizations, pruning, sizes
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
@@ -17,6 +17,7 @@ from .hf import from_pretrained
 from .init import DisconnectedTilesWarning, sao_blocks
 from .layer_report import Report, report
 from .layers import SAOConv2d, SAOLinear
+from .parametrizations import orthogonal_blocks
 from .serialization import load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
 
@@ -44,6 +45,8 @@ __all__ = [
     "init",
     "pruning",
     "ops",
+    "orthogonal_blocks",
+    "parametrizations",
     "sao_blocks",
     "sao_conv2d",
     "sao_linear",

@@ -69,6 +69,16 @@ def _tied_to(module: nn.Module, owners: dict[int, list[tuple[nn.Module, str]]]) 
 def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, settings, extra) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            # A scripted or traced module runs its compiled graph, not its submodules' forward:
+            # swapping submodules would change nothing it computes.
+            shown = f"submodule {name!r}" if name else "the model"
+            raise TypeError(
+                f"convert: {shown} is a TorchScript module ({type(module).__name__}, from torch.jit.script or "
+                "torch.jit.trace); its compiled graph would ignore converted layers. Convert the eager model, "
+                "then use torch.compile or torch.export"
+            )
     if [sparsity, degree, groups].count(None) != 2:
         raise ValueError("convert: give exactly one of sparsity, degree or groups")
     if sparsity is not None and (

@@ -105,6 +105,22 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Triton reads TRITON_INTERPRET when it and the kernels are imported (sao_kernels imports
+# triton alongside): a value changed afterwards cannot take effect and fails inside Triton
+# ("Cannot call @triton.jit'd outside of the scope of a kernel").
+_INTERPRET_AT_IMPORT = triton_interpreting()
+
+
+def _check_interpret_unchanged() -> None:
+    if triton_interpreting() != _INTERPRET_AT_IMPORT:
+        now = os.environ.get("TRITON_INTERPRET")
+        raise RuntimeError(
+            f"TRITON_INTERPRET changed after sao_kernels was imported (it was "
+            f"{'1' if _INTERPRET_AT_IMPORT else 'unset or not 1'}, it is now {now!r}); Triton reads it at import, "
+            "so set it before importing sao_kernels (and triton), e.g. TRITON_INTERPRET=1 python script.py"
+        )
+
+
 def _usable(name: str, device: torch.device) -> bool:
     if name == "native":
         return device.type == "cpu" and _extension.available()
@@ -130,6 +146,8 @@ def select(device: torch.device, dtype: torch.dtype) -> str:
     if name == "auto":
         for candidate, dtypes in AUTO.get(device.type, ()):
             if (dtypes is None or dtype in dtypes) and _usable(candidate, device):
+                if candidate == "triton":
+                    _check_interpret_unchanged()
                 return candidate
         return AUTO_OTHER_DEVICES
     if name == "native":
@@ -148,6 +166,7 @@ def select(device: torch.device, dtype: torch.dtype) -> str:
             )
         if dtype not in TRITON_DTYPES:
             raise TypeError(f"the triton backend supports {_dtype_list(TRITON_DTYPES)}; got {dtype}")
+        _check_interpret_unchanged()
     return name
 
 

@@ -26,13 +26,35 @@ _linear_op = torch.ops.sao_kernels.linear.default
 # outside tracing / compiling, where the layer's per-call cost matters most.
 _linear_fast = getattr(importlib.import_module("sao_kernels._C"), "linear", None) if _extension.available() else None
 _is_compiling = torch.compiler.is_compiling
+_strided = torch.strided
 _any_autocast = torch._C._is_any_autocast_enabled
+_tracing = torch._C._get_tracing_state
+
+
+def _refuse_jit_trace(op: str) -> None:
+    # A trace records one run's Python control flow (input rank, the index checks, identity
+    # shortcuts) as constants: the traced graph would go stale, silently, for other shapes or
+    # after the indices change.  torch.compile and torch.export guard or check these instead.
+    if _tracing() is not None:
+        raise RuntimeError(
+            f"{op}: torch.jit.trace is not supported for SAO layers (a trace would bake in the input's rank "
+            "and the index maps' checks and shortcuts, and go stale silently); use torch.compile(model) or "
+            "torch.export.export(model, args) instead"
+        )
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+def _autocast_result(t: Tensor, cast: Optional[torch.dtype]) -> torch.dtype:
+    """``t``'s dtype after autocast to ``cast`` (None: autocast off for its device): only
+    floating tensors other than float64 are cast."""
+    if cast is not None and t.is_floating_point() and t.dtype != torch.float64:
+        return cast
+    return t.dtype
 
 
 def sao_linear(
@@ -47,12 +69,19 @@ def sao_linear(
 
     ``in_index`` / ``out_index`` give the features of each group in group order (None means
     contiguous groups; an identity index costs nothing either: the op detects it).  Under
-    ``torch.autocast`` the op runs in the autocast dtype.  Every argument is checked by the op.
+    ``torch.autocast`` the op follows autocast's rule for ``F.linear``: floating arguments
+    other than float64 run in the autocast dtype.  Every argument is checked by the op.
     """
     # The hot path: a plain 2-D tensor, no autocast, not compiling: straight to the C++ entry
-    # point, which checks every argument itself (the op's messages name in_features too).
+    # point, which checks every argument itself (the op's messages name in_features too) and
+    # returns NotImplemented for a sparse input or under torch.jit.trace (handled below).
     if type(x) is Tensor and _linear_fast is not None and not _any_autocast() and not _is_compiling() and x.dim() == 2:
-        return _linear_fast(x, values, in_index, out_index, bias, block_size)
+        y = _linear_fast(x, values, in_index, out_index, bias, block_size)
+        if y is not NotImplemented:
+            return y
+    _refuse_jit_trace("sao_linear")
+    if isinstance(x, Tensor) and (x.is_nested or x.layout is not _strided):
+        return _sao_linear_unstrided(x, values, in_index, out_index, bias, block_size)
     if not isinstance(x, Tensor) or x.dim() == 0 or not isinstance(values, Tensor) or values.dim() != 3:
         raise ValueError(
             f"sao_linear: input must be a tensor of shape (*, in_features) and values (G, m/G, n/G); got "
@@ -62,11 +91,9 @@ def sao_linear(
     n = values.shape[0] * values.shape[2]
     if x.shape[-1] != n:
         raise ValueError(f"sao_linear: input's last dimension must be in_features={n}, got shape {tuple(x.shape)}")
-    cast = _autocast_dtype(x.device.type)
-    if cast is not None:
-        x, values = x.to(cast), values.to(cast)
-        bias = bias.to(cast) if bias is not None else None
-    elif x.dtype != values.dtype:
+    # Under autocast the op casts its arguments by autocast's rules (ops/_library.py) and
+    # checks the dtypes it is left with.
+    if _autocast_dtype(x.device.type) is None and x.dtype != values.dtype:
         raise TypeError(f"sao_linear: input dtype {x.dtype} does not match the layer's dtype {values.dtype}")
     op = _linear_fast if _linear_fast is not None and type(x) is Tensor and not _is_compiling() else _linear_op
     if x.dim() == 2:
@@ -74,6 +101,24 @@ def sao_linear(
     lead = x.shape[:-1]
     y = op(x.reshape(-1, n), values, in_index, out_index, bias, block_size)
     return y.view(*lead, y.shape[-1])
+
+
+def _sao_linear_unstrided(x, values, in_index, out_index, bias, block_size) -> Tensor:
+    """What nn.Linear does with a jagged nested tensor (a jagged output of the same
+    structure) and a sparse one (a dense output): the product runs on the jagged tensor's
+    packed values / on the densified input.  Other layouts are refused by name."""
+    if x.is_nested:
+        if x.layout is not torch.jagged:
+            raise ValueError(
+                f"sao_linear: input is a nested tensor of layout {x.layout}; nested inputs must have layout "
+                "torch.jagged (torch.nested.nested_tensor(..., layout=torch.jagged))"
+            )
+        y = sao_linear(x.values(), values, in_index, out_index, bias, block_size)
+        return torch.nested.nested_tensor_from_jagged(y, x.offsets(), x.lengths(), jagged_dim=x._ragged_idx)
+    if x.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        # The output is dense either way (as nn.Linear's); densifying costs T*n, the product T*m*n/G.
+        return sao_linear(x.to_dense(), values, in_index, out_index, bias, block_size)
+    raise ValueError(f"sao_linear: input has layout {x.layout}; supported: strided, sparse, jagged nested")
 
 
 def _traced_index_check(index: Optional[Tensor], size: int) -> Optional[Tensor]:
@@ -115,6 +160,7 @@ def sao_conv2d(
     permutation, ``block_size`` runs).
     """
     op = "sao_conv2d"
+    _refuse_jit_trace(op)
     if not isinstance(values, Tensor) or values.dim() != 5 or not values.is_floating_point():
         got = f"{values.dtype} {tuple(values.shape)}" if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(f"{op}: values must be a floating tensor of shape (G, m/G, n/G, kh, kw), got {got}")
@@ -125,11 +171,28 @@ def sao_conv2d(
         raise ValueError(f"{op}: input must be (B, {n}, H, W) or ({n}, H, W), got shape {got}")
     if x.device != values.device:
         raise ValueError(f"{op}: input is on {x.device} but the layer is on {values.device}")
+    # The dtypes F.conv2d will see: under autocast, its casts (autocast's own rule).
     cast = _autocast_dtype(x.device.type)
-    if cast is None and x.dtype != values.dtype:
-        raise TypeError(f"{op}: input dtype {x.dtype} does not match the layer's dtype {values.dtype}")
+    x_dtype, v_dtype = _autocast_result(x, cast), _autocast_result(values, cast)
+    if x_dtype != v_dtype:
+        under = f" (under torch.autocast to {cast})" if cast is not None else ""
+        raise TypeError(f"{op}: input dtype {x_dtype} does not match the layer's dtype {v_dtype}{under}")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or bias.dim() != 1 or bias.shape[0] != m:
+            got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(f"{op}: bias must have shape ({m},) or be None, got {got}")
+        if bias.device != values.device:
+            raise ValueError(
+                f"{op}: bias is on {bias.device} but values are on {values.device}; all must share a device"
+            )
+        if _autocast_result(bias, cast) != v_dtype:
+            raise TypeError(f"{op}: bias has dtype {bias.dtype} but values have {values.dtype}; they must match")
     b = check_block_size(op, block_size, a, c)
-    if torch.compiler.is_compiling():
+    if values.is_meta:
+        # Meta tensors carry no data: shapes, dtypes and devices only (as nn.Conv2d on meta).
+        in_index = check_index(op, "in_index", in_index, n, values.device, b, check_data=False).index
+        out_index = check_index(op, "out_index", out_index, m, values.device, b, check_data=False).index
+    elif torch.compiler.is_compiling():
         # Data-dependent checks would break the graph: traced asserts instead (a bad index
         # still raises, with torch's assertion message), and no identity shortcut.
         in_index = _traced_index_check(in_index, n)
@@ -137,8 +200,6 @@ def sao_conv2d(
     else:
         in_index = check_index(op, "in_index", in_index, n, values.device, b).index
         out_index = check_index(op, "out_index", out_index, m, values.device, b).index
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != m):
-        raise ValueError(f"{op}: bias must have shape ({m},) or be None, got {tuple(bias.shape)}")
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)

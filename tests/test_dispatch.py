@@ -5,6 +5,9 @@ the same policy as the Python one."""
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -223,3 +226,42 @@ if NATIVE:  # (the C++ CPU kernels' policy exists only with the native extension
                     with sk.backend(request_name):
                         expected, got = select(CPU, dtype) == "native", bool(OPS._native_runs(dtype))
                 assert got == expected, (how, request_name, dtype)
+
+
+if NATIVE:
+
+    @pytest.mark.parametrize("name", ["bogus", "Native", " torch", "cublas"])
+    def test_set_thread_backend_rejects_unknown_names_at_the_call(name):
+        """It used to accept any string; the next forward then failed far from the cause."""
+        allowed = r"is not a backend; allowed: 'auto', 'torch', 'triton', 'dense', 'native'"
+        with pytest.raises(ValueError, match=allowed):
+            OPS._set_thread_backend(name)
+        x, v, ii, oi = _layer_args()
+        OPS.linear(x, v, ii, oi, None, 1)  # the thread's request is unchanged
+        for ok in BACKENDS + ("",):
+            OPS._set_thread_backend(ok)
+        OPS._set_thread_backend("")
+
+
+TRITON_INTERPRET_LATE = """
+import os, torch, sao_kernels as sk
+os.environ["TRITON_INTERPRET"] = "1"
+layer = sk.SAOLinear(16, 16, sparsity=0.75)
+try:
+    with sk.backend("triton"):
+        layer(torch.randn(2, 16))
+except RuntimeError as err:
+    print("RAISED", err)
+"""
+
+
+if importlib.util.find_spec("triton") is not None:  # (without triton the backend is refused first)
+
+    def test_triton_interpret_set_after_import_says_to_set_it_before():
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        proc = subprocess.run(
+            [sys.executable, "-c", TRITON_INTERPRET_LATE], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "RAISED TRITON_INTERPRET changed after sao_kernels was imported" in proc.stdout, proc.stderr
+        assert "set it before importing sao_kernels (and triton)" in proc.stdout

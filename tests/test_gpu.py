@@ -232,3 +232,48 @@ def test_sao_mlp_and_cnn_train_on_cuda():
     ).cuda()
     losses = _train(cnn, xi, yi)
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_rule_on_cuda_matches_nn_linear_and_conv2d(cast):
+    """The CUDA twin of tests/layers/test_autocast.py: same dtype out as the dense module under
+    the same autocast, or both raise (float64 is not cast, integers are not cast)."""
+    torch.manual_seed(0)
+    lin = sk.SAOLinear(64, 128, groups=4, device="cuda", dtype=torch.float64)
+    conv = sk.SAOConv2d(16, 32, 3, padding=1, groups=4, device="cuda", dtype=torch.float64)
+    pairs = []
+    for ours, dense in ((lin, nn.Linear(64, 128)), (conv, nn.Conv2d(16, 32, 3, padding=1))):
+        dense = dense.to("cuda", torch.float64)
+        with torch.no_grad():
+            dense.weight.copy_(ours.dense_weight())
+            dense.bias.copy_(ours.bias)
+        pairs.append((ours, dense, (8, 64) if ours is lin else (2, 16, 6, 6)))
+    for ours, dense, shape in pairs:
+        for layer_dtype in (torch.float32, torch.float64, torch.bfloat16):
+            ours_t, dense_t = ours.to(layer_dtype), dense.to(layer_dtype)
+            for x_dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64):
+                x = torch.randn(shape, device="cuda").to(x_dtype)
+                got, want = [], []
+                for module, out in ((ours_t, got), (dense_t, want)):
+                    with torch.autocast("cuda", dtype=cast):
+                        try:
+                            out.append(module(x).dtype)
+                        except (RuntimeError, TypeError, ValueError):
+                            out.append("raises")
+                assert got == want, (type(ours).__name__, layer_dtype, x_dtype, got, want)
+
+
+def test_checkpointing_on_cuda_equals_plain():
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model = nn.Sequential(sk.SAOLinear(64, 128, groups=4), nn.Tanh(), sk.SAOLinear(128, 64, groups=4)).cuda()
+    x = torch.randn(32, 64, device="cuda")
+    grads = []
+    for run in (lambda x: model(x), lambda x: checkpoint(model, x, use_reentrant=False)):
+        model.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        run(xi).square().sum().backward()
+        grads.append([xi.grad] + [p.grad for p in model.parameters()])
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..format import GroupedBlockFormat, from_dense, from_pruned
 from ..init import CONV_INITS, LINEAR_INITS, _check_gain, sao_blocks
@@ -56,6 +57,19 @@ def pack_structured(layer: str, weight: Tensor, mask: Tensor | None) -> GroupedB
         ) from err
 
 
+class _ParametrizationDict(nn.ModuleDict):
+    """The ``parametrizations`` ModuleDict of a parametrized SAO layer.  torch's is an
+    nn.ModuleDict, which refuses the key "values" (the name of its ``values()`` method,
+    ``KeyError: attribute 'values' already exists``); the parametrization code reads it by
+    key only (``parametrizations["values"]``), so that key is allowed here."""
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        if name in ("values", "keys", "items") and isinstance(module, nn.Module):
+            self._modules[name] = module
+        else:
+            super().add_module(name, module)
+
+
 class SAOLayerBase(nn.Module):
     """Holds ``values`` (the only trainable weight), the ``in_index`` / ``out_index`` buffers
     and ``bias``, and how to draw them again (``activation``, ``init``, ``gain``).
@@ -78,6 +92,20 @@ class SAOLayerBase(nn.Module):
 
     def _shape(self) -> tuple[int, int, tuple[int, int] | None]:
         raise NotImplementedError
+
+    def __setattr__(self, name: str, value) -> None:
+        # torch.nn.utils.parametrize installs ``module.parametrizations = ModuleDict()`` on
+        # the first parametrization: see _ParametrizationDict.
+        if name == "parametrizations" and type(value) is nn.ModuleDict and len(value) == 0:
+            value = _ParametrizationDict()
+        super().__setattr__(name, value)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling anything.
+        raise TypeError(
+            f"{type(self).__name__}: torch.jit.script is not supported (the SAO ops' index checks and "
+            "dispatch are Python); use torch.compile(model) or torch.export.export(model, args) instead"
+        )
 
     # ------------------------------------------------------------------ construction
     def _build(
@@ -210,7 +238,10 @@ class SAOLayerBase(nn.Module):
             dtype=self.values.dtype,
         )
         bias = self._draw_bias(blocks.values, generator) if self.bias is not None else None
-        self.values.copy_(blocks.values)
+        if parametrize.is_parametrized(self, "values"):
+            self.values = blocks.values  # through the parametrization's right_inverse
+        else:
+            self.values.copy_(blocks.values)
         self.in_index.copy_(blocks.in_index)
         self.out_index.copy_(blocks.out_index)
         if bias is not None:

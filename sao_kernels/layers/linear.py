@@ -27,7 +27,11 @@ class SAOLinear(SAOLayerBase):
         generator, device, dtype: as torch (device None: the default device, which a
             ``with torch.device(...)`` block sets).
 
-    Shapes: input (*, in_features) -> output (*, out_features).  The only trainable tensors
+    Shapes: input (*, in_features) -> output (*, out_features); a jagged nested input gives a
+    jagged output, a sparse one is densified (as nn.Linear).  Non-finite inputs follow the
+    sparse semantics: no ``0 * x`` is formed for an absent connection, so a NaN / inf input
+    feature reaches only the out_features/G outputs of its group (a dense weight with zeros
+    would spread NaN to all).  The only trainable tensors
     are ``values`` (G, out/G, in/G) and ``bias``; ``in_index`` / ``out_index`` are buffers.
     The smaller dimension uses contiguous groups, so one of the two gathers is skipped.
 

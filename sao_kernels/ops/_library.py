@@ -14,6 +14,7 @@ CUDA (and other devices)   the op's Python implementation      (same)
 Autograd                   C++: backward and forward-mode AD   Python: an autograd.Function
                                                                with backward and jvp
 Meta / fake                Python (shape checks, output shape)  (same)
+AutocastCPU / AutocastCUDA Python: autocast's own casts       (same)
 FuncTorchBatched (vmap)    Python batching rule                (same)
 =========================  ==================================  ==============================
 
@@ -66,6 +67,40 @@ def register(name: str, python_impl: Callable, autograd_impl: Callable) -> None:
     LIB.impl(name, python_impl, "CompositeExplicitAutograd")
     if not NATIVE:
         LIB.impl(name, autograd_impl, "Autograd", with_keyset=True)
+    for device_type in AUTOCAST_DEVICES:
+        _register_autocast(name, device_type)
+
+
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _register_autocast(name: str, device_type: str) -> None:
+    """The op's kernel under ``torch.autocast(device_type)``: autocast's rule for
+    lower-precision ops (as ``F.linear`` / ``F.conv2d`` follow it), with the autocast dtype
+    current at the call: floating tensors on ``device_type`` that are not float64 are cast
+    to ``torch.get_autocast_dtype(device_type)``; integer, float64 and other devices' tensors
+    are left as they are (so the op's dtype checks raise where ``nn.Linear`` does).  Mirrors
+    ``torch.library.register_autocast``, which fixes the dtype at registration instead."""
+    op = getattr(torch.ops.sao_kernels, name).default
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    dispatch_key = getattr(torch._C.DispatchKey, key)
+
+    def autocast_impl(*args):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(dispatch_key)):
+            return op(*(_cast(a, device_type, dtype) for a in args))
+
+    # (the Python kernel serves tracing under torch.compile; the library kernel eager calls)
+    if op.has_kernel_for_dispatch_key(dispatch_key):
+        op.py_kernels.pop(dispatch_key)
+    op.py_impl(dispatch_key)(autocast_impl)
+    LIB.impl(name, lambda _keyset, *args: autocast_impl(*args), key, with_keyset=True)
+
+
+def _cast(value, device_type: str, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype is not torch.float64:
+        return value.to(dtype) if value.device.type == device_type else value
+    return value
 
 
 def _refuse_nested_autodiff(op_name: str) -> None:

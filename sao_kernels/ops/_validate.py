@@ -140,12 +140,20 @@ def _check_values(op: str, values: object) -> tuple[int, int, int]:
     return G, a, c
 
 
+def check_strided(op: str, name: str, t: Tensor) -> None:
+    """The products read strided memory: a sparse or nested tensor is refused by name."""
+    if t.layout != torch.strided or t.is_nested:
+        layout = "torch.jagged (a nested tensor)" if t.is_nested else str(t.layout)
+        raise ValueError(f"{op}: {name} has layout {layout}; the SAO ops take strided (dense) tensors")
+
+
 def _check_activation(op: str, name: str, t: object, width: int, like: Tensor, like_name: str, features: str) -> None:
     """A (T, width) activation matching ``like`` in dtype and device; ``features`` names the width
     ("in_features" or "out_features")."""
     if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
         got = _shape(t) if isinstance(t, Tensor) else type(t).__name__
         raise ValueError(f"{op}: {name} must have shape (T, {features}={width}), got {got}")
+    check_strided(op, name, t)
     if t.dtype != like.dtype:
         raise TypeError(f"{op}: {name} has dtype {t.dtype} but {like_name} have {like.dtype}; they must match")
     if t.device != like.device:
@@ -196,6 +204,8 @@ def check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_siz
         if not isinstance(t, Tensor) or t.dim() != 2:
             got = _shape(t) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{op}: {name} must be a 2-D (T, features) tensor, got {got}")
+    check_strided(op, "grad_out", grad_out)
+    check_strided(op, "x", x)
     if grad_out.shape[0] != x.shape[0]:
         raise ValueError(f"{op}: grad_out (T, m) and x (T, n) must share T, got {_shape(grad_out)} and {_shape(x)}")
     if not x.is_floating_point() or grad_out.dtype != x.dtype:

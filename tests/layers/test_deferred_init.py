@@ -166,3 +166,55 @@ def test_default_device_context_places_the_layer():
     with torch.device("meta"):
         assert SAOLinear(16, 8, groups=2).values.is_meta
     assert SAOLinear(16, 8, groups=2, device="cpu").values.device.type == "cpu"
+
+
+LAYERS = {
+    "linear": (lambda **kw: SAOLinear(16, 32, groups=4, **kw), lambda d: torch.randn(3, 16, dtype=F64, device=d)),
+    "conv": (
+        lambda **kw: SAOConv2d(8, 16, 3, padding=1, groups=4, **kw),
+        lambda d: torch.randn(2, 8, 5, 5, dtype=F64, device=d),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_a_bias_left_on_meta_is_refused_by_name(kind):
+    """A meta layer loaded with assign=True from a state without a bias keeps a meta bias:
+    forward must say so (SAOConv2d used to run with an uninitialised bias)."""
+    make, data = LAYERS[kind]
+    src = make(dtype=F64, generator=gen(1))
+    with torch.device("meta"):
+        dst = make(dtype=F64)
+    state = {k: v for k, v in src.state_dict().items() if k != "bias"}
+    dst.load_state_dict(state, assign=True, strict=False)
+    assert dst.bias.is_meta and not dst.values.is_meta
+    with pytest.raises(ValueError, match="bias is on meta"):
+        dst(data("cpu"))
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_meta_forward_returns_the_dense_layers_shapes(kind):
+    make, data = LAYERS[kind]
+    layer = make(dtype=F64, device="meta")
+    dense = (nn.Linear(16, 32, dtype=F64) if kind == "linear" else nn.Conv2d(8, 16, 3, padding=1, dtype=F64)).to("meta")
+    x = data("meta")
+    y = layer(x)
+    assert y.is_meta and y.shape == dense(x).shape and y.dtype == F64
+    # unbatched conv input too
+    if kind == "conv":
+        assert layer(x[0]).shape == dense(x[0]).shape
+
+
+def test_sao_conv2d_checks_the_bias_device_and_dtype():
+    conv = SAOConv2d(8, 16, 3, groups=4, dtype=F64)
+    x = torch.randn(1, 8, 5, 5, dtype=F64)
+    with pytest.raises(ValueError, match="sao_conv2d: bias is on meta but values are on cpu"):
+        sk.sao_conv2d(x, conv.values, conv.in_index, conv.out_index, torch.zeros(16, dtype=F64, device="meta"))
+    with pytest.raises(TypeError, match="sao_conv2d: bias has dtype torch.float32 but values have torch.float64"):
+        sk.sao_conv2d(x, conv.values, conv.in_index, conv.out_index, torch.zeros(16))
+    with pytest.raises(ValueError, match=r"sao_conv2d: bias must have shape \(16,\)"):
+        sk.sao_conv2d(x, conv.values, conv.in_index, conv.out_index, torch.zeros(15, dtype=F64))
+    # the linear twin says the same
+    lin = SAOLinear(16, 32, groups=4, dtype=F64)
+    with pytest.raises(ValueError, match="bias is on meta but values are on cpu"):
+        sk.sao_linear(torch.randn(2, 16, dtype=F64), lin.values, None, None, torch.zeros(32, dtype=F64, device="meta"))

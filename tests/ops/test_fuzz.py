@@ -6,9 +6,9 @@
   reference of tests/ops/_reference.py, with NaN-poisoned outputs.
 * Invalid problems: random corruption of one argument (index out of range, duplicated,
   wrong dtype / length, wrong activation width, dtype mismatch, G = 0, bad block_size, bad
-  groups): the op must raise ValueError / TypeError / IndexError naming the argument, never
-  crash, never return.  These run in a child process, so a crash is a test failure, not a
-  dead test run.
+  groups, a bias on another device, a sparse activation): the op must raise ValueError /
+  TypeError / IndexError naming the argument, never crash, never return.  These run in a
+  child process, so a crash is a test failure, not a dead test run.
 
 The example budget is fixed and the search derandomized, so CI runs the same cases every
 time (SAO_KERNELS_FUZZ_EXAMPLES raises the budget for a longer local search).
@@ -147,6 +147,8 @@ CORRUPT = [
     "block_size",
     "groups",
     "bias_length",
+    "bias_device",
+    "x_sparse",
 ]
 
 INVALID_SCRIPT = textwrap.dedent(
@@ -191,8 +193,10 @@ INVALID_SCRIPT = textwrap.dedent(
         if kind == "block_size": bs = -int(torch.randint(3, (1,), generator=g))
         if kind == "groups": groups = G * 7 + 1
         if kind == "bias_length": bias = torch.randn(m + 2)
+        if kind == "bias_device": bias = torch.randn(m, device="meta")
+        if kind == "x_sparse": x, dy = x.to_sparse(), dy.to_sparse()
         if op == "linear" and kind == "groups": return
-        if op != "linear" and kind == "bias_length": return
+        if op != "linear" and kind in ("bias_length", "bias_device"): return
         with sk.backend(backend):
             try:
                 if op == "linear":
