@@ -16,6 +16,7 @@ Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU ker
 """
 
 from . import linear, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
+from .._extension import LIBRARY
 from ._library import NATIVE
 
-__all__ = ["NATIVE"]
+__all__ = ["LIBRARY", "NATIVE"]
