@@ -16,6 +16,7 @@ import argparse
 import pathlib
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -30,7 +31,9 @@ def build_model(width: int = WIDTH, hidden: int = HIDDEN, seed: int = 0) -> nn.M
     """A dense feed-forward block (x (T, width) -> (T, width)) converted to SAO, in eval mode."""
     torch.manual_seed(seed)
     dense = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
-    return sk.convert(dense, sparsity=SPARSITY).eval()
+    with warnings.catch_warnings():  # (a fresh model: nothing pretrained to lose)
+        warnings.simplefilter("ignore", sk.ReinitializedWarning)
+        return sk.convert(dense, sparsity=SPARSITY).eval()
 
 
 def export_and_package(model: nn.Module, example: torch.Tensor, path: pathlib.Path) -> pathlib.Path:
