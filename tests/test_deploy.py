@@ -6,15 +6,15 @@ CI (.ci/run).  These tests need the extension (they fail, never skip, without it
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
-import torch
 
 import sao_kernels as sk
 from sao_kernels import _extension
@@ -79,27 +79,56 @@ def test_a_forced_python_backend_is_refused_clearly_without_sao_kernels():
     assert "NotImplementedError" in proc.stderr and "backend 'torch'" in proc.stderr, proc.stderr[-2000:]
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("sao_export_model", EXAMPLE / "export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def docs_snippets() -> list:
+    """docs/deploy.md's Python blocks: 1. export and package, 2. run without sao_kernels."""
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    return [textwrap.dedent(b) for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)]
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> pathlib.Path:
-    """The example's export and AOTInductor packaging, of a small model (64 -> 128 -> 64)."""
-    example, out = load_example(), tmp_path_factory.mktemp("aoti")
-    model = example.build_model(width=64, hidden=128)
-    example.export_and_package(model, torch.randn(8, 64), out / "model.pt2")
-    example.write_data(model, out / "data.pt", width=64)
+    """docs/deploy.md's export snippet, run as written: the README's MLP packaged (model.pt2)
+    with inputs and eager outputs at T=1 and T=128 (data.pt)."""
+    out = tmp_path_factory.mktemp("aoti")
+    proc = subprocess.run(
+        [sys.executable, "-c", docs_snippets()[0]],
+        cwd=out,
+        env=snippet_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == sk.ops.LIBRARY
     return out
+
+
+def snippet_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "SAO_KERNELS_BACKEND"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return env
+
+
+def test_docs_run_snippet_needs_only_the_library(package):
+    """docs/deploy.md's second snippet, as written, in a fresh process (it asserts the outputs
+    equal eager to 1e-6 and that sao_kernels was not imported)."""
+    assert len(docs_snippets()) == 2
+    proc = subprocess.run(
+        [sys.executable, "-c", docs_snippets()[1]],
+        cwd=package,
+        env=snippet_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 @pytest.mark.parametrize("library", ["ops", "module"])
 def test_package_runs_with_one_library_and_no_sao_kernels(package, library):
-    """run_package.py loads one library and the package (no ``import sao_kernels``, which it
-    asserts) and compares with the eager outputs at T=1 and T=128 (max abs difference <= 1e-6)."""
+    """The example's run_package.py loads one library (the ops library, or the Python module
+    that links it) and the package (no ``import sao_kernels``, which it asserts) and compares
+    with the eager outputs at T=1 and T=128 (max abs difference <= 1e-6)."""
     path = sk.ops.LIBRARY if library == "ops" else MODULE
     proc = run_python([str(EXAMPLE / "run_package.py"), path, str(package)])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
