@@ -23,7 +23,7 @@ from setuptools import setup
 # module.  The Python module sao_kernels._C (the fast entry point) links it, so importing _C
 # registers the ops.  (One library would not do: a Python module needs libpython's symbols,
 # which a C++ program does not have.)
-OPS_LIB_NAME = "sao_kernels.libsao_kernels_ops"  # -> sao_kernels/libsao_kernels_ops.so
+OPS_LIB_NAME = "sao_kernels.lib.libsao_kernels_ops"  # -> sao_kernels/lib/libsao_kernels_ops.so
 OPS_LIB_SOURCES = ["csrc/schemas.cpp", "csrc/ops.cpp", "csrc/native_kernels.cpp"]
 EXT_NAME = "sao_kernels._C"
 EXT_SOURCES = ["csrc/python_module.cpp"]
@@ -81,6 +81,10 @@ def _extension_kwargs() -> dict:
                 return os.path.join(*ext_name.split(".")) + ".so"
             return super().get_ext_filename(ext_name)
 
+        def copy_extensions_to_source(self):  # (--inplace and editable installs)
+            os.makedirs(os.path.dirname(self.get_ext_fullpath(OPS_LIB_NAME)), exist_ok=True)
+            super().copy_extensions_to_source()
+
         def build_extension(self, ext):
             if ext.name == EXT_NAME and len(self.extensions) > 1:  # link the ops library (built first)
                 ext.extra_link_args += _link_ops_library(self.get_ext_fullpath(OPS_LIB_NAME))
@@ -113,9 +117,9 @@ def _link_ops_library(path: str) -> list:
     directory, name = os.path.split(path)
     lib = name[len("lib") : -len(".so")]
     if sys.platform == "darwin":
-        return [f"-L{directory}", f"-l{lib}", "-Wl,-rpath,@loader_path"]
+        return [f"-L{directory}", f"-l{lib}", "-Wl,-rpath,@loader_path/lib"]
     # --no-as-needed: the module calls no function of it (only the dispatcher), but needs it loaded
-    return [f"-L{directory}", "-Wl,--no-as-needed", f"-l{lib}", "-Wl,-rpath,$ORIGIN"]
+    return [f"-L{directory}", "-Wl,--no-as-needed", f"-l{lib}", "-Wl,-rpath,$ORIGIN/lib"]
 
 
 # Metadata, dependencies and extras are in pyproject.toml; this file adds the optional extension.

@@ -16,7 +16,7 @@
 //    (jvp), like the kernels torch generates for its own ops, so torch.func transforms work.
 //
 // So the default CPU path never enters Python, and this file needs none: it is part of the
-// ops library (sao_kernels/libsao_kernels_ops.so) that C++ programs load.  The Python
+// ops library (sao_kernels/lib/libsao_kernels_ops.so) that C++ programs load.  The Python
 // module sao_kernels._C (python_module.cpp) links it.
 #include "sao_kernels.h"
 

@@ -1,6 +1,6 @@
 // The Python module sao_kernels._C: the fast entry point of the forward op, and what makes
 // `import sao_kernels._C` register the ops (it links the ops library
-// sao_kernels/libsao_kernels_ops.so: schemas.cpp, ops.cpp, native_kernels.cpp, which need
+// sao_kernels/lib/libsao_kernels_ops.so: schemas.cpp, ops.cpp, native_kernels.cpp, which need
 // no Python and are what C++ programs load).
 //
 // ``sao_kernels._C.linear(x, values, in_index, out_index, bias, block_size)``: the forward op

@@ -1,7 +1,7 @@
 // The schemas of torch.ops.sao_kernels.{linear, linear_grad_input, linear_grad_values}, and of
 // each op's private twin _<op>_python (same schema; its only kernel is the op's Python
 // implementation, which sao_kernels/ops/_library.py registers for the CPU kernel to fall back
-// on).  They are defined here, in the ops library (sao_kernels/libsao_kernels_ops.so), so
+// on).  They are defined here, in the ops library (sao_kernels/lib/libsao_kernels_ops.so), so
 // that a process that loads only this library -- a C++ program, or Python running an
 // AOTInductor package without importing sao_kernels -- knows the ops.  sao_kernels/ops/
 // _library.py holds the same strings for builds without the extension (a test compares them).

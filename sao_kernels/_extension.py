@@ -1,6 +1,6 @@
 """The optional native extension ``sao_kernels._C`` (csrc/): whether it is loaded, and why not.
 
-The extension is two libraries.  The ops library ``sao_kernels/libsao_kernels_ops.so``
+The extension is two libraries.  The ops library ``sao_kernels/lib/libsao_kernels_ops.so``
 (:data:`LIBRARY`) defines the public ``torch.ops.sao_kernels`` ops and registers their C++ CPU
 and autograd kernels; it needs no Python, so C++ programs and AOTInductor packages load it
 (docs/deploy.md).  The Python module ``sao_kernels._C`` (the fast entry point) links it, so
@@ -23,7 +23,7 @@ from typing import Optional
 
 ENV_NO_EXT = "SAO_KERNELS_NO_EXT"
 # The ops library (no Python): what a process that does not import sao_kernels loads.
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libsao_kernels_ops.so")
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", "libsao_kernels_ops.so")
 
 log = logging.getLogger("sao_kernels")
 _reason: Optional[str] = None

@@ -2,7 +2,7 @@
 //
 //   sao_aoti_example LIBRARY OUT_DIR
 //
-// LIBRARY: sao_kernels/libsao_kernels_ops.so (no Python in it; it defines the
+// LIBRARY: sao_kernels/lib/libsao_kernels_ops.so (no Python in it; it defines the
 // sao_kernels ops and registers their CPU kernels).  OUT_DIR: what export_model.py wrote
 // (model.pt2, and data.pt with inputs and eager outputs at T=1 and T=128).  Prints the largest
 // difference from the eager outputs and the median latency per call; exits 1 if a difference

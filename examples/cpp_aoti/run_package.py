@@ -2,7 +2,7 @@
 
     python examples/cpp_aoti/run_package.py LIBRARY OUT_DIR
 
-LIBRARY is the ops library (``sao_kernels.ops.LIBRARY``: sao_kernels/libsao_kernels_ops.so)
+LIBRARY is the ops library (``sao_kernels.ops.LIBRARY``: sao_kernels/lib/libsao_kernels_ops.so)
 or the Python module sao_kernels/_C*.so that links it; OUT_DIR is what export_model.py wrote.
 Compares with the eager outputs saved there (max abs difference <= 1e-6) and exits 1 if not.
 """
