@@ -79,7 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=pathlib.Path)
     parser.add_argument("--bench", action="store_true", help="time the package against eager at T=1 and T=128")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for --bench")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model()
     package = export_and_package(model, torch.randn(8, WIDTH), args.out_dir / "model.pt2")
