@@ -31,8 +31,12 @@ def run_python(args: list, **env) -> subprocess.CompletedProcess:
 
 
 def test_extension_is_two_libraries():
+    """The ops library does not depend on Python (a C++ program could not load it); the Python
+    module does, and links the ops library."""
     assert _extension.available(), _extension.unavailable_reason()
-    assert os.path.isfile(sk.ops.LIBRARY), sk.ops.LIBRARY
+    ops, module = pathlib.Path(sk.ops.LIBRARY).read_bytes(), pathlib.Path(MODULE).read_bytes()
+    assert b"libtorch_python.so" in module and b"libsao_kernels_ops.so" in module
+    assert b"libtorch_python.so" not in ops and b"PyModule_Create" not in ops
 
 
 # The ops through the library alone: forward and backward equal the dense product; what needs
