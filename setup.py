@@ -18,8 +18,15 @@ import sys
 
 from setuptools import setup
 
+# Two libraries.  The ops library (schemas, CPU and autograd kernels) needs no Python, so C++
+# programs and AOTInductor packages can load it; it is a plain shared library, not a Python
+# module.  The Python module sao_kernels._C (the fast entry point) links it, so importing _C
+# registers the ops.  (One library would not do: a Python module needs libpython's symbols,
+# which a C++ program does not have.)
+OPS_LIB_NAME = "sao_kernels.lib.libsao_kernels_ops"  # -> sao_kernels/lib/libsao_kernels_ops.so
+OPS_LIB_SOURCES = ["csrc/schemas.cpp", "csrc/ops.cpp", "csrc/native_kernels.cpp"]
 EXT_NAME = "sao_kernels._C"
-EXT_SOURCES = ["csrc/ops.cpp", "csrc/native_kernels.cpp"]
+EXT_SOURCES = ["csrc/python_module.cpp"]
 
 
 def _note(msg: str) -> None:
@@ -68,14 +75,51 @@ def _extension_kwargs() -> dict:
             except Exception as err:  # noqa: BLE001 - any compiler / toolchain failure
                 _note(f"building {EXT_NAME} failed ({err}); installing without the native CPU kernels")
 
+        def get_ext_filename(self, ext_name):
+            # (called with the full name and with its last component)
+            if OPS_LIB_NAME.endswith(ext_name):  # a plain library: no Python ABI tag in its name
+                return os.path.join(*ext_name.split(".")) + ".so"
+            return super().get_ext_filename(ext_name)
+
+        def copy_extensions_to_source(self):  # (--inplace and editable installs)
+            os.makedirs(os.path.dirname(self.get_ext_fullpath(OPS_LIB_NAME)), exist_ok=True)
+            super().copy_extensions_to_source()
+
         def build_extension(self, ext):
+            if ext.name == EXT_NAME and len(self.extensions) > 1:  # link the ops library (built first)
+                ext.extra_link_args += _link_ops_library(self.get_ext_fullpath(OPS_LIB_NAME))
             try:
                 super().build_extension(ext)
             except Exception as err:  # noqa: BLE001
                 _note(f"building {ext.name} failed ({err}); installing without the native CPU kernels")
 
-    ext = CppExtension(EXT_NAME, EXT_SOURCES, extra_compile_args=cflags, extra_link_args=lflags)
-    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension}}
+    if sys.platform == "win32":  # no rpath: one library, the Python module (C++ programs cannot load it)
+        return {
+            "ext_modules": [CppExtension(EXT_NAME, OPS_LIB_SOURCES + EXT_SOURCES, extra_compile_args=cflags)],
+            "cmdclass": {"build_ext": OptionalBuildExtension},
+        }
+    soname = os.path.basename(OPS_LIB_NAME.replace(".", "/")) + ".so"
+    ops_lib = CppExtension(
+        OPS_LIB_NAME,
+        OPS_LIB_SOURCES,
+        extra_compile_args=cflags,
+        extra_link_args=lflags
+        + ([f"-Wl,-install_name,@rpath/{soname}"] if sys.platform == "darwin" else [f"-Wl,-soname,{soname}"]),
+    )
+    ops_lib.libraries.remove("torch_python")  # the point of this library: no Python
+    ext = CppExtension(EXT_NAME, EXT_SOURCES, extra_compile_args=cflags, extra_link_args=list(lflags))
+    return {"ext_modules": [ops_lib, ext], "cmdclass": {"build_ext": OptionalBuildExtension}}
+
+
+def _link_ops_library(path: str) -> list:
+    """Linker arguments that make the Python module load the ops library at ``path`` (found at
+    run time next to the module, wherever the package is installed)."""
+    directory, name = os.path.split(path)
+    lib = name[len("lib") : -len(".so")]
+    if sys.platform == "darwin":
+        return [f"-L{directory}", f"-l{lib}", "-Wl,-rpath,@loader_path/lib"]
+    # --no-as-needed: the module calls no function of it (only the dispatcher), but needs it loaded
+    return [f"-L{directory}", "-Wl,--no-as-needed", f"-l{lib}", "-Wl,-rpath,$ORIGIN/lib"]
 
 
 # Metadata, dependencies and extras are in pyproject.toml; this file adds the optional extension.

@@ -1,7 +1,7 @@
 // The C++ side of torch.ops.sao_kernels.{linear, linear_grad_input, linear_grad_values}.
 //
-// The schemas are defined once, in Python (sao_kernels/ops/_library.py, which also has the
-// table of which kernel serves which dispatch key).  This file registers:
+// The schemas are defined in schemas.cpp (sao_kernels/ops/_library.py has the table of which
+// kernel serves which dispatch key).  This file registers:
 //
 //  * CPU kernels: argument checks (the same checks and messages as
 //    sao_kernels/ops/_validate.py, in one O(n) pass per index) and the native kernels of
@@ -9,23 +9,21 @@
 //    dtype is one the native kernels run (the "cpu" row of sao_kernels.backend.AUTO).  Every
 //    other case (backend "torch" / "dense" / "triton" forced, other dtypes, an unknown
 //    backend name) goes to the op's Python implementation through its private twin
-//    sao_kernels::_<op>_python, which decides and raises as sao_kernels.backend says.
+//    sao_kernels::_<op>_python, which decides and raises as sao_kernels.backend says (in a
+//    process that has not imported sao_kernels that twin has no kernel: a clear error).
 //  * Autograd kernels for every device: reverse mode through an autograd Node per op (its
 //    backward calls the other ops, so double backward and beyond work), and forward mode
 //    (jvp), like the kernels torch generates for its own ops, so torch.func transforms work.
 //
-// So the default CPU path never enters Python.
-#include <Python.h>
-
+// So the default CPU path never enters Python, and this file needs none: it is part of the
+// ops library (sao_kernels/lib/libsao_kernels_ops.so) that C++ programs load.  The Python
+// module sao_kernels._C (python_module.cpp) links it.
 #include "sao_kernels.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
-#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
-#include <torch/csrc/autograd/python_variable.h>
-#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -260,10 +258,22 @@ Tensor linear_grad_values(const Tensor& dy, const Tensor& x, const optional<Tens
 }
 
 // ------------------------------------------------------------------------ CPU kernels
+// The CPU kernels' fallback is the op's Python implementation (its twin), registered when
+// sao_kernels is imported.  A process that loaded only this library (a C++ program, an
+// AOTInductor package run without sao_kernels) has none: say what runs there instead.
+void require_python_twin(const c10::OperatorHandle& twin, const char* op, ScalarType dtype) {
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      twin.hasKernelForDispatchKey(c10::DispatchKey::CPU), "sao_kernels::", op, ": backend '", requested_backend(),
+      "' with dtype ", dtype_str(dtype), " runs the op's Python implementation, which this process does not have "
+      "(it loaded the ops library without importing sao_kernels); without it CPU tensors run the native kernels: ",
+      "dtypes torch.float32, torch.bfloat16, torch.float16, torch.float64 with backend 'auto' or 'native'");
+}
+
 Tensor linear_cpu(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
                   const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
   if (!runs_native(x.scalar_type())) {
     static const auto py = find_op<LinearSig>("sao_kernels::_linear_python");
+    require_python_twin(py, "linear", x.scalar_type());
     return py.call(x, values, in_index, out_index, bias, block_size);
   }
   const Problem p = check_linear(x, values, in_index, out_index, bias, block_size);
@@ -274,6 +284,7 @@ Tensor linear_grad_input_cpu(const Tensor& grad_out, const Tensor& values, const
                              const optional<Tensor>& out_index, int64_t block_size) {
   if (!runs_native(grad_out.scalar_type())) {
     static const auto py = find_op<GradInputSig>("sao_kernels::_linear_grad_input_python");
+    require_python_twin(py, "linear_grad_input", grad_out.scalar_type());
     return py.call(grad_out, values, in_index, out_index, block_size);
   }
   const Problem p = check_linear_grad_input(grad_out, values, in_index, out_index, block_size);
@@ -284,6 +295,7 @@ Tensor linear_grad_values_cpu(const Tensor& grad_out, const Tensor& x, const opt
                               const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
   if (!runs_native(x.scalar_type())) {
     static const auto py = find_op<GradValuesSig>("sao_kernels::_linear_grad_values_python");
+    require_python_twin(py, "linear_grad_values", x.scalar_type());
     return py.call(grad_out, x, in_index, out_index, groups, block_size);
   }
   const Problem p = check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_size);
@@ -483,7 +495,7 @@ Tensor linear_grad_values_autograd(const Tensor& grad_out, const Tensor& x, cons
 }  // namespace
 }  // namespace sao
 
-// The schemas of the three ops are defined in Python; these are this library's own helpers.
+// The schemas of the three ops are in schemas.cpp; these are this library's own helpers.
 TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
   m.def("_set_thread_backend(str name) -> ()", &sao::set_thread_backend);
   m.def("_native_runs(ScalarType dtype) -> bool", [](at::ScalarType t) { return sao::native_runs(t); });
@@ -500,82 +512,4 @@ TORCH_LIBRARY_IMPL(sao_kernels, Autograd, m) {
   m.impl("linear", TORCH_FN(sao::linear_autograd));
   m.impl("linear_grad_input", TORCH_FN(sao::linear_grad_input_autograd));
   m.impl("linear_grad_values", TORCH_FN(sao::linear_grad_values_autograd));
-}
-
-// ------------------------------------------------------------------ the Python module
-// ``sao_kernels._C.linear(x, values, in_index, out_index, bias, block_size)``: the forward op
-// called from Python without torch.ops' Python layer (argument parsing against the schema
-// costs several microseconds per call, as much as a width-128 layer's whole product).  It is
-// the same dispatcher call as torch.ops.sao_kernels.linear (autograd, modes, vmap, every
-// backend); sao_kernels.functional uses it for plain tensors outside tracing and compiling.
-// It returns NotImplemented for a non-strided input or under torch.jit.trace.
-namespace {
-
-bool parse_optional_tensor(PyObject* obj, const char* name, std::optional<at::Tensor>& out) {
-  if (obj == Py_None) {
-    out = std::nullopt;
-    return true;
-  }
-  if (!THPVariable_Check(obj)) {
-    PyErr_Format(PyExc_TypeError, "linear: %s must be a tensor or None, got %s", name, Py_TYPE(obj)->tp_name);
-    return false;
-  }
-  out = THPVariable_Unpack(obj);
-  return true;
-}
-
-PyObject* py_linear(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 6) {
-    PyErr_Format(PyExc_TypeError, "linear() takes 6 arguments (x, values, in_index, out_index, bias, block_size), got %zd",
-                 nargs);
-    return nullptr;
-  }
-  for (int i = 0; i < 2; ++i) {
-    if (!THPVariable_Check(args[i])) {
-      PyErr_Format(PyExc_TypeError, "linear: %s must be a tensor, got %s", i == 0 ? "x" : "values",
-                   Py_TYPE(args[i])->tp_name);
-      return nullptr;
-    }
-  }
-  std::optional<at::Tensor> ii, oi, b;
-  if (!parse_optional_tensor(args[2], "in_index", ii) || !parse_optional_tensor(args[3], "out_index", oi) ||
-      !parse_optional_tensor(args[4], "bias", b))
-    return nullptr;
-  if (!PyLong_Check(args[5]) || PyBool_Check(args[5])) {
-    PyErr_Format(PyExc_ValueError, "linear: block_size must be a positive int, got %s", Py_TYPE(args[5])->tp_name);
-    return nullptr;
-  }
-  const int64_t block_size = PyLong_AsLongLong(args[5]);
-  if (block_size == -1 && PyErr_Occurred()) return nullptr;
-  const at::Tensor& x = THPVariable_Unpack(args[0]);
-  const at::Tensor& values = THPVariable_Unpack(args[1]);
-  // Cases sao_kernels.functional handles in Python (a non-strided input, torch.jit.trace):
-  // NotImplemented sends it there, at no cost to the common case.
-  if (x.layout() != c10::kStrided || x.is_nested() || torch::jit::tracer::isTracing()) Py_RETURN_NOTIMPLEMENTED;
-  at::Tensor y;
-  {
-    pybind11::gil_scoped_release no_gil;
-    y = sao::linear(x, values, ii, oi, b, block_size);
-  }
-  return THPVariable_Wrap(std::move(y));
-  END_HANDLE_TH_ERRORS
-}
-
-PyMethodDef methods[] = {
-    {"linear", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_linear)), METH_FASTCALL,
-     "linear(x, values, in_index, out_index, bias, block_size) -> Tensor: torch.ops.sao_kernels.linear, "
-     "called without torch.ops' Python layer."},
-    {nullptr, nullptr, 0, nullptr},
-};
-
-}  // namespace
-
-// ``import sao_kernels._C`` loads this library, whose static initialisers above register the
-// kernels, and returns the module holding the fast entry point.
-extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
-  return PyModule_Create(&module_def);
-}
 }

@@ -1,8 +1,10 @@
 """The optional native extension ``sao_kernels._C`` (csrc/): whether it is loaded, and why not.
 
-The extension registers, in C++, the CPU kernels and the autograd kernels of the public
-``torch.ops.sao_kernels`` ops (whose schemas ``sao_kernels.ops._library`` defines).  It is
-built by ``pip install --no-build-isolation -e .`` (or ``python setup.py build_ext
+The extension is two libraries.  The ops library ``sao_kernels/lib/libsao_kernels_ops.so``
+(:data:`LIBRARY`) defines the public ``torch.ops.sao_kernels`` ops and registers their C++ CPU
+and autograd kernels; it needs no Python, so C++ programs and AOTInductor packages load it
+(docs/deploy.md).  The Python module ``sao_kernels._C`` (the fast entry point) links it, so
+importing ``_C`` loads both.  It is built by ``pip install --no-build-isolation -e .`` (or ``python setup.py build_ext
 --inplace``).  Without it (not built, built against another torch, or
 ``SAO_KERNELS_NO_EXT=1``) nothing raises: :func:`available` is False, one INFO line on the
 ``sao_kernels`` logger says why, and the ops run their Python implementations (torch
@@ -20,6 +22,8 @@ import os
 from typing import Optional
 
 ENV_NO_EXT = "SAO_KERNELS_NO_EXT"
+# The ops library (no Python): what a process that does not import sao_kernels loads.
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", "libsao_kernels_ops.so")
 
 log = logging.getLogger("sao_kernels")
 _reason: Optional[str] = None

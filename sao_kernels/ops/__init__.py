@@ -15,7 +15,8 @@ How the ops are registered (which kernel runs for which dispatch key): ``_librar
 Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU kernels: csrc/.
 """
 
+from .._extension import LIBRARY
 from . import linear, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
 from ._library import NATIVE
 
-__all__ = ["NATIVE"]
+__all__ = ["LIBRARY", "NATIVE"]

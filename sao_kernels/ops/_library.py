@@ -1,6 +1,10 @@
 """How the three SAO products are registered with the dispatcher (``torch.ops.sao_kernels``).
 
-One schema per op, defined here.  Kernels per dispatch key:
+One schema per op (and one per private twin, below), defined in C++ by the native extension's
+ops library (csrc/schemas.cpp), so that a process that loads only that library (a C++ program,
+an AOTInductor package: docs/deploy.md) has the ops; without the extension, defined here from
+``SCHEMAS`` (the same strings: tests/ops/test_schemas.py compares them).  Kernels per dispatch
+key:
 
 =========================  ==================================  ==============================
 key                        with the native extension           without it
@@ -51,12 +55,13 @@ SCHEMAS = {
     ),
 }
 
-for _name, _args in SCHEMAS.items():
-    LIB.define(_name + _args)
-    LIB.define(f"_{_name}_python" + _args)
-
-# Importing the extension registers its C++ CPU and Autograd kernels for the ops above.
+# Importing the extension defines the schemas and registers its C++ CPU and Autograd kernels;
+# the Python kernels below are registered against those schemas.
 NATIVE = _extension.available()
+if not NATIVE:
+    for _name, _args in SCHEMAS.items():
+        LIB.define(_name + _args)
+        LIB.define(f"_{_name}_python" + _args)
 
 
 def register(name: str, python_impl: Callable, autograd_impl: Callable) -> None:
