@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop, conv_f
 
 from .bench.machine import machine_meta
 from .bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
-from .bench.steps import module_steps
+from .bench.steps import forward_step, module_steps
 from .bench.timing import TimingSettings, compare, interleave
 from .bench.twins import dense_equivalent, densify  # noqa: F401  (public here too)
 from .layers import SAOConv2d, SAOLinear
@@ -120,6 +120,8 @@ class Report:
             "and latencies are for that input. fwd+bwd FLOPs and latencies include the input, weight and bias "
             "gradients (a first layer whose input needs no gradient has none)."
         ]
+        if m.get("forward_only"):
+            lines += ["", f"**Forward only**: {m['forward_only']}; no fwd+bwd FLOPs or latencies."]
         if timed:
             lines += [
                 "",
@@ -341,8 +343,13 @@ def _layer_latency(
 ) -> dict:
     """Timing columns of one layer vs its dense twin (interleaved per mode), and its flags.
     fwd+bwd computes the input gradient only when the layer's input needed one in the model."""
-    sao_steps = module_steps(layer, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
-    dense_steps = module_steps(dense, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
+    # a frozen layer whose input needs no gradient has no backward (fwd+bwd columns stay empty)
+    backward = backward and (input_grad or any(p.requires_grad for p in layer.parameters()))
+    if backward:
+        sao_steps = module_steps(layer, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
+        dense_steps = module_steps(dense, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
+    else:
+        sao_steps, dense_steps = (forward_step(layer, x),), (forward_step(dense, x),)
     out, codes, reasons = {}, [], []
     for i, mode in enumerate(MODES if backward else MODES[:1]):
         stats = interleave({"dense": dense_steps[i], "sao": sao_steps[i]}, settings, device=x.device)
@@ -401,10 +408,18 @@ def report(
     hooks = [m.register_forward_hook(capture(n)) for n, m in layers]
     try:
         with torch.enable_grad():  # so that each hook sees whether its input needs a gradient
-            model(*inputs)
+            out = model(*inputs)
     finally:
         for h in hooks:
             h.remove()
+    forward_only = None
+    if backward and not any(
+        torch.is_tensor(t) and t.requires_grad for t in (out if isinstance(out, (tuple, list)) else [out])
+    ):
+        # e.g. every parameter frozen: there is no backward to count or time
+        forward_only = "the model's output does not require grad (are all its parameters frozen?)"
+        backward = False
+    del out
 
     fwd = _flops_by_module(model, inputs, backward=False)
     fwd_dense = _flops_by_module(dense, inputs, backward=False)
@@ -450,4 +465,6 @@ def report(
     totals["model_flops_fwd_dense"] = fwd_dense.get("", 0)
     device = inputs[0].device if inputs else torch.device("cpu")
     meta = dict(machine_meta(device), model=name or type(model).__name__, flag_spread=timing.flag_rel_spread)
+    if forward_only:
+        meta["forward_only"] = forward_only
     return Report(rows=rows, totals=totals, meta=meta)
