@@ -2,6 +2,8 @@
 
     python benchmarks/bench_e2e_mlp.py                      # CPU defaults (small)
     python benchmarks/bench_e2e_mlp.py --device cuda        # d=4096, FFN 4x, 12 layers, T=8192, bf16
+    TRITON_INTERPRET=1 python benchmarks/bench_e2e_mlp.py --backend triton --d 32 --layers 1 --tokens 16
+                                                            # the Triton kernels in the interpreter (rehearsal)
 
 Each block is x + W2 gelu(W1 LayerNorm(x)), W1: d -> 4d, W2: 4d -> d; the SAO models convert
 every W1 / W2 at G groups.  One step = forward, backward, AdamW update.  The dense model and
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=positive_int, help="tokens per step (default 8192 on cuda, 256 on cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8])
+    parser.add_argument(
+        "--backend",
+        choices=sk.dispatch.BACKENDS,
+        default="auto",
+        help="the SAO layers' backend (default auto: triton on cuda, native on cpu; triton on cpu needs "
+        "TRITON_INTERPRET=1 before start)",
+    )
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -71,17 +80,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except ValueError as err:
                 parser.error(f"--groups {G}: {err}")
+    try:
+        with sk.backend(args.backend):
+            sk.dispatch.select(x.device, dtype)
+    except (RuntimeError, TypeError) as err:
+        parser.error(f"--backend {args.backend}: {err}")
     base = dict(
         case="mlp_blocks",
         shape=f"{L} x (LN, {d}->{4 * d}->{d}, GELU), T={T}",
-        backend="auto",
+        backend=args.backend,
         dtype=dtype_name,
         width=d,
         tokens=T,
         depth=L,
         contention=False,
     )
-    with recording_load(meta):
+    with recording_load(meta), sk.backend(args.backend):
         rows = cases.model_rows(
             build(),
             saos,
