@@ -24,7 +24,7 @@ from torch import nn
 import sao_kernels as sk
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem
-from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
+from sao_kernels.cli import add_timing_arguments, limited, script_setup
 
 
 class Block(nn.Module):
@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_arguments(parser, min_run_time=1.0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--d", type=positive_int, help="model width (default 4096 on cuda, 512 on cpu)")
-    parser.add_argument("--layers", type=positive_int, help="blocks (default 12 on cuda, 2 on cpu)")
-    parser.add_argument("--tokens", type=positive_int, help="tokens per step (default 8192 on cuda, 256 on cpu)")
+    parser.add_argument("--d", type=limited("features"), help="model width (default 4096 on cuda, 512 on cpu)")
+    parser.add_argument("--layers", type=limited("layers"), help="blocks (default 12 on cuda, 2 on cpu)")
+    parser.add_argument("--tokens", type=limited("tokens"), help="tokens per step (default 8192 on cuda, 256 on cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--groups", type=limited("groups"), nargs="+", default=[2, 4, 8])
     parser.add_argument(
         "--backend",
         choices=sk.dispatch.BACKENDS,
