@@ -31,7 +31,7 @@ def test_the_rehearsal_runs_every_stage_and_writes_its_outputs(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("TRITON_INTERPRET", None)  # the script itself must export it before Python starts
     proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--rehearsal", str(out)],
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--rehearsal", "out"],  # relative: the caller's cwd
         capture_output=True,
         text=True,
         timeout=900,

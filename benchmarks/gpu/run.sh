@@ -20,14 +20,15 @@
 # at the end) and run.log: three files, whatever the number of results.  Exit status 0 when
 # every stage succeeded, else 1.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
 REHEARSAL="${SAO_GPU_REHEARSAL:-0}"
 if [[ "${1:-}" == "--rehearsal" ]]; then REHEARSAL=1; shift; fi
-OUT_DIR="${1:-${OUT:-$PWD/gpu_run}}"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+OUT_DIR="${1:-${OUT:-$ROOT/gpu_run}}"
+mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"  # a relative OUT_DIR is the caller's, not the repo's
+cd "$ROOT"
 WORK="$(mktemp -d /tmp/sao_gpu_run.XXXX)"
 BUDGET="${SAO_GPU_BUDGET_S:-450}"
 START=$(date +%s)
-mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 # Shapes and settings of the GPU run, and of the rehearsal (the same commands on the CPU).
