@@ -236,6 +236,7 @@ def _needed_bytes(cfg, args, sweep_suite: bool) -> dict[str, int]:
         cases.MLP_WIDTH,
         cases.MLP_TOKENS,
         cases.MLP_GROUPS if args.groups is None else args.groups,
+        cfg.timing().max_rounds,
     )
 
 

@@ -20,8 +20,11 @@ import torch
 MEMORY_FRACTION = 0.75
 # What the allocator and the libraries add to the live tensors (freed blocks kept for reuse,
 # GEMM packing buffers, sparse-format conversions): the resident peak measured on the
-# shapes of tests/test_cli_limits.py was 0.9 - 1.5 x the tensors counted here (2026-12-06).
+# shapes of tests/test_cli_limits.py was 0.7 - 1.3 x the tensors counted here (2026-12-06).
 SLACK = 2.0
+# The bootstrap of one speed-up interval (timing.speedup): resamples x rounds indices and
+# resampled times, and np.median's copies; 45 MiB measured at 2000 x 1000 (24 B each).
+BOOTSTRAP_BYTES_PER_SAMPLE = 48
 INDEX_BYTES = 8  # int64 index maps
 GiB = 2**30
 
@@ -61,7 +64,9 @@ def linear_job_bytes(op: str, T: int, f: int, itemsize: int, cands: list[tuple[i
             total += weight // G + 2 * f * INDEX_BYTES  # its BSR copy
         if bwd:
             total += act + weight // G  # its input and values grads (kept until the next call)
-    total += 4 * act + 2 * weight  # one call's temporaries (output, gathered copies, a masked weight)
+    # one call's temporaries: the composite's gathered input and its contiguous copy, grouped and
+    # scattered outputs, the bias add, the dense output; a masked dense weight and its grad
+    total += 6 * act + 2 * weight
     return total, max(T, f) * f * 4  # inputs are drawn in float32 on the host
 
 
@@ -90,13 +95,24 @@ def sweep_bytes(cfg, jobs) -> dict[str, int]:
         else:
             d, h = conv_job_bytes(job.op, cfg.conv_batch, job.width, cfg.conv_size, cfg.conv_kernel, s, cands)
         device, host = max(device, d), max(host, h)
+    host += timing_bytes(cfg.timing().max_rounds)
     if cfg.device == "cpu":
         return {"cpu": int(SLACK * (device + host))}
     return {cfg.device: int(SLACK * device), "cpu": int(SLACK * host)}
 
 
-def small_width_bytes(widths, tokens, groups, dtypes, depth: int, depth_width: int, depth_tokens: int, depth_groups):
-    """Peak host bytes of ``cases.small_width_suite`` with these settings."""
+def timing_bytes(max_rounds: int) -> int:
+    """Host bytes of the speed-up intervals of one comparison (computed one at a time)."""
+    from .timing import BOOTSTRAP_RESAMPLES
+
+    return BOOTSTRAP_BYTES_PER_SAMPLE * BOOTSTRAP_RESAMPLES * max_rounds
+
+
+def small_width_bytes(
+    widths, tokens, groups, dtypes, depth: int, depth_width: int, depth_tokens: int, depth_groups, max_rounds: int
+):
+    """Peak host bytes of ``cases.small_width_suite`` with these settings (``max_rounds``: of
+    its timing settings)."""
     peak = 0
     for dtype in dtypes:
         s = getattr(torch, dtype).itemsize
@@ -110,7 +126,7 @@ def small_width_bytes(widths, tokens, groups, dtypes, depth: int, depth_width: i
             weight, act = depth_width * depth_width * s, depth_tokens * depth_width * s
             models = depth * (2 * weight + sum(2 * weight // G for G in depth_groups) * 2)
             peak = max(peak, models + 3 * depth * act + act)  # saved activations of one step
-    return {"cpu": int(SLACK * peak)}
+    return {"cpu": int(SLACK * (peak + timing_bytes(max_rounds)))}
 
 
 def _gib(nbytes: int) -> str:
