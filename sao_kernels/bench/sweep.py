@@ -14,7 +14,8 @@ Backends (the ``backend`` field; the ideal speed-up is G for all but masked_dens
                 (saves no work: its ideal is 1)
   bsr           torch BSR of the group-ordered block diagonal plus the two permutations
                 (forward only: torch's BSR kernels have no backward)
-  grouped_mm    ``torch._grouped_mm`` on an explicit permuted copy (CUDA, bf16, forward)
+  grouped_mm    ``torch._grouped_mm`` on an explicit permuted copy (bf16, forward; CUDA, and CPU
+                where torch has it: the GPU rehearsal runs it there)
 """
 
 from __future__ import annotations
