@@ -2,6 +2,8 @@
 
     python benchmarks/bench_e2e_mlp.py                      # CPU defaults (small)
     python benchmarks/bench_e2e_mlp.py --device cuda        # d=4096, FFN 4x, 12 layers, T=8192, bf16
+    TRITON_INTERPRET=1 python benchmarks/bench_e2e_mlp.py --backend triton --d 32 --layers 1 --tokens 16
+                                                            # the Triton kernels in the interpreter (rehearsal)
 
 Each block is x + W2 gelu(W1 LayerNorm(x)), W1: d -> 4d, W2: 4d -> d; the SAO models convert
 every W1 / W2 at G groups.  One step = forward, backward, AdamW update.  The dense model and
@@ -22,7 +24,7 @@ from torch import nn
 import sao_kernels as sk
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem
-from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
+from sao_kernels.cli import add_timing_arguments, limited, script_setup
 
 
 class Block(nn.Module):
@@ -40,11 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_arguments(parser, min_run_time=1.0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--d", type=positive_int, help="model width (default 4096 on cuda, 512 on cpu)")
-    parser.add_argument("--layers", type=positive_int, help="blocks (default 12 on cuda, 2 on cpu)")
-    parser.add_argument("--tokens", type=positive_int, help="tokens per step (default 8192 on cuda, 256 on cpu)")
+    parser.add_argument("--d", type=limited("features"), help="model width (default 4096 on cuda, 512 on cpu)")
+    parser.add_argument("--layers", type=limited("layers"), help="blocks (default 12 on cuda, 2 on cpu)")
+    parser.add_argument("--tokens", type=limited("tokens"), help="tokens per step (default 8192 on cuda, 256 on cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--groups", type=limited("groups"), nargs="+", default=[2, 4, 8])
+    parser.add_argument(
+        "--backend",
+        choices=sk.dispatch.BACKENDS,
+        default="auto",
+        help="the SAO layers' backend (default auto: triton on cuda, native on cpu; triton on cpu needs "
+        "TRITON_INTERPRET=1 before start)",
+    )
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -71,17 +80,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except ValueError as err:
                 parser.error(f"--groups {G}: {err}")
+    try:
+        with sk.backend(args.backend):
+            sk.dispatch.select(x.device, dtype)
+    except (RuntimeError, TypeError) as err:
+        parser.error(f"--backend {args.backend}: {err}")
     base = dict(
         case="mlp_blocks",
         shape=f"{L} x (LN, {d}->{4 * d}->{d}, GELU), T={T}",
-        backend="auto",
+        backend=args.backend,
         dtype=dtype_name,
         width=d,
         tokens=T,
         depth=L,
         contention=False,
     )
-    with recording_load(meta):
+    with recording_load(meta), sk.backend(args.backend):
         rows = cases.model_rows(
             build(),
             saos,

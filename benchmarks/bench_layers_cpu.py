@@ -17,18 +17,18 @@ import torch
 
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem
-from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
+from sao_kernels.cli import add_timing_arguments, limited, script_setup
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_arguments(parser, min_run_time=1.0)
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8, 16], help="G values")
-    parser.add_argument("--features", type=positive_int, default=4096, help="linear width (square)")
-    parser.add_argument("--tokens", type=positive_int, default=512, help="linear tokens T")
-    parser.add_argument("--conv-channels", type=positive_int, default=256, help="conv channels (square)")
-    parser.add_argument("--conv-size", type=positive_int, default=32, help="conv H = W")
-    parser.add_argument("--conv-batch", type=positive_int, default=8, help="conv batch")
+    parser.add_argument("--groups", type=limited("groups"), nargs="+", default=[2, 4, 8, 16], help="G values")
+    parser.add_argument("--features", type=limited("features"), default=4096, help="linear width (square)")
+    parser.add_argument("--tokens", type=limited("tokens"), default=512, help="linear tokens T")
+    parser.add_argument("--conv-channels", type=limited("conv_channels"), default=256, help="conv channels (square)")
+    parser.add_argument("--conv-size", type=limited("conv_size"), default=32, help="conv H = W")
+    parser.add_argument("--conv-batch", type=limited("conv_batch"), default=8, help="conv batch")
     parser.add_argument(
         "--dtypes",
         nargs="+",

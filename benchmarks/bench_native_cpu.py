@@ -26,7 +26,7 @@ from sao_kernels.bench.machine import recording_load, results_stem
 from sao_kernels.bench.results import fmt_speedup
 from sao_kernels.bench.steps import module_steps
 from sao_kernels.bench.timing import compare, interleave
-from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
+from sao_kernels.cli import add_timing_arguments, limited, script_setup
 from sao_kernels.layers import SAOLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -96,9 +96,9 @@ def measure(dtype_name: str, n: int, T: int, groups: list[int], timing, gen) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_arguments(parser, min_run_time=0.5)
-    parser.add_argument("--features", type=positive_int, default=4096, help="square layer width n = m")
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--tokens", type=positive_int, nargs="+", default=[64, 512, 4096])
+    parser.add_argument("--features", type=limited("features"), default=4096, help="square layer width n = m")
+    parser.add_argument("--groups", type=limited("groups"), nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--tokens", type=limited("tokens"), nargs="+", default=[64, 512, 4096])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
     args = parser.parse_args(argv)
     timing, meta = script_setup(args, parser)

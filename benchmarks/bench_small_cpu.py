@@ -18,18 +18,18 @@ import argparse
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem, usable_cores
 from sao_kernels.bench.sweep import NothingMeasured
-from sao_kernels.cli import add_timing_arguments, nonnegative_int, positive_int, script_setup
+from sao_kernels.cli import add_timing_arguments, limited, nonnegative_int, script_setup
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_timing_arguments(parser, min_run_time=0.5)
-    parser.add_argument("--widths", type=positive_int, nargs="+", default=list(cases.SMALL_WIDTHS))
-    parser.add_argument("--tokens", type=positive_int, nargs="+", default=list(cases.SMALL_TOKENS))
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=list(cases.SMALL_GROUPS))
+    parser.add_argument("--widths", type=limited("features"), nargs="+", default=list(cases.SMALL_WIDTHS))
+    parser.add_argument("--tokens", type=limited("tokens"), nargs="+", default=list(cases.SMALL_TOKENS))
+    parser.add_argument("--groups", type=limited("groups"), nargs="+", default=list(cases.SMALL_GROUPS))
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(cases.DTYPES))
-    parser.add_argument("--mlp-depth", type=nonnegative_int, default=cases.MLP_DEPTH, help="0 leaves the MLP out")
-    parser.add_argument("--mlp-groups", type=positive_int, nargs="+", default=list(cases.MLP_GROUPS))
+    parser.add_argument("--mlp-depth", type=limited("mlp_depth"), default=cases.MLP_DEPTH, help="0 leaves the MLP out")
+    parser.add_argument("--mlp-groups", type=limited("groups"), nargs="+", default=list(cases.MLP_GROUPS))
     parser.add_argument("--contention", action="store_true", help="also measure with a busy loop on one core")
     parser.add_argument("--contention-core", type=nonnegative_int, help="core of the busy loop (default: the last)")
     args = parser.parse_args(argv)

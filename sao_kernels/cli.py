@@ -22,11 +22,16 @@ from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchma
     choice_list,
     finite_float,
     fraction,
+    limit_text,
+    limited,
+    limited_list,
+    max_threads,
     nonnegative_int,
     positive_int,
     positive_int_list,
     script_setup,
     seconds,
+    threads,
 )
 
 SUITES = ("sweep", "small-width", "models")
@@ -66,23 +71,49 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="where to run (default: cuda if available, else cpu; small-width: cpu)",
     )
     b.add_argument("--ops", type=choice_list(OPS), help=f"sweep: ops to measure, from: {', '.join(OPS)}")
-    b.add_argument("--tokens", type=positive_int_list, help="token counts T, e.g. 16,512")
-    b.add_argument("--features", type=positive_int_list, help="square layer widths m = n, e.g. 1024,4096")
-    b.add_argument("--groups", type=positive_int_list, help="group counts G (sparsity 1 - 1/G), e.g. 1,2,4,8")
+    b.add_argument(
+        "--tokens", type=limited_list("tokens"), help=f"token counts T in {limit_text('tokens')}, e.g. 16,512"
+    )
+    b.add_argument(
+        "--features",
+        type=limited_list("features"),
+        help=f"square layer widths m = n in {limit_text('features')}, e.g. 1024,4096",
+    )
+    b.add_argument(
+        "--groups",
+        type=limited_list("groups"),
+        help=f"group counts G (sparsity 1 - 1/G) in {limit_text('groups')}, e.g. 1,2,4,8",
+    )
     b.add_argument("--dtypes", type=choice_list(tuple(DTYPES)), help=f"dtypes, from: {', '.join(DTYPES)}")
-    b.add_argument("--block-sizes", type=positive_int_list, help="sweep: block_size values (1 = the paper's)")
+    b.add_argument(
+        "--block-sizes",
+        type=limited_list("block_sizes"),
+        help=f"sweep: block_size values in {limit_text('block_sizes')} (1 = the paper's)",
+    )
     b.add_argument(
         "--backends",
         type=choice_list(BACKENDS),
         help=f"sweep: implementations to time, from: {', '.join(BACKENDS)} (dense is always timed)",
     )
-    b.add_argument("--conv-channels", type=positive_int, help="sweep: channels of the conv2d ops (square layer)")
-    b.add_argument("--conv-size", type=positive_int, help="sweep: spatial size H = W of the conv2d ops")
-    b.add_argument("--conv-batch", type=positive_int, help="sweep: batch of the conv2d ops")
+    b.add_argument(
+        "--conv-channels",
+        type=limited("conv_channels"),
+        help=f"sweep: channels of the conv2d ops (square layer), in {limit_text('conv_channels')}",
+    )
+    b.add_argument(
+        "--conv-size",
+        type=limited("conv_size"),
+        help=f"sweep: spatial size H = W of the conv2d ops, in {limit_text('conv_size')}",
+    )
+    b.add_argument(
+        "--conv-batch",
+        type=limited("conv_batch"),
+        help=f"sweep: batch of the conv2d ops, in {limit_text('conv_batch')}",
+    )
     b.add_argument(
         "--mlp-depth",
-        type=nonnegative_int,
-        help="small-width: layers of the tanh MLP step (default 100; 0 leaves it out)",
+        type=limited("mlp_depth"),
+        help=f"small-width: layers of the tanh MLP step, in {limit_text('mlp_depth')} (default 100; 0 leaves it out)",
     )
     b.add_argument("--models", type=choice_list(MODELS), help=f"models: which models, from: {', '.join(MODELS)}")
     b.add_argument("--quick", action="store_true", help="models: tiny configurations (a smoke test, seconds)")
@@ -115,7 +146,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="measure everything a second time with a busy-loop process pinned on one core",
     )
     b.add_argument("--contention-core", type=nonnegative_int, help="the core for --contention (default: the last)")
-    b.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    b.add_argument("--threads", type=threads, help=f"torch.set_num_threads, in [1, {max_threads()}] (default: torch's)")
+    b.add_argument(
+        "--roofline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sweep: add floor ms and roofline fraction columns, from a dense matmul and a copy timed at the "
+        "start (default: on cuda only)",
+    )
     b.add_argument("--machine", help="machine name recorded in the results (default: from the CPU / GPU name)")
     b.add_argument(
         "--autotune",
@@ -148,9 +186,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
     r.add_argument(
         "--repeats",
-        type=_int_at_least(3),
+        type=limited("repeats"),
         default=10,
-        help="least interleaved rounds per latency measurement (>= 3, default 10)",
+        help=f"least interleaved rounds per latency measurement, in {limit_text('repeats')} (default 10)",
     )
     r.add_argument(
         "--min-run-time",
@@ -171,7 +209,7 @@ def default_prog() -> str:
 
 
 # --------------------------------------------------------------------------- bench
-_SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune")
+_SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune", "roofline")
 _SUITE_ONLY = ("mlp_depth",)
 _MODELS_ONLY = ("models", "quick")
 _NOT_MODELS = ("mlp_depth", "tokens", "features", "dtypes")
@@ -193,8 +231,26 @@ def _print_skipped(skipped: list[dict]) -> None:
         print(line, file=sys.stderr)
 
 
+def _needed_bytes(cfg, args, sweep_suite: bool) -> dict[str, int]:
+    from .bench import cases, memory, sweep
+
+    if sweep_suite:
+        return memory.sweep_bytes(cfg, sweep.plan(cfg)[0])
+    return memory.small_width_bytes(
+        args.features or cases.SMALL_WIDTHS,
+        args.tokens or cases.SMALL_TOKENS,
+        args.groups or cases.SMALL_GROUPS,
+        args.dtypes or ("float32",),
+        cases.MLP_DEPTH if args.mlp_depth is None else args.mlp_depth,
+        cases.MLP_WIDTH,
+        cases.MLP_TOKENS,
+        cases.MLP_GROUPS if args.groups is None else args.groups,
+        cfg.timing().max_rounds,
+    )
+
+
 def _bench(args, argv: Sequence[str], prog: str) -> int:
-    from .bench import machine, results, sweep
+    from .bench import machine, memory, results, sweep
 
     err = args.subparser.error
     sweep_suite = args.suite == "sweep"
@@ -246,9 +302,12 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
             setattr(cfg, field, tuple(value) if isinstance(value, list) else value)
     cfg.target_spread, cfg.flag_spread = args.target_spread, args.flag_spread
     cfg.contention, cfg.contention_core = args.contention, core
+    if args.roofline is not None:
+        cfg.roofline = args.roofline
     try:
         sweep.validate_config(cfg)
-    except ValueError as e:
+        memory.check_fits(_needed_bytes(cfg, args, sweep_suite), "this selection")
+    except ValueError as e:  # memory.MemoryLimitError included: exit 2 before anything is allocated
         err(str(e))
     meta = _meta(device, args, argv, prog)
     meta["suite"] = args.suite
@@ -368,94 +427,6 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     return lambda: model_suite.write_model_results(rows, meta, out, settings=cfg.timing(), skipped=skipped)
 
 
-# -------------------------------------------------------------------------- report
-def _nothing_converted(prog: str, args, summary) -> str:
-    """Why ``report`` stops: no layer reached --sparsity, and the sparsities that would."""
-    from .sizes import valid_sparsities
-
-    shapes = {row.shape[:2] for row in summary.rows if len(row.shape) >= 2}
-    common = set.intersection(*(set(valid_sparsities(m, n)) for m, n in shapes)) - {0.0} if shapes else set()
-    hint = (
-        f"; sparsities every layer of it can reach: {', '.join(f'{s:g}' for s in sorted(common)[:6])}" if common else ""
-    )
-    return (
-        f"{prog} report: --sparsity {args.sparsity:g} converted no layer of {args.model} "
-        f"({len(summary.rows)} Linear / Conv2d layer(s), e.g. {summary.rows[0].path or '(root)'}: "
-        f"{summary.rows[0].reason}){hint}"
-        if summary.rows
-        else f"{prog} report: {args.model} has no Linear / Conv2d layer to convert"
-    )
-
-
-def _report(args, argv: Sequence[str], prog: str) -> int:
-    from .bench import machine, results
-    from .bench.timing import TimingSettings
-    from .conversion import ReinitializedWarning, conversion_summary, convert
-    from .layer_report import report
-    from .models import load_model
-
-    err = args.subparser.error
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")
-    try:
-        out = results.check_writable(args.out, "--out")
-    except ValueError as e:
-        err(str(e))
-    try:
-        model, inputs = load_model(args.model)
-    except ValueError as e:
-        err(f"--model: {e}")
-    dtype = getattr(torch, args.dtype)
-    model = model.to(device=device, dtype=dtype)
-    inputs = tuple(
-        t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-        for t in ((inputs,) if torch.is_tensor(inputs) else inputs)
-    )
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    except Exception as e:  # noqa: BLE001 - a model that cannot run its own inputs is a bad --model
-        err(f"--model {args.model}: the model fails on its example inputs ({type(e).__name__}: {e})")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # (the models here are freshly built: that their weights are re-initialised is expected)
-        warnings.simplefilter("ignore", ReinitializedWarning)
-        model = convert(model, sparsity=args.sparsity, on_empty="ignore")
-    for w in caught:
-        print(f"note: {w.message}", file=sys.stderr)
-    if not conversion_summary(model).converted:
-        print(_nothing_converted(prog, args, conversion_summary(model)), file=sys.stderr)
-        return 1
-    timing = TimingSettings(
-        min_run_time=args.min_run_time,
-        min_rounds=args.repeats,
-        max_rounds=max(1000, args.repeats),
-        flag_rel_spread=args.flag_spread,
-    )
-    meta_extra = {"command": " ".join([prog, *argv])}
-    with machine.recording_load(meta_extra):
-        rep = report(
-            model,
-            inputs,
-            measure_latency=not args.no_latency,
-            backward=not args.no_backward,
-            name=args.model,
-            timing=timing,
-        )
-    if not rep.rows:
-        print(
-            f"{prog} report: nothing to report: {args.model} has no Linear / Conv2d layer used by its forward",
-            file=sys.stderr,
-        )
-        return 1
-    rep.meta.update(meta_extra, machine=machine.machine_label(rep.meta))
-    paths = rep.save(out)
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits 2 on usage errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -463,7 +434,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     if args.command == "bench":
         return _bench(args, argv, prog)
-    return _report(args, argv, prog)
+    from .cli_report import run_report
+
+    return run_report(args, argv, prog)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,106 @@
 """Argument types and shared flags of the command line and the benchmark scripts: every
 numeric flag is validated by argparse (finite, in range), so a bad value is a usage error
-before anything runs."""
+before anything runs.
+
+The ranges of the integer flags (``LIMITS``) keep every size an int64 index and every loop
+finite; what fits in memory is checked separately, for the whole selection, before anything
+is allocated (``sao_kernels.bench.memory``).  ``--threads`` is at most ``max_threads()``:
+``THREADS_PER_CORE`` x the machine's logical CPUs (more only oversubscribes the cores, and
+torch.set_num_threads(100000) crashes the process when OpenMP cannot create the threads).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
+# ------------------------------------------------------------------ ranges
+LIMITS = {
+    "tokens": (1, 2**24),  # tokens T per product
+    "features": (1, 2**17),  # layer widths m = n (a 2**17 square fp32 weight is 64 GiB)
+    "groups": (1, 2**17),  # G (must also divide the width)
+    "block_sizes": (1, 2**17),
+    "conv_channels": (1, 2**16),
+    "conv_size": (1, 2**12),  # H = W
+    "conv_batch": (1, 2**16),
+    "mlp_depth": (0, 10_000),
+    "repeats": (3, 100_000),  # least interleaved rounds per measurement
+    "layers": (1, 10_000),
+}
+THREADS_PER_CORE = 4
+
+
+def max_threads() -> int:
+    """The largest --threads: ``THREADS_PER_CORE`` x the logical CPUs of this machine."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
+def limit_text(name: str) -> str:
+    """'[lo, hi]' of ``LIMITS[name]`` (for help texts)."""
+    lo, hi = LIMITS[name]
+    return f"[{lo}, {hi}]"
+
 
 # ------------------------------------------------------------------ argparse types
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}")
+        return value
+
+    parse.__name__ = f"integer in [{lo}, {hi}]"
+    return parse
+
+
+def int_list_in(lo: int, hi: int) -> Callable[[str], list[int]]:
+    """argparse type: comma-separated integers, each in [lo, hi]."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers in [{lo}, {hi}], got {text!r}"
+            ) from None
+        if not values or any(not lo <= v <= hi for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers in [{lo}, {hi}], got {text!r}")
+        return values
+
+    parse.__name__ = f"integers in [{lo}, {hi}]"
+    return parse
+
+
+def limited(name: str) -> Callable[[str], int]:
+    """argparse type: an integer in ``LIMITS[name]``."""
+    return int_in(*LIMITS[name])
+
+
+def limited_list(name: str) -> Callable[[str], list[int]]:
+    """argparse type: comma-separated integers in ``LIMITS[name]``."""
+    return int_list_in(*LIMITS[name])
+
+
+def threads(text: str) -> int:
+    """argparse type: a thread count in [1, max_threads()]."""
+    try:
+        return int_in(1, max_threads())(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(
+            f"{err} ({THREADS_PER_CORE} x the {os.cpu_count()} logical CPUs of this machine)"
+        ) from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(1)(text)
@@ -114,7 +202,9 @@ def add_timing_arguments(parser: argparse.ArgumentParser, *, min_run_time: float
         default=0.10,
         help="flag rows whose IQR or speed-up interval exceeds this fraction (default 0.10)",
     )
-    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=threads, help=f"torch.set_num_threads, in [1, {max_threads()}] (default: torch's)"
+    )
     parser.add_argument("--machine", help="machine name for the results (default: from the CPU / GPU name)")
     parser.add_argument("--out", default="benchmarks/results", help="results folder (default: benchmarks/results)")
 

@@ -19,13 +19,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop, conv_flop_count
 
 from .bench.machine import machine_meta
 from .bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
-from .bench.steps import module_steps
+from .bench.steps import forward_step, module_steps
 from .bench.timing import TimingSettings, compare, interleave
 from .bench.twins import dense_equivalent, densify  # noqa: F401  (public here too)
+from .flop_count import flop_counter
 from .layers import SAOConv2d, SAOLinear
 
 MODES = ("fwd", "fwd_bwd")
@@ -127,6 +127,8 @@ class Report:
                 else "Forward only (backward=False): no fwd+bwd column."
             )
         ]
+        if m.get("forward_only"):
+            lines += ["", f"**Forward only**: {m['forward_only']}; no fwd+bwd FLOPs or latencies."]
         if timed:
             lines += [
                 "",
@@ -258,61 +260,6 @@ def _shape(s) -> str:
     return "x".join(map(str, s)) if s else ""
 
 
-# torch registers its formulas wrapped by shape_wrapper; __wrapped__ is the shape-level one.
-_torch_conv_backward_flop = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)
-
-
-def grouped_conv_backward_flop(
-    grad_out_shape,
-    x_shape,
-    w_shape,
-    bias,
-    stride,
-    padding,
-    dilation,
-    transposed,
-    output_padding,
-    groups,
-    output_mask,
-    out_shape,
-    **kwargs,
-) -> int:
-    """torch's convolution_backward flop formula with ``groups`` honoured.
-
-    torch's formula (2.11 - 2.13) counts the weight gradient of a grouped convolution as if
-    it were dense (it ignores ``groups``), G times too many for SAOConv2d's grouped conv.
-    The weight-gradient part is divided by ``groups``; everything else is torch's own.
-    """
-    flops = _torch_conv_backward_flop(
-        grad_out_shape,
-        x_shape,
-        w_shape,
-        bias,
-        stride,
-        padding,
-        dilation,
-        transposed,
-        output_padding,
-        groups,
-        output_mask,
-        out_shape,
-        **kwargs,
-    )
-    if groups > 1 and output_mask[1] and not transposed:
-
-        def t(shape):
-            return [shape[1], shape[0]] + list(shape[2:])
-
-        dense_wgrad = conv_flop_count(t(x_shape), t(grad_out_shape), t(list(out_shape[1])), transposed=False)
-        flops -= dense_wgrad - dense_wgrad // groups
-    return flops
-
-
-def flop_counter(**kwargs) -> FlopCounterMode:
-    """FlopCounterMode with the grouped-convolution backward formula corrected."""
-    return FlopCounterMode(custom_mapping={torch.ops.aten.convolution_backward: grouped_conv_backward_flop}, **kwargs)
-
-
 def _flops_by_module(model: nn.Module, inputs: Sequence[torch.Tensor], backward: bool) -> dict[str, int]:
     """Per-module FLOP totals from (the corrected) FlopCounterMode, by qualified name."""
     model.zero_grad(set_to_none=True)
@@ -372,8 +319,13 @@ def _layer_latency(
 ) -> dict:
     """Timing columns of one layer vs its dense twin (interleaved per mode), and its flags.
     fwd+bwd computes the input gradient only when the layer's input needed one in the model."""
-    sao_steps = module_steps(layer, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
-    dense_steps = module_steps(dense, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
+    # a frozen layer whose input needs no gradient has no backward (fwd+bwd columns stay empty)
+    backward = backward and (input_grad or any(p.requires_grad for p in layer.parameters()))
+    if backward:
+        sao_steps = module_steps(layer, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
+        dense_steps = module_steps(dense, x, generator=torch.Generator().manual_seed(0), input_grad=input_grad)
+    else:
+        sao_steps, dense_steps = (forward_step(layer, x),), (forward_step(dense, x),)
     out, codes, reasons = {}, [], []
     for i, mode in enumerate(MODES if backward else MODES[:1]):
         stats = interleave({"dense": dense_steps[i], "sao": sao_steps[i]}, settings, device=x.device)
@@ -432,10 +384,18 @@ def report(
     hooks = [m.register_forward_hook(capture(n)) for n, m in layers]
     try:
         with torch.enable_grad():  # so that each hook sees whether its input needs a gradient
-            model(*inputs)
+            out = model(*inputs)
     finally:
         for h in hooks:
             h.remove()
+    forward_only = None
+    if backward and not any(
+        torch.is_tensor(t) and t.requires_grad for t in (out if isinstance(out, (tuple, list)) else [out])
+    ):
+        # e.g. every parameter frozen: there is no backward to count or time
+        forward_only = "the model's output does not require grad (are all its parameters frozen?)"
+        backward = False
+    del out
 
     fwd = _flops_by_module(model, inputs, backward=False)
     fwd_dense = _flops_by_module(dense, inputs, backward=False)
@@ -483,4 +443,6 @@ def report(
     meta = dict(
         machine_meta(device), model=name or type(model).__name__, flag_spread=timing.flag_rel_spread, backward=backward
     )
+    if forward_only:
+        meta["forward_only"] = forward_only
     return Report(rows=rows, totals=totals, meta=meta)

@@ -47,8 +47,9 @@ def load_model(spec: str) -> tuple[nn.Module, object]:
 
     Raises:
         ValueError: for any spec that does not give that (unknown name, module that does not
-            import, missing attribute, a factory that raises or returns something else);
-            the message names the spec and what went wrong.
+            import, missing attribute, a factory that raises, calls sys.exit or returns something
+            else, a model or inputs on the meta device); the message names the spec and what
+            went wrong.
     """
     if spec in BUILTIN:
         return BUILTIN[spec]()
@@ -57,13 +58,17 @@ def load_model(spec: str) -> tuple[nn.Module, object]:
         raise ValueError(f"model {spec!r} is not a built-in ({', '.join(BUILTIN)}) nor 'package.module:factory'")
     try:
         module = importlib.import_module(mod_name)
-    except Exception as err:  # noqa: BLE001 - any import failure is the user's spec
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - any import failure is the user's spec
         raise ValueError(f"model {spec!r}: cannot import {mod_name!r} ({type(err).__name__}: {err})") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"model {spec!r}: {mod_name!r} has no callable {attr!r}")
     try:
         result = factory()
+    except SystemExit as err:  # a factory is not a program: exiting would end the CLI silently
+        raise ValueError(
+            f"model {spec!r}: {attr}() called sys.exit({err.code!r}) instead of returning (model, example_inputs)"
+        ) from None
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"model {spec!r}: {attr}() raised {type(err).__name__}: {err}") from None
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
@@ -73,5 +78,12 @@ def load_model(spec: str) -> tuple[nn.Module, object]:
     if not isinstance(tensors, (tuple, list)) or not tensors or not all(torch.is_tensor(t) for t in tensors):
         raise ValueError(
             f"model {spec!r}: example_inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+        )
+    on_meta = [n for n, t in [*result[0].named_parameters(), *result[0].named_buffers()] if t.is_meta]
+    if on_meta or any(t.is_meta for t in tensors):
+        where = f"its parameters / buffers ({', '.join(on_meta[:3])}{', ...' if len(on_meta) > 3 else ''})"
+        raise ValueError(
+            f"model {spec!r}: {where if on_meta else 'its example inputs'} are on the meta device (no data); "
+            "materialise them first (e.g. module.to_empty(device='cpu') and load_state_dict)"
         )
     return result

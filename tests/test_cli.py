@@ -97,7 +97,7 @@ def test_bench_writes_the_four_files_with_spread(tmp_path, capsys):
         (["bench", "--conv-batch", "1.5"], "--conv-batch"),
         (["bench", "--threads", "0"], "--threads"),
         (["bench", "--ops", "linear_fwd,matmul"], "matmul"),
-        (["bench", "--groups", "0,2"], "positive integers"),
+        (["bench", "--groups", "0,2"], "--groups: expected comma-separated integers in [1, "),
         (["bench", "--dtypes", "float8"], "float8"),
         (["bench", "--backends", "cublas"], "cublas"),
         (["bench", "--device", "tpu"], "invalid choice"),

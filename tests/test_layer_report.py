@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sao_kernels as sk
 from sao_kernels.bench.timing import TimingSettings
-from sao_kernels.layer_report import densify, flop_counter, report
+from sao_kernels.flop_count import flop_counter
+from sao_kernels.layer_report import densify, report
 
 FAST = TimingSettings(min_run_time=0.003, max_run_time=0.01, min_rounds=3)
 

@@ -8,6 +8,10 @@ prints which path the planner picks and the model's predicted times, so the mode
 can be checked against the measured crossover.
 
     python benchmarks/gpu/paths.py --out DIR        # ~1 min on an H100
+
+``--device cpu`` (with ``TRITON_INTERPRET=1`` set before Python starts) runs the same paths in
+Triton's interpreter, timed by the wall clock: the rehearsal of ``run.sh --rehearsal``, whose
+numbers mean nothing (the cost model is then Ampere's, the interpreter's tiles are not a GPU's).
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import functools
 import itertools
 import json
 import os
+import statistics
 import sys
+import time
 
 import torch
 import triton
 import triton.testing
 
 from sao_kernels.ops.triton import cost_model, tiles
-from sao_kernels.ops.triton._common import device_of, dot_precision
+from sao_kernels.ops.triton._common import device_of, dot_precision, interpreting
 from sao_kernels.ops.triton.gather_matmul import (
     choose_permutes,
     gather_traffic,
@@ -35,13 +41,22 @@ from sao_kernels.ops.triton.gather_matmul import (
 from sao_kernels.ops.triton.grad_values import grouped_grad_values, plan_grad_values
 
 
-def _bench(fn) -> dict:
-    q = triton.testing.do_bench(fn, warmup=20, rep=80, quantiles=[0.0, 0.25, 0.5, 0.75])
+def _bench_on(fn, device: str) -> dict:
+    if device == "cuda":
+        q = triton.testing.do_bench(fn, warmup=20, rep=80, quantiles=[0.0, 0.25, 0.5, 0.75])
+    else:  # the interpreter (rehearsal): a few wall-clock calls, the same quantiles
+        fn()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+        q = [min(times), *statistics.quantiles(times, n=4, method="inclusive")]
     return dict(ms_min=q[0], ms=q[2], ms_iqr=q[3] - q[1])
 
 
-def _perm(size: int) -> torch.Tensor:
-    return torch.randperm(size, device="cuda")
+def _perm(size: int, device: str) -> torch.Tensor:
+    return torch.randperm(size, device=device)
 
 
 def _model_ms(T, G, N, K, itemsize, precision, device, permute_in, permute_out) -> float:
@@ -52,15 +67,17 @@ def _model_ms(T, G, N, K, itemsize, precision, device, permute_in, permute_out) 
     )
 
 
-def _measure(dtype: torch.dtype, T: int, G: int, width: int) -> list[dict]:
-    """Every path of the three products for one (dtype, T, G) square layer of ``width`` features."""
+def _measure(dtype: torch.dtype, T: int, G: int, width: int, where: str = "cuda") -> list[dict]:
+    """Every path of the three products for one (dtype, T, G) square layer of ``width`` features
+    on ``where`` ("cuda", or "cpu" for the interpreter)."""
     n = m = width
-    x = torch.randn(T, n, device="cuda", dtype=dtype)
-    dy = torch.randn(T, m, device="cuda", dtype=dtype)
-    values = torch.randn(G, m // G, n // G, device="cuda", dtype=dtype)
-    ii, oi = _perm(n), _perm(m)
+    x = torch.randn(T, n, device=where, dtype=dtype)
+    dy = torch.randn(T, m, device=where, dtype=dtype)
+    values = torch.randn(G, m // G, n // G, device=where, dtype=dtype)
+    ii, oi = _perm(n, where), _perm(m, where)
     device, precision = device_of(x), dot_precision(dtype)
-    dense_w = torch.randn(m, n, device="cuda", dtype=dtype)
+    dense_w = torch.randn(m, n, device=where, dtype=dtype)
+    _bench = functools.partial(_bench_on, device=where)
     dense = _bench(lambda: x @ dense_w.t())
     chosen = tiles.gather_matmul_tiles(T, m // G, n // G, x.element_size(), precision, device)
     planner_fwd = "+".join(
@@ -120,23 +137,29 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", default="4,16")
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: Triton's interpreter (a rehearsal)"
+    )
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        parser.error("needs a CUDA GPU")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU (or --device cpu with TRITON_INTERPRET=1 for a rehearsal)")
+    if args.device == "cpu" and not interpreting():
+        parser.error("--device cpu runs Triton's interpreter: set TRITON_INTERPRET=1 before Python starts")
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for dtype_name, T, G in itertools.product(
         args.dtypes.split(","), map(int, args.tokens.split(",")), map(int, args.groups.split(","))
     ):
-        rows += _measure(getattr(torch, dtype_name), T, G, args.width)
-        torch.cuda.empty_cache()
+        rows += _measure(getattr(torch, dtype_name), T, G, args.width, args.device)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
     with open(os.path.join(args.out, "paths.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    arch = device_of(torch.empty(1, device="cuda")).arch
+    arch = device_of(torch.empty(1, device=args.device)).arch
     meta = dict(
-        device=torch.cuda.get_device_name(),
+        device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton's interpreter: a rehearsal)",
         torch=torch.__version__,
         triton=triton.__version__,
         rates=dict(vars(cost_model.rates_for(arch))),

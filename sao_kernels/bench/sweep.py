@@ -14,7 +14,8 @@ Backends (the ``backend`` field; the ideal speed-up is G for all but masked_dens
                 (saves no work: its ideal is 1)
   bsr           torch BSR of the group-ordered block diagonal plus the two permutations
                 (forward only: torch's BSR kernels have no backward)
-  grouped_mm    ``torch._grouped_mm`` on an explicit permuted copy (CUDA, bf16, forward)
+  grouped_mm    ``torch._grouped_mm`` on an explicit permuted copy (bf16, forward; CUDA, and CPU
+                where torch has it: the GPU rehearsal runs it there)
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ class SweepConfig:
     flag_spread: float = 0.10
     contention: bool = False
     contention_core: int | None = None
+    roofline: bool | None = None  # floor_ms / roofline_fraction columns (None: on CUDA)
+
+    def __post_init__(self) -> None:
+        if self.roofline is None:
+            self.roofline = self.device == "cuda"
 
     def timing(self) -> TimingSettings:
         return TimingSettings(
@@ -252,14 +258,16 @@ _PEAKS: dict[tuple[str, torch.dtype], tuple[float, float]] = {}
 
 
 def measured_peaks(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
-    """(flop/s of a large dense matmul in ``dtype``, bytes/s of a large copy) on ``device``."""
+    """(flop/s of a large dense matmul in ``dtype``, bytes/s of a large copy) on ``device``
+    (8192^2 and 256 MiB on a GPU; 512^2 and 16 MiB on a CPU, where larger ones take seconds)."""
     key = (str(device), dtype)
     if key not in _PEAKS:
-        n = 8192
+        cuda = device.type == "cuda"
+        n = 8192 if cuda else 512
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         flops = 2 * n**3 / (median_ms(lambda: a @ b, device=device) * 1e-3)
-        src = torch.empty(256 * 2**20, device=device, dtype=torch.uint8)
+        src = torch.empty((256 if cuda else 16) * 2**20, device=device, dtype=torch.uint8)
         dst = torch.empty_like(src)
         bw = 2 * src.numel() / (median_ms(lambda: dst.copy_(src), device=device) * 1e-3)
         _PEAKS[key] = (flops, bw)
@@ -345,7 +353,7 @@ def _measure_job(job, cands, cfg, gen, device, timing, skipped, contention: bool
             flag=cmp.flag,
             flag_reason=cmp.flag_reason,
         )
-        if device.type == "cuda" and job.op.startswith("linear"):
+        if cfg.roofline and job.op.startswith("linear"):
             flops, nbytes = linear_cost(job.op, job.tokens, job.width, job.width, G, DTYPES[job.dtype].itemsize)
             peak, bw = measured_peaks(device, DTYPES[job.dtype])
             row["floor_ms"] = max(flops / peak, nbytes / bw) * 1e3
@@ -358,16 +366,19 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     """Measure every (op, shape, dtype, G, block_size, backend) of ``cfg``.
 
     Raises:
-        ValueError: an invalid config (naming the field).
+        ValueError: an invalid config (naming the field); ``memory.MemoryLimitError`` when
+            the sweep would need more memory than ``memory.MEMORY_FRACTION`` of what is free.
         NothingMeasured: every candidate was skipped (its ``skipped`` says why); raised
             before any timing when the plan is already empty.
     """
     from .machine import busy_core
+    from .memory import check_fits, sweep_bytes
 
     validate_config(cfg)
     timing = cfg.timing()
     device = torch.device(cfg.device)
     jobs, skipped = plan(cfg)
+    check_fits(sweep_bytes(cfg, jobs), "this sweep")  # before anything is allocated
     if not jobs:
         raise NothingMeasured(skipped)
     passes = (False, True) if cfg.contention else (False,)
@@ -423,7 +434,12 @@ def sweep_markdown(result: SweepResult, meta: dict, flag_spread: float = 0.10) -
         ("rounds", lambda r: str(r["rounds"]), True),
     ]
     notes = ["masked_dense saves no work (its ideal is 1x); bsr and grouped_mm are forward-only."]
-    if meta["device"] == "cuda":
+    if any(r["backend"] == "triton" and r["device"] == "cpu" for r in result.rows):
+        notes.append(
+            "triton rows on the CPU ran in Triton's interpreter (TRITON_INTERPRET=1): a rehearsal of the "
+            "GPU run, not a timing of the kernels."
+        )
+    if any("floor_ms" in r for r in result.rows):
         cols += [
             ("floor ms", lambda r: f"{r['floor_ms']:.3f}" if "floor_ms" in r else "", True),
             ("roofline", lambda r: f"{100 * r['roofline_fraction']:.0f}%" if "floor_ms" in r else "", True),

@@ -15,7 +15,8 @@ from ..layers import SAOConv2d, SAOLinear
 
 
 def dense_equivalent(layer: nn.Module) -> nn.Module:
-    """nn.Linear / nn.Conv2d with the SAO layer's dense weight and bias (a copy)."""
+    """nn.Linear / nn.Conv2d with the SAO layer's dense weight and bias (a copy; frozen where
+    the layer's are)."""
     w = layer.dense_weight().detach()
     if isinstance(layer, SAOLinear):
         dense = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, device=w.device, dtype=w.dtype)
@@ -39,6 +40,10 @@ def dense_equivalent(layer: nn.Module) -> nn.Module:
         dense.weight.copy_(w)
         if layer.bias is not None:
             dense.bias.copy_(layer.bias)
+    # frozen stays frozen: the twin computes the same gradients as the layer
+    dense.weight.requires_grad_(layer.values.requires_grad)
+    if layer.bias is not None:
+        dense.bias.requires_grad_(layer.bias.requires_grad)
     dense.train(layer.training)
     return dense
 
