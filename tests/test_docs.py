@@ -13,9 +13,16 @@ import textwrap
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Pages whose snippets a test of their own runs (chained snippets, printed output checked).
+DEDICATED = {
+    "conversion.md": "test_conversion_docs.py",
+    "deploy.md": "test_deploy.py",
+    "pretrained.md": "test_pretrained.py",
+}
 BLOCKS = [
     (path.name, i, textwrap.dedent(block))
     for path in sorted((ROOT / "docs").glob("*.md"))
+    if path.name not in DEDICATED
     for i, block in enumerate(
         re.findall(r"^[ \t]*```python\n(.*?)^[ \t]*```", path.read_text(encoding="utf-8"), flags=re.S | re.M)
     )
@@ -24,6 +31,12 @@ BLOCKS = [
 
 def test_docs_have_python_snippets():
     assert len(BLOCKS) >= 4
+
+
+@pytest.mark.parametrize("page, test_file", sorted(DEDICATED.items()))
+def test_dedicated_doc_tests_exist(page, test_file):
+    assert (ROOT / "docs" / page).exists()
+    assert f"docs/{page}" in (ROOT / "tests" / test_file).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("name, index, code", BLOCKS, ids=[f"{n}-{i}" for n, i, _ in BLOCKS])
