@@ -389,9 +389,7 @@ def report(
         for h in hooks:
             h.remove()
     forward_only = None
-    if backward and not any(
-        torch.is_tensor(t) and t.requires_grad for t in (out if isinstance(out, (tuple, list)) else [out])
-    ):
+    if backward and not any(t.requires_grad for t in output_tensors(out)):
         # e.g. every parameter frozen: there is no backward to count or time
         forward_only = "the model's output does not require grad (are all its parameters frozen?)"
         backward = False
