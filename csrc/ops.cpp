@@ -467,6 +467,8 @@ TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
   m.def("_set_thread_backend(str name) -> ()", &sao::set_thread_backend);
   m.def("_native_runs(ScalarType dtype) -> bool", [](at::ScalarType t) { return sao::native_runs(t); });
   m.def("_native_build_info() -> str", &sao::native_build_info);
+  m.def("_cpu_tier(bool hardware=False) -> str",
+        [](bool hardware) { return std::string(sao::isa_name(hardware ? sao::hardware_isa() : sao::cpu_isa())); });
 }
 
 TORCH_LIBRARY_IMPL(sao_kernels, CPU, m) {

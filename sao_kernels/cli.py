@@ -28,12 +28,13 @@ from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchma
     seconds,
 )
 
-SUITES = ("sweep", "small-width")
+SUITES = ("sweep", "small-width", "tiers")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from . import __version__
     from .bench.sweep import BACKENDS, DTYPES, OPS
+    from .cpu import TIERS
     from .models import BUILTIN
 
     parser = argparse.ArgumentParser(
@@ -50,7 +51,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "spread (min / median / IQR), a 95% interval on every speed-up and flags on rows that cannot be trusted. "
         "--suite sweep (default): ops x shapes x G x dtype x block_size x backend; a few minutes on a 2-core CPU, "
         "the full sweep on CUDA.  --suite small-width: SAOLinear vs nn.Linear at widths 128 / 512, T 128 / 1024, and "
-        "a 100-layer width-128 tanh MLP training step vs its dense twin.  Comma-separated lists override defaults.",
+        "a 100-layer width-128 tanh MLP training step vs its dense twin.  --suite tiers: one table per CPU tier "
+        "this machine can emulate (SAOLinear vs nn.Linear and the pre-gathered bmm bound; docs/cpu_tiers.md).  "
+        "Comma-separated lists override defaults.",
     )
     b.set_defaults(subparser=b)
     b.add_argument("--suite", choices=SUITES, default="sweep", help="what to measure (default: sweep)")
@@ -115,6 +118,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="autotune the Triton kernels' tiles per shape class (sets SAO_KERNELS_AUTOTUNE=1)",
     )
+    b.add_argument(
+        "--cpu-tier",
+        choices=TIERS,
+        help="emulate this CPU tier: re-run in a subprocess with SAO_KERNELS_CPU_ISA, DNNL_MAX_CPU_ISA, "
+        "ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS set for it (tiers suite: only this tier)",
+    )
+    b.add_argument("--quick", action="store_true", help="tiers: small shapes and short timing (a smoke test)")
+    b.add_argument("--tiers-out", help=argparse.SUPPRESS)  # tiers: the exact folder (set by the parent run)
     b.add_argument("--out", default="sao_bench", help="output folder (default: ./sao_bench)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -166,6 +177,7 @@ def default_prog() -> str:
 # --------------------------------------------------------------------------- bench
 _SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune")
 _SUITE_ONLY = ("mlp_depth",)
+_TIERS_ONLY = ("quick", "tiers_out")
 
 
 def _meta(device: str, args, argv: Sequence[str], prog: str) -> dict:
@@ -189,9 +201,23 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
 
     err = args.subparser.error
     sweep_suite = args.suite == "sweep"
-    for name in _SUITE_ONLY if sweep_suite else _SWEEP_ONLY:
+    not_here = {"sweep": _SUITE_ONLY + _TIERS_ONLY, "small-width": _SWEEP_ONLY + _TIERS_ONLY}
+    not_here["tiers"] = _SWEEP_ONLY + _SUITE_ONLY + ("contention",)
+    for name in not_here[args.suite]:
         if getattr(args, name) not in (None, False):
-            err(f"--{name.replace('_', '-')} applies to --suite {'small-width' if sweep_suite else 'sweep'} only")
+            err(f"--{name.replace('_', '-')} does not apply to --suite {args.suite}")
+    if args.cpu_tier:
+        from .bench import tiers
+
+        reason = tiers.check_emulable(args.cpu_tier)
+        if reason:
+            err(f"--cpu-tier {args.cpu_tier}: {reason}")
+        if tiers.env_mismatch(args.cpu_tier):  # the caps must be set before torch loads
+            return tiers.run_under_tier(args.cpu_tier, argv)
+    if args.suite == "tiers":
+        from .bench.tiers import bench_tiers
+
+        return bench_tiers(args, argv, prog)
     device = args.device or ("cuda" if torch.cuda.is_available() and sweep_suite else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")
