@@ -82,7 +82,8 @@ def measure_tier(timing, slow_call: float, quick: bool) -> list[dict]:
                         fns[(G, backend)] = fn
             stats = interleave({f"{G}/{b}": fn for (G, b), fn in fns.items()}, timing) if fns else {}
             for G in groups:
-                def get(b):
+
+                def get(b, G=G, stats=stats, slow=slow):
                     key = f"{G}/{b}"
                     return stats[key] if key in stats else Stats((slow[(G, b)],))
 
@@ -105,10 +106,17 @@ def measure_tier(timing, slow_call: float, quick: bool) -> list[dict]:
                     row.update(native_vs_torch=cmp.speedup.value, lo=cmp.speedup.lo, hi=cmp.speedup.hi, flag=cmp.flag)
                 else:
                     row.update(native_vs_torch=tor.median_ms / nat.median_ms, flag=f"timed once (> {slow_call:g} s)")
-                row["winner"] = "native" if row["native_vs_torch"] >= 1 else "torch"
+                row["winner"] = winner(row)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
+
+
+def winner(row: dict) -> str:
+    """'native' / 'torch' when the 95% interval of native / torch lies above / below 1 (one
+    side timed once: by the ratio alone), else 'tie'."""
+    lo, hi = row.get("lo", row["native_vs_torch"]), row.get("hi", row["native_vs_torch"])
+    return "native" if lo > 1 else "torch" if hi < 1 else "tie"
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
@@ -117,7 +125,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "",
         f"Load average before / after: {meta.get('load_before')} / {meta.get('load_after')}; "
         f"{meta['threads']} threads. Each tier ran in a subprocess with the caps of sao_kernels.cpu.tier_env. "
-        "native / torch = torch median / native median (>1: native faster), with its 95% paired bootstrap interval.",
+        "native / torch = torch median / native median (>1: native faster), with its 95% paired bootstrap interval; "
+        "winner: the side the whole interval favours, else tie.",
         "",
         "| tier | dtype | class | T | width | G | mode | native ms (IQR) | torch ms (IQR) | native / torch | winner | flag |",
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---|",
@@ -154,7 +163,10 @@ def main() -> int:
             rows += json.loads(out.strip().splitlines()[-1])
     meta["tiers"] = list(tiers)
     stem = results_stem("cpu_policy", meta)
-    write_outputs(args.out, {f"{stem}.json": json_file({"meta": meta, "results": rows}), f"{stem}.md": text_file(markdown(meta, rows))})
+    write_outputs(
+        args.out,
+        {f"{stem}.json": json_file({"meta": meta, "results": rows}), f"{stem}.md": text_file(markdown(meta, rows))},
+    )
     print(markdown(meta, rows))
     return 0
 

@@ -6,8 +6,15 @@ exactly as the paper does, stores it in a compact grouped block format and runs 
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
 
-from . import cpu  # first: a bad SAO_KERNELS_CPU_ISA fails here, before anything loads
-from . import diagnostics, format, init, ops, pruning, sizes
+from . import (
+    cpu,  # first: a bad SAO_KERNELS_CPU_ISA fails here, before anything loads
+    diagnostics,
+    format,
+    init,
+    ops,
+    pruning,
+    sizes,
+)
 from .conversion import ReinitializedWarning, convert
 from .cpu import cpu_info, cpu_tier
 from .dispatch import backend

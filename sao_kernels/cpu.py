@@ -60,7 +60,9 @@ def _parse(value: str | None, what: str = ENV_VAR) -> str | None:
     if not text:
         return None
     if text not in TIERS:
-        raise ValueError(f"{what}={value!r} is not a CPU tier; allowed: {', '.join(map(repr, TIERS))} (or unset: no cap)")
+        raise ValueError(
+            f"{what}={value!r} is not a CPU tier; allowed: {', '.join(map(repr, TIERS))} (or unset: no cap)"
+        )
     return text
 
 

@@ -43,14 +43,63 @@ NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 # The policy of "auto": per device type, the first (backend, dtypes) row whose dtypes hold
-# the tensors' dtype and whose backend is usable here.  CPU: the native kernels won at every
-# shape and dtype measured (benchmarks/results/, issue 13).  CUDA: Triton for the tensor-core
-# dtypes; float64 has no tensor-core path, so it runs the composite (cuBLAS dgemm).
+# the tensors' dtype and whose backend is usable here.  CPU: the rows of CPU_POLICY for this
+# CPU's tier (below), then the composite.  CUDA: Triton for the tensor-core dtypes; float64 has
+# no tensor-core path, so it runs the composite (cuBLAS dgemm).
 AUTO: dict[str, tuple[tuple[str, tuple[torch.dtype, ...] | None], ...]] = {
     "cpu": (("native", NATIVE_DTYPES), ("torch", None)),
     "cuda": (("triton", (torch.float32, torch.bfloat16, torch.float16)), ("torch", None)),
 }
 AUTO_OTHER_DEVICES = "torch"
+
+# Shape classes of a CPU problem (T tokens, flops = 2 T m n / G of one product): "decode" when
+# T <= DECODE_TOKENS (bound by reading the weights), "small" under SMALL_FLOPS (no parallel
+# region in the native kernels: csrc/native_kernels.cpp kParallelMinFlops), else "train".
+SHAPE_CLASSES = ("decode", "small", "train")
+DECODE_TOKENS = 16
+SMALL_FLOPS = 4e6
+
+# The CPU policy: (tiers, dtypes, shape classes, backend) rows, None = any; for CPU tensors
+# under "auto" the first row matching the tier the native kernels use (sao_kernels.cpu_tier()),
+# the dtype and the problem's shape class picks the backend, if usable (else the "cpu" row of
+# AUTO decides).  Only measured cases have rows (benchmarks/bench_cpu_policy.py, results in
+# benchmarks/results/cpu_policy_*.md); everything else keeps the native kernels, which won at
+# every shape and dtype measured before tiers were a dimension (issue 13).
+CPU_POLICY: tuple[tuple[tuple[str, ...] | None, tuple[torch.dtype, ...] | None, tuple[str, ...] | None, str], ...] = (
+    (None, NATIVE_DTYPES, None, "native"),
+)
+
+
+def shape_class(tokens: int | None, flops: float | None = None) -> str:
+    """The CPU shape class of a problem (see SHAPE_CLASSES); unknown tokens: "train"."""
+    if tokens is None or tokens < 0:
+        return "train"
+    if tokens <= DECODE_TOKENS:
+        return "decode"
+    return "small" if flops is not None and 0 <= flops < SMALL_FLOPS else "train"
+
+
+@functools.cache
+def _cpu_tier() -> str:
+    # fixed for the process: the native kernels read SAO_KERNELS_CPU_ISA once
+    from .cpu import cpu_tier
+
+    return cpu_tier()
+
+
+def cpu_policy(dtype: torch.dtype, cls: str, tier: str | None = None) -> str | None:
+    """The backend CPU_POLICY picks for ``dtype`` and shape class ``cls`` on ``tier`` (default:
+    this CPU's), or None when no row matches."""
+    tier = tier or _cpu_tier()
+    for tiers, dtypes, classes, name in CPU_POLICY:
+        if (
+            (tiers is None or tier in tiers)
+            and (dtypes is None or dtype in dtypes)
+            and (classes is None or cls in classes)
+        ):
+            return name
+    return None
+
 
 _state = threading.local()
 
@@ -68,6 +117,24 @@ def requested_backend() -> str:
     if stack:
         return stack[-1]
     return _check(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR)
+
+
+_CPP_DTYPES = {torch.float32: "Float", torch.bfloat16: "BFloat16", torch.float16: "Half", torch.float64: "Double"}
+
+
+def sync_native_policy() -> None:
+    """Hand the C++ CPU kernels the cells of CPU_POLICY (for this CPU's tier) where "auto"
+    runs native, with the shape-class thresholds, so that they apply this very table (called
+    at import; again after changing CPU_POLICY)."""
+    if not _extension.available():
+        return
+    cells = [
+        f"{_CPP_DTYPES[d]}:{c}"
+        for d in NATIVE_DTYPES
+        for c in SHAPE_CLASSES
+        if cpu_policy(d, c) in (None, "native")  # None: the "cpu" row of AUTO, native first
+    ]
+    torch.ops.sao_kernels._set_cpu_policy(cells, DECODE_TOKENS, SMALL_FLOPS)
 
 
 def _tell_native(stack: list[str]) -> None:
@@ -117,9 +184,10 @@ def _dtype_list(dtypes: tuple[torch.dtype, ...]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def select(device: torch.device, dtype: torch.dtype) -> str:
+def select(device: torch.device, dtype: torch.dtype, *, tokens: int | None = None, flops: float | None = None) -> str:
     """The concrete backend ("native", "triton", "torch" or "dense") for tensors of
-    ``dtype`` on ``device`` under the thread's request.
+    ``dtype`` on ``device`` under the thread's request; ``tokens`` and ``flops`` (of the
+    product) give the CPU shape class (:func:`shape_class`).
 
     Raises:
         ValueError: the environment variable names no backend.
@@ -128,6 +196,10 @@ def select(device: torch.device, dtype: torch.dtype) -> str:
     """
     name = requested_backend()
     if name == "auto":
+        if device.type == "cpu":
+            chosen = cpu_policy(dtype, shape_class(tokens, flops))
+            if chosen is not None and _usable(chosen, device):
+                return chosen
         for candidate, dtypes in AUTO.get(device.type, ()):
             if (dtypes is None or dtype in dtypes) and _usable(candidate, device):
                 return candidate
@@ -161,3 +233,6 @@ def select_conv2d() -> str:
     requested, else ``"torch"``: a channel gather plus a grouped convolution (cuDNN /
     oneDNN), which every other backend shares (there is no native or Triton convolution)."""
     return "dense" if requested_backend() == "dense" else "torch"
+
+
+sync_native_policy()

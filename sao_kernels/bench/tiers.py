@@ -31,14 +31,18 @@ from .timing import Stats, TimingSettings, compare, interleave
 
 MODES = ("fwd", "fwd_bwd", "decode1", "decode16")
 MODE_TOKENS = {"decode1": 1, "decode16": 16}
-TIER_FIELDS = ("tier", "dtype", "mode", "tokens", "width", "groups") + TIMING_FIELDS + (
-    "ms_bmm",
-    "ms_bmm_iqr",
-    "vs_bmm",
-    "vs_bmm_lo",
-    "vs_bmm_hi",
-    "target",
-    "dense_once",
+TIER_FIELDS = (
+    ("tier", "dtype", "mode", "tokens", "width", "groups")
+    + TIMING_FIELDS
+    + (
+        "ms_bmm",
+        "ms_bmm_iqr",
+        "vs_bmm",
+        "vs_bmm_lo",
+        "vs_bmm_hi",
+        "target",
+        "dense_once",
+    )
 )
 
 
