@@ -128,7 +128,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "native / torch = torch median / native median (>1: native faster), with its 95% paired bootstrap interval; "
         "winner: the side the whole interval favours, else tie.",
         "",
-        "| tier | dtype | class | T | width | G | mode | native ms (IQR) | torch ms (IQR) | native / torch | winner | flag |",
+        "| tier | dtype | class | T | width | G | mode | native ms (IQR) | torch ms (IQR) | native / torch | winner "
+        "| flag |",
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for r in rows:
