@@ -70,8 +70,11 @@ def _inference(fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
-def _steps(mode: str, T: int, f: int, dtype: torch.dtype, groups: Sequence[int], gen: torch.Generator) -> dict:
-    """{"dense": fn, "G=g": fn, "bmm G=g": fn} for one (dtype, mode)."""
+def _steps(
+    mode: str, T: int, f: int, dtype: torch.dtype, groups: Sequence[int], gen: torch.Generator, layers: bool = True
+) -> dict:
+    """{"dense": fn, "G=g": fn, "bmm G=g": fn} for one (dtype, mode); ``layers=False``: no SAO
+    layers, and the bound on random blocks (a probe of the baselines' speed)."""
     from ..layers import SAOLinear
 
     x = torch.randn(T, f, generator=gen).to(dtype)
@@ -83,16 +86,19 @@ def _steps(mode: str, T: int, f: int, dtype: torch.dtype, groups: Sequence[int],
     else:
         fns["dense"] = _inference(lambda: dense(x))
     for G in groups:
-        layer = SAOLinear(f, f, groups=G, generator=gen, dtype=dtype)
-        if mode == "fwd_bwd":
-            fns[f"G={G}"] = fwd_bwd_step(layer, x, gy, layer.parameters())
+        if layers:
+            layer = SAOLinear(f, f, groups=G, generator=gen, dtype=dtype)
+            if mode == "fwd_bwd":
+                fns[f"G={G}"] = fwd_bwd_step(layer, x, gy, layer.parameters())
+            else:
+                fns[f"G={G}"] = _inference(lambda layer=layer: layer(x))
+            v, ii, oi = layer.values.detach(), layer.in_index, layer.out_index
         else:
-            fns[f"G={G}"] = _inference(lambda layer=layer: layer(x))
+            v, ii, oi = torch.randn(G, f // G, f // G, generator=gen).to(dtype), None, None
         # the bound: the same GEMMs on operands gathered (and transposed) beforehand
-        v = layer.values.detach()
         a, c = v.shape[1], v.shape[2]
-        ii = layer.in_index if layer.in_index is not None else torch.arange(f)
-        oi = layer.out_index if layer.out_index is not None else torch.arange(f)
+        ii = ii if ii is not None else torch.arange(f)
+        oi = oi if oi is not None else torch.arange(f)
         xg = x[:, ii].view(T, G, c).transpose(0, 1).contiguous()  # (G, T, c)
         vt = v.transpose(1, 2).contiguous()  # (G, c, a)
         if mode == "fwd_bwd":
@@ -110,6 +116,25 @@ def _steps(mode: str, T: int, f: int, dtype: torch.dtype, groups: Sequence[int],
     return fns
 
 
+PROBE_TOKENS = 8
+
+
+def _estimates(mode: str, T: int, f: int, dtype: torch.dtype, groups, gen, slow_call: float) -> dict[str, str]:
+    """Baselines too slow to time at T tokens, with why: each is first timed at PROBE_TOKENS
+    tokens, and one whose call would take over 20 x ``slow_call`` (scaled by T) is left out
+    (dense bfloat16 on a tier without a bf16 GEMM runs a reference loop: minutes per call)."""
+    if T <= PROBE_TOKENS:
+        return {}
+    skip = {}
+    for name, fn in _steps(mode, PROBE_TOKENS, f, dtype, groups, gen, layers=False).items():
+        start = time.perf_counter()
+        fn()
+        est = (time.perf_counter() - start) * T / PROBE_TOKENS
+        if est > 20 * slow_call:
+            skip[name] = f"{name} not timed: a {PROBE_TOKENS}-token call implies ~{est:.0f} s per call at T={T}"
+    return skip
+
+
 def _timed(fns: dict, settings: TimingSettings, slow_call: float) -> tuple[dict[str, Stats], set[str]]:
     """Stats per name; a name whose first call took over ``slow_call`` s is timed only by
     that call (returned in the set)."""
@@ -125,6 +150,13 @@ def _timed(fns: dict, settings: TimingSettings, slow_call: float) -> tuple[dict[
     return {**stats, **once}, set(once)
 
 
+class _None:  # the statistics of a baseline that was not timed
+    median_ms = min_ms = iqr_ms = None
+
+
+_NONE = _None()
+
+
 def _target(mode: str, G: int) -> float:
     """Issue 20's targets vs nn.Linear: 0.85 G for training shapes, 0.8 G for decode."""
     return (0.8 if mode.startswith("decode") else 0.85) * G
@@ -138,21 +170,26 @@ def measure_tier(tier: str, cfg: TierConfig, settings: TimingSettings, progress=
         dtype = getattr(torch, dtype_name)
         for mode in cfg.modes:
             T = MODE_TOKENS.get(mode, cfg.tokens)
-            stats, once = _timed(_steps(mode, T, cfg.width, dtype, cfg.groups, gen), settings, cfg.slow_call)
+            skip = _estimates(mode, T, cfg.width, dtype, cfg.groups, gen, cfg.slow_call)
+            fns = {k: v for k, v in _steps(mode, T, cfg.width, dtype, cfg.groups, gen).items() if k not in skip}
+            stats, once = _timed(fns, settings, cfg.slow_call)
             for G in cfg.groups:
                 sao_key = f"G={G}"
                 sao = stats[sao_key]
                 row = dict(tier=tier, dtype=dtype_name, mode=mode, tokens=T, width=cfg.width, groups=G)
                 row["dense_once"] = "dense" in once
                 for base_key, tag in (("dense", ""), (f"bmm G={G}", "_bmm")):
-                    base = stats[base_key]
-                    if not {sao_key, base_key} & once:
+                    base = stats.get(base_key)
+                    if base is None:  # too slow to time (see _estimates)
+                        value, lo, hi, flag, reason = None, None, None, "untimed", skip[base_key]
+                        base = _NONE
+                    elif not {sao_key, base_key} & once:
                         ideal = None if tag else float(G)
                         cmp = compare(base, sao, ideal=ideal, flag_rel_spread=settings.flag_rel_spread)
                         value, lo, hi = cmp.speedup.value, cmp.speedup.lo, cmp.speedup.hi
                         flag, reason = cmp.flag, cmp.flag_reason
                     else:  # one side was timed by one call: no interval
-                        value, lo, hi = base.median_ms / sao.median_ms, None, None
+                        value, lo, hi = base.min_ms / sao.median_ms, None, None
                         slow = "SAO" if sao_key in once else base_key
                         flag, reason = "once", f"{slow} timed by one call (> {cfg.slow_call:g} s): no interval"
                     if not tag:
@@ -199,7 +236,7 @@ COLUMNS = [
     ("nn.Linear ms (IQR)", lambda r: fmt_ms(r, side="_dense") + (" once" if r.get("dense_once") else ""), True),
     ("vs nn.Linear [95% CI]", fmt_speedup, True),
     ("target", lambda r: f"{r['target']:.2g}x", True),
-    ("bmm bound ms", lambda r: f"{r['ms_bmm']:.4g}", True),
+    ("bmm bound ms", lambda r: "" if r.get("ms_bmm") is None else f"{r['ms_bmm']:.4g}", True),
     ("vs bmm [95% CI]", _vs_bmm, True),
 ]
 
@@ -216,7 +253,7 @@ def write_tier_results(rows: Sequence[dict], meta: dict, out_dir, tier: str, set
         "same dtype; bmm = torch.bmm on blocks gathered beforehand (forward: X_g V_g^T; fwd_bwd: plus dY_g V_g and "
         "dY_g^T X_g), the GEMMs alone. vs bmm = bmm ms / SAO ms (issue 20 asks >= 0.9). target = issue 20's "
         "0.85 G (0.8 G for decode) vs nn.Linear. 'once' = timed by one call only (it took over the slow-call "
-        "limit), no interval.",
+        "limit), no interval; 'untimed' = not timed at all (see the flag: a call would take minutes).",
     ]
     md = results_markdown(
         rows,
