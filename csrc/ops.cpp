@@ -95,11 +95,12 @@ bool native_dtype(ScalarType t) {  // sao_kernels.backend.NATIVE_DTYPES
 // native, per (dtype, shape class), and the shape-class thresholds: handed over by Python at
 // import (dispatch.sync_native_policy), so that the table is written once.  Until then: native
 // for every native dtype.
-enum ShapeClass { kDecode = 0, kSmall, kTrain, kNumClasses };
+enum ShapeClass { kDecode = 0, kSmall, kTrain, kLarge, kNumClasses };
 struct CpuPolicy {
   bool native[4][kNumClasses];  // Float, BFloat16, Half, Double
   int64_t decode_tokens = 16;
   double small_flops = 4e6;
+  double large_flops = 1e9;
   CpuPolicy() {
     for (auto& row : native) std::fill(row, row + kNumClasses, true);
   }
@@ -116,11 +117,11 @@ int dtype_slot(ScalarType t) {
   }
 }
 
-void set_cpu_policy(std::vector<std::string> cells, int64_t decode_tokens, double small_flops) {
+void set_cpu_policy(std::vector<std::string> cells, int64_t decode_tokens, double small_flops, double large_flops) {
   CpuPolicy p;
   for (auto& row : p.native) std::fill(row, row + kNumClasses, false);
   static const char* kDtypes[] = {"Float", "BFloat16", "Half", "Double"};
-  static const char* kClasses[] = {"decode", "small", "train"};
+  static const char* kClasses[] = {"decode", "small", "train", "large"};
   for (const auto& cell : cells) {
     bool found = false;
     for (int d = 0; d < 4 && !found; ++d)
@@ -130,6 +131,7 @@ void set_cpu_policy(std::vector<std::string> cells, int64_t decode_tokens, doubl
   }
   p.decode_tokens = decode_tokens;
   p.small_flops = small_flops;
+  p.large_flops = large_flops;
   g_policy = p;
 }
 
@@ -137,7 +139,8 @@ void set_cpu_policy(std::vector<std::string> cells, int64_t decode_tokens, doubl
 ShapeClass shape_class(int64_t tokens, double flops) {
   if (tokens < 0) return kTrain;
   if (tokens <= g_policy.decode_tokens) return kDecode;
-  return flops >= 0 && flops < g_policy.small_flops ? kSmall : kTrain;
+  if (flops < 0) return kTrain;
+  return flops < g_policy.small_flops ? kSmall : (flops >= g_policy.large_flops ? kLarge : kTrain);
 }
 
 // Whether the CPU kernel runs the native kernels for tensors of dtype t and a product of
@@ -531,7 +534,7 @@ Tensor linear_grad_values_autograd(const Tensor& grad_out, const Tensor& x, cons
 TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
   m.def("_set_thread_backend(str name) -> ()", &sao::set_thread_backend);
   m.def("_native_runs(ScalarType dtype, int tokens=-1, float flops=-1.) -> bool", &sao::native_runs);
-  m.def("_set_cpu_policy(str[] native_cells, int decode_tokens, float small_flops) -> ()", &sao::set_cpu_policy);
+  m.def("_set_cpu_policy(str[] native_cells, int decode_tokens, float small_flops, float large_flops) -> ()", &sao::set_cpu_policy);
   m.def("_native_build_info() -> str", &sao::native_build_info);
   m.def("_cpu_tier(bool hardware=False) -> str",
         [](bool hardware) { return std::string(sao::isa_name(hardware ? sao::hardware_isa() : sao::cpu_isa())); });

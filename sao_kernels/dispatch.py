@@ -54,10 +54,13 @@ AUTO_OTHER_DEVICES = "torch"
 
 # Shape classes of a CPU problem (T tokens, flops = 2 T m n / G of one product): "decode" when
 # T <= DECODE_TOKENS (bound by reading the weights), "small" under SMALL_FLOPS (no parallel
-# region in the native kernels: csrc/native_kernels.cpp kParallelMinFlops), else "train".
-SHAPE_CLASSES = ("decode", "small", "train")
+# region in the native kernels: csrc/native_kernels.cpp kParallelMinFlops), "large" from
+# LARGE_FLOPS (4096^2 at T=512 and G <= 8: 2.1-8.6 GFLOP; 1024^2, T=512, G=2 is 0.27 GFLOP),
+# else "train".
+SHAPE_CLASSES = ("decode", "small", "train", "large")
 DECODE_TOKENS = 16
 SMALL_FLOPS = 4e6
+LARGE_FLOPS = 1e9
 
 # The CPU policy: (tiers, dtypes, shape classes, backend) rows, None = any; for CPU tensors
 # under "auto" the first row matching the tier the native kernels use (sao_kernels.cpu_tier()),
@@ -65,7 +68,18 @@ SMALL_FLOPS = 4e6
 # AUTO decides).  Only measured cases have rows (benchmarks/bench_cpu_policy.py, results in
 # benchmarks/results/cpu_policy_*.md); everything else keeps the native kernels, which won at
 # every shape and dtype measured before tiers were a dimension (issue 13).
+# Measured 2026-12-06, AMD EPYC Zen 4 (2 cores, heavily loaded: 1-min load 11-14), each tier
+# emulated with cpu.tier_env, native vs composite interleaved (cpu_policy_amd-epyc-2c_2026-12-06.md):
+# * avx512_bf16, bfloat16: the composite's oneDNN bf16 bmm beats the native kernels' cpublas
+#   GEMM fallback at large products (4096^2 T=512 G=4 fwd+bwd: native 0.69x [0.64-0.78] of the
+#   composite; issue 20 saw the same on a quiet machine: G=2 0.60x vs 1.54x of nn.Linear) and at
+#   decode (4096^2 T=1 G=8: 0.42x [0.37-0.46]; T=16 a tie), while native wins at 1024^2
+#   (G=8: 2.18x [1.87-3.17]; G=2 a tie).  float16 has no oneDNN fast path there: native.
+# * avx2 and avx512: native wins every bfloat16 / float16 training shape (1.8-37x: the composite's
+#   bmm falls to slow paths) and is at least even at decode; float32 is a tie or native on every
+#   tier.  No rows: the native default stands.
 CPU_POLICY: tuple[tuple[tuple[str, ...] | None, tuple[torch.dtype, ...] | None, tuple[str, ...] | None, str], ...] = (
+    (("avx512_bf16",), (torch.bfloat16,), ("large", "decode"), "torch"),
     (None, NATIVE_DTYPES, None, "native"),
 )
 
@@ -76,7 +90,9 @@ def shape_class(tokens: int | None, flops: float | None = None) -> str:
         return "train"
     if tokens <= DECODE_TOKENS:
         return "decode"
-    return "small" if flops is not None and 0 <= flops < SMALL_FLOPS else "train"
+    if flops is None or flops < 0:
+        return "train"
+    return "small" if flops < SMALL_FLOPS else "large" if flops >= LARGE_FLOPS else "train"
 
 
 @functools.cache
@@ -134,7 +150,7 @@ def sync_native_policy() -> None:
         for c in SHAPE_CLASSES
         if cpu_policy(d, c) in (None, "native")  # None: the "cpu" row of AUTO, native first
     ]
-    torch.ops.sao_kernels._set_cpu_policy(cells, DECODE_TOKENS, SMALL_FLOPS)
+    torch.ops.sao_kernels._set_cpu_policy(cells, DECODE_TOKENS, SMALL_FLOPS, LARGE_FLOPS)
 
 
 def _tell_native(stack: list[str]) -> None:

@@ -42,7 +42,13 @@ def _policy_expected(dtype, cls):
 def test_default_is_auto_and_auto_on_cpu_follows_the_policy_table():
     assert requested_backend() == "auto"
     for dtype in NATIVE_DTYPES:
-        for tokens, flops, cls in ((1, 1e3, "decode"), (64, 1e6, "small"), (512, 1e10, "train"), (None, None, "train")):
+        for tokens, flops, cls in (
+            (1, 1e3, "decode"),
+            (64, 1e6, "small"),
+            (512, 1e8, "train"),
+            (512, 1e10, "large"),
+            (None, None, "train"),
+        ):
             assert dispatch.shape_class(tokens, flops) == cls
             assert select(CPU, dtype, tokens=tokens, flops=flops) == _policy_expected(dtype, cls)
     assert resolve_backend(CPU) == _policy_expected(torch.float32, "train")
@@ -239,7 +245,7 @@ if NATIVE:  # (the C++ CPU kernels' policy exists only with the native extension
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         for how in ("context", "env"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-                for T, flops in ((1, 2e3), (16, 4e6), (17, 3.9e6), (512, 4e6), (512, 1.7e10), (-1, -1.0)):
+                for T, flops in ((1, 2e3), (16, 4e6), (17, 3.9e6), (512, 4e6), (512, 1e9), (512, 9.9e8), (-1, -1.0)):
 
                     def both(dtype=dtype, T=T, flops=flops):
                         py = select(CPU, dtype, tokens=T, flops=flops) == "native"
@@ -270,7 +276,7 @@ if NATIVE:  # (the C++ CPU kernels' policy exists only with the native extension
         """A row sending bfloat16 training shapes on this tier to the composite: the C++ CPU kernels
         (which receive the table) run the composite there, and native for decode shapes."""
         tier = sk.cpu_tier()
-        _policy((((tier,), (torch.bfloat16,), ("train",), "torch"), (None, NATIVE_DTYPES, None, "native")))
+        _policy((((tier,), (torch.bfloat16,), ("train", "large"), "torch"), (None, NATIVE_DTYPES, None, "native")))
         assert select(CPU, torch.bfloat16, tokens=512, flops=1e10) == "torch"
         assert select(CPU, torch.bfloat16, tokens=4, flops=1e10) == "native"
         assert select(CPU, torch.float32, tokens=512, flops=1e10) == "native"
@@ -288,4 +294,4 @@ if NATIVE:  # (the C++ CPU kernels' policy exists only with the native extension
 
     def test_set_cpu_policy_refuses_unknown_cells():
         with pytest.raises(ValueError, match="unknown cell 'Float:huge'"):
-            OPS._set_cpu_policy(["Float:huge"], 16, 4e6)
+            OPS._set_cpu_policy(["Float:huge"], 16, 4e6, 1e9)
