@@ -201,11 +201,13 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
 
     err = args.subparser.error
     sweep_suite = args.suite == "sweep"
-    not_here = {"sweep": _SUITE_ONLY + _TIERS_ONLY, "small-width": _SWEEP_ONLY + _TIERS_ONLY}
-    not_here["tiers"] = _SWEEP_ONLY + _SUITE_ONLY + ("contention",)
-    for name in not_here[args.suite]:
-        if getattr(args, name) not in (None, False):
-            err(f"--{name.replace('_', '-')} does not apply to --suite {args.suite}")
+    owner = {**dict.fromkeys(_SWEEP_ONLY, "sweep"), **dict.fromkeys(_SUITE_ONLY, "small-width")}
+    owner.update(dict.fromkeys(_TIERS_ONLY, "tiers"))
+    for name, suite in owner.items():
+        if suite != args.suite and getattr(args, name) not in (None, False):
+            err(f"--{name.replace('_', '-')} applies to --suite {suite} only")
+    if args.suite == "tiers" and args.contention:
+        err("--contention does not apply to --suite tiers")
     if args.cpu_tier:
         from .bench import tiers
 
