@@ -121,12 +121,14 @@ PROBE_TOKENS = 8
 
 def _estimates(mode: str, T: int, f: int, dtype: torch.dtype, groups, gen, slow_call: float) -> dict[str, str]:
     """Baselines too slow to time at T tokens, with why: each is first timed at PROBE_TOKENS
-    tokens, and one whose call would take over 20 x ``slow_call`` (scaled by T) is left out
+    tokens (after a warm-up call), and one whose call would take over 20 x ``slow_call``
+    (scaled by T) is left out
     (dense bfloat16 on a tier without a bf16 GEMM runs a reference loop: minutes per call)."""
     if T <= PROBE_TOKENS:
         return {}
     skip = {}
     for name, fn in _steps(mode, PROBE_TOKENS, f, dtype, groups, gen, layers=False).items():
+        fn()  # warm-up (library initialisation, JIT): the second call is the probe
         start = time.perf_counter()
         fn()
         est = (time.perf_counter() - start) * T / PROBE_TOKENS
