@@ -143,3 +143,18 @@ def test_baselines_too_slow_to_time_are_left_out_with_the_estimate():
     assert row["ms_dense"] is None and row["speedup"] is None and row["ms_bmm"] is None and row["vs_bmm"] is None
     assert "untimed" in row["flag"] and "dense not timed: a 8-token call implies" in row["flag_reason"]
     assert row["ms"] > 0
+
+
+def test_cpu_tier_flag_reexecutes_under_the_caps(tmp_path):
+    """--cpu-tier from a plain environment re-runs the command with the tier's four caps set
+    (before torch loads), and that run measures that tier only."""
+    tier = cpu.emulable_tiers()[0]
+    proc = _cli("--cpu-tier", tier, "--dtypes", "float32", "--groups", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (folder,) = tmp_path.iterdir()
+    assert [p.name for p in sorted(folder.iterdir())] == [f"{tier}.{s}" for s in ("csv", "json", "md")]
+    meta = json.loads((folder / f"{tier}.json").read_text())["meta"]
+    info = meta["cpu_tiers"]
+    assert meta["tier"] == info["tier"] == tier
+    for name in cpu.LIBRARY_ENV_VARS:
+        assert info[name.lower()] == cpu.tier_env(tier)[name]
