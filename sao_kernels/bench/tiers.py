@@ -121,7 +121,7 @@ PROBE_TOKENS = 8
 
 def _estimates(mode: str, T: int, f: int, dtype: torch.dtype, groups, gen, slow_call: float) -> dict[str, str]:
     """Baselines too slow to time at T tokens, with why: each is first timed at PROBE_TOKENS
-    tokens (after a warm-up call), and one whose call would take over 20 x ``slow_call``
+    tokens (after a warm-up call), and one whose call would take over 10 x ``slow_call``
     (scaled by T) is left out
     (dense bfloat16 on a tier without a bf16 GEMM runs a reference loop: minutes per call)."""
     if T <= PROBE_TOKENS:
@@ -132,7 +132,7 @@ def _estimates(mode: str, T: int, f: int, dtype: torch.dtype, groups, gen, slow_
         start = time.perf_counter()
         fn()
         est = (time.perf_counter() - start) * T / PROBE_TOKENS
-        if est > 20 * slow_call:
+        if est > 10 * slow_call:
             skip[name] = f"{name} not timed: a {PROBE_TOKENS}-token call implies ~{est:.0f} s per call at T={T}"
     return skip
 

@@ -136,7 +136,7 @@ def test_cpu_tier_reexecutes_only_when_the_caps_differ(monkeypatch):
 
 
 def test_baselines_too_slow_to_time_are_left_out_with_the_estimate():
-    """At T above the probe size, a baseline whose probe implies a call over 20 x slow_call is
+    """At T above the probe size, a baseline whose probe implies a call over 10 x slow_call is
     not timed at all (dense bf16 on a tier without a bf16 GEMM); the row says why."""
     cfg = tiers.TierConfig(width=64, tokens=32, groups=(2,), dtypes=("float32",), modes=("fwd",), slow_call=1e-9)
     (row,) = tiers.measure_tier("x", cfg, TimingSettings(min_run_time=0.001, min_rounds=3))
