@@ -75,6 +75,8 @@ LARGE_FLOPS = 1e9
 #   composite; issue 20 saw the same on a quiet machine: G=2 0.60x vs 1.54x of nn.Linear) and at
 #   decode (4096^2 T=1 G=8: 0.42x [0.37-0.46]; T=16 a tie), while native wins at 1024^2
 #   (G=8: 2.18x [1.87-3.17]; G=2 a tie).  float16 has no oneDNN fast path there: native.
+#   Caveat: on that loaded VM decode calls of 2 threads quantised to scheduler ticks (8 / 16 ms
+#   in the tiers run), so the decode half of this row wants a re-measurement on a quiet machine.
 # * avx2 and avx512: native wins every bfloat16 / float16 training shape (1.8-37x: the composite's
 #   bmm falls to slow paths) and is at least even at decode; float32 is a tie or native on every
 #   tier.  No rows: the native default stands.
