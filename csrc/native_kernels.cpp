@@ -224,10 +224,8 @@ __attribute__((target("avx2"))) void transpose_f32_avx2(const float* src, int64_
   if (r8 < rows) transpose_scalar(src + r8 * lds, lds, dst + r8, ldd, rows - r8, c8);
 }
 
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
-}
+// ISA decisions go through cpu_tier.cpp (the tier capped by SAO_KERNELS_CPU_ISA).
+bool has_avx2() { return isa_at_least(Isa::kAvx2); }
 #endif
 
 void transpose_f32(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
@@ -276,13 +274,10 @@ __attribute__((target("avx2,f16c"))) void cvt_f16_f16c(const float* s, at::Half*
   for (; k < n; ++k) d[k] = static_cast<at::Half>(s[k]);
 }
 
-bool has_avx512_bf16() {
-  static const bool yes = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
-  return yes;
-}
+bool has_avx512_bf16() { return isa_at_least(Isa::kAvx512Bf16); }
 bool has_f16c() {
-  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
-  return yes;
+  static const bool yes = __builtin_cpu_supports("f16c");
+  return yes && isa_at_least(Isa::kAvx2);
 }
 #endif
 
@@ -348,7 +343,7 @@ struct Engine {
   bool vnni = false;
 
   explicit Engine(int64_t K) {
-    if constexpr (kLow) vnni = K % 2 == 0 && cpublas::could_pack(c10::CppTypeToScalarType<T>::value);
+    if constexpr (kLow) vnni = K % 2 == 0 && amx_packs(c10::CppTypeToScalarType<T>::value);
     (void)K;
   }
 
@@ -830,13 +825,14 @@ Tensor linear_grad_values_native(const Tensor& grad_out_, const Tensor& x_, cons
 std::string native_build_info() {
   std::string s = "sao_kernels native CPU kernels; float32 GEMM: ";
   s += "at::native::cpublas::brgemm (oneDNN ukernel or BLAS fallback); bfloat16 / float16: brgemm, ";
-  s += cpublas::could_pack(at::kBFloat16) ? "VNNI-packed B (AMX)" : "row-major B (cpublas GEMM fallback)";
+  s += amx_packs(at::kBFloat16) ? "VNNI-packed B (AMX)" : "row-major B (cpublas GEMM fallback)";
   s += "; float64: loops; transposes: ";
 #if SAO_X86
   s += has_avx2() ? "AVX2" : "scalar";
 #else
   s += "scalar";
 #endif
+  s += std::string("; CPU tier: ") + isa_name(cpu_isa()) + " (hardware " + isa_name(hardware_isa()) + ")";
   s += "; threads: at::parallel_for (" + std::to_string(at::get_num_threads()) + "), problems under " +
        std::to_string(int64_t(kParallelMinFlops)) + " flops on the calling thread";
   return s;

@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace sao {
@@ -98,15 +99,77 @@ bool native_dtype(ScalarType t) {  // sao_kernels.backend.NATIVE_DTYPES
   return t == ScalarType::Float || t == ScalarType::BFloat16 || t == ScalarType::Half || t == ScalarType::Double;
 }
 
-// Whether the CPU kernel runs the native kernels for tensors of dtype t (see the file header).
-// A forced "native" always does: its argument checks then refuse any dtype the kernels do not
-// run (every floating dtype is one they run).
-bool runs_native(ScalarType t) {
-  const std::string r = requested_backend();
-  return r == "native" || (r == "auto" && native_dtype(t));
+// The cells of sao_kernels.dispatch.CPU_POLICY (for this process's CPU tier) where "auto" runs
+// native, per (dtype, shape class), and the shape-class thresholds: handed over by Python at
+// import (dispatch.sync_native_policy), so that the table is written once.  Until then: native
+// for every native dtype.
+enum ShapeClass { kDecode = 0, kSmall, kTrain, kLarge, kNumClasses };
+struct CpuPolicy {
+  bool native[4][kNumClasses];  // Float, BFloat16, Half, Double
+  int64_t decode_tokens = 16;
+  double small_flops = 4e6;
+  double large_flops = 1e9;
+  CpuPolicy() {
+    for (auto& row : native) std::fill(row, row + kNumClasses, true);
+  }
+};
+CpuPolicy g_policy;
+
+int dtype_slot(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return 0;
+    case ScalarType::BFloat16: return 1;
+    case ScalarType::Half: return 2;
+    case ScalarType::Double: return 3;
+    default: return -1;
+  }
 }
 
-bool native_runs(ScalarType t) { return runs_native(t); }  // exposed for tests
+void set_cpu_policy(std::vector<std::string> cells, int64_t decode_tokens, double small_flops, double large_flops) {
+  CpuPolicy p;
+  for (auto& row : p.native) std::fill(row, row + kNumClasses, false);
+  static const char* kDtypes[] = {"Float", "BFloat16", "Half", "Double"};
+  static const char* kClasses[] = {"decode", "small", "train", "large"};
+  for (const auto& cell : cells) {
+    bool found = false;
+    for (int d = 0; d < 4 && !found; ++d)
+      for (int c = 0; c < kNumClasses && !found; ++c)
+        if (cell == std::string(kDtypes[d]) + ":" + kClasses[c]) p.native[d][c] = found = true;
+    TORCH_CHECK_VALUE(found, "_set_cpu_policy: unknown cell '", cell, "' (dtype:class)");
+  }
+  p.decode_tokens = decode_tokens;
+  p.small_flops = small_flops;
+  p.large_flops = large_flops;
+  g_policy = p;
+}
+
+// sao_kernels.dispatch.shape_class: tokens < 0 = unknown (train).
+ShapeClass shape_class(int64_t tokens, double flops) {
+  if (tokens < 0) return kTrain;
+  if (tokens <= g_policy.decode_tokens) return kDecode;
+  if (flops < 0) return kTrain;
+  return flops < g_policy.small_flops ? kSmall : (flops >= g_policy.large_flops ? kLarge : kTrain);
+}
+
+// Whether the CPU kernel runs the native kernels for tensors of dtype t and a product of
+// `tokens` rows and `flops` (see the file header).  A forced "native" always does: its
+// argument checks then refuse any dtype the kernels do not run (every floating dtype is one
+// they run).
+bool runs_native(ScalarType t, int64_t tokens, double flops) {
+  const std::string r = requested_backend();
+  if (r == "native") return true;
+  if (r != "auto" || !native_dtype(t)) return false;
+  return g_policy.native[dtype_slot(t)][shape_class(tokens, flops)];
+}
+
+bool native_runs(ScalarType t, int64_t tokens, double flops) { return runs_native(t, tokens, flops); }  // for tests
+
+// (tokens, flops) of a product from its operands; (-1, -1) when the shapes are malformed (the
+// checks then raise, whichever implementation runs).
+std::pair<int64_t, double> product_size(const Tensor& act, const Tensor& values) {
+  if (act.dim() != 2 || values.dim() != 3) return {-1, -1.0};
+  return {act.size(0), 2.0 * act.size(0) * values.size(0) * values.size(1) * values.size(2)};
+}
 
 // ------------------------------------------------------------------------------ checks
 // One O(n) pass per index: range, permutation (counts), identity, aligned runs.
@@ -271,7 +334,8 @@ void require_python_twin(const c10::OperatorHandle& twin, const char* op, Scalar
 
 Tensor linear_cpu(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
                   const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
-  if (!runs_native(x.scalar_type())) {
+  const auto [T, flops] = product_size(x, values);
+  if (!runs_native(x.scalar_type(), T, flops)) {
     static const auto py = find_op<LinearSig>("sao_kernels::_linear_python");
     require_python_twin(py, "linear", x.scalar_type());
     return py.call(x, values, in_index, out_index, bias, block_size);
@@ -282,7 +346,8 @@ Tensor linear_cpu(const Tensor& x, const Tensor& values, const optional<Tensor>&
 
 Tensor linear_grad_input_cpu(const Tensor& grad_out, const Tensor& values, const optional<Tensor>& in_index,
                              const optional<Tensor>& out_index, int64_t block_size) {
-  if (!runs_native(grad_out.scalar_type())) {
+  const auto [T, flops] = product_size(grad_out, values);
+  if (!runs_native(grad_out.scalar_type(), T, flops)) {
     static const auto py = find_op<GradInputSig>("sao_kernels::_linear_grad_input_python");
     require_python_twin(py, "linear_grad_input", grad_out.scalar_type());
     return py.call(grad_out, values, in_index, out_index, block_size);
@@ -293,7 +358,10 @@ Tensor linear_grad_input_cpu(const Tensor& grad_out, const Tensor& values, const
 
 Tensor linear_grad_values_cpu(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
                               const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
-  if (!runs_native(x.scalar_type())) {
+  const bool shaped = grad_out.dim() == 2 && x.dim() == 2 && groups > 0;
+  const int64_t T = shaped ? x.size(0) : -1;
+  const double flops = shaped ? 2.0 * T * grad_out.size(1) * x.size(1) / groups : -1.0;
+  if (!runs_native(x.scalar_type(), T, flops)) {
     static const auto py = find_op<GradValuesSig>("sao_kernels::_linear_grad_values_python");
     require_python_twin(py, "linear_grad_values", x.scalar_type());
     return py.call(grad_out, x, in_index, out_index, groups, block_size);
@@ -498,8 +566,11 @@ Tensor linear_grad_values_autograd(const Tensor& grad_out, const Tensor& x, cons
 // The schemas of the three ops are in schemas.cpp; these are this library's own helpers.
 TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
   m.def("_set_thread_backend(str name) -> ()", &sao::set_thread_backend);
-  m.def("_native_runs(ScalarType dtype) -> bool", [](at::ScalarType t) { return sao::native_runs(t); });
+  m.def("_native_runs(ScalarType dtype, int tokens=-1, float flops=-1.) -> bool", &sao::native_runs);
+  m.def("_set_cpu_policy(str[] native_cells, int decode_tokens, float small_flops, float large_flops) -> ()", &sao::set_cpu_policy);
   m.def("_native_build_info() -> str", &sao::native_build_info);
+  m.def("_cpu_tier(bool hardware=False) -> str",
+        [](bool hardware) { return std::string(sao::isa_name(hardware ? sao::hardware_isa() : sao::cpu_isa())); });
 }
 
 TORCH_LIBRARY_IMPL(sao_kernels, CPU, m) {

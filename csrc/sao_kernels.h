@@ -41,4 +41,14 @@ Tensor linear_grad_values_native(const Tensor& grad_out, const Tensor& x, const 
 
 std::string native_build_info();
 
+// The CPU tier the native kernels use (cpu_tier.cpp): the hardware's, capped by
+// SAO_KERNELS_CPU_ISA.  Every ISA decision of the kernels asks isa_at_least / amx_packs.
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
+constexpr const char* kCpuIsaEnv = "SAO_KERNELS_CPU_ISA";
+Isa hardware_isa();
+Isa cpu_isa();                        // raises ValueError for a bad SAO_KERNELS_CPU_ISA
+bool isa_at_least(Isa tier);
+bool amx_packs(at::ScalarType dtype);  // AMX allowed and oneDNN packs B (VNNI) for dtype
+const char* isa_name(Isa tier);
+
 }  // namespace sao

@@ -6,10 +6,20 @@ exactly as the paper does, stores it in a compact grouped block format and runs 
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
 
-from . import diagnostics, format, init, ops, parametrizations, pruning, sizes
+from . import (
+    cpu,  # first: a bad SAO_KERNELS_CPU_ISA fails here, before anything loads
+    diagnostics,
+    format,
+    init,
+    ops,
+    parametrizations,
+    pruning,
+    sizes,
+)
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
+from .cpu import cpu_info, cpu_tier
 from .dispatch import backend
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
@@ -37,6 +47,9 @@ __all__ = [
     "SAOLinear",
     "backend",
     "conversion_summary",
+    "cpu",
+    "cpu_info",
+    "cpu_tier",
     "convert",
     "register_conversion",
     "from_pretrained",

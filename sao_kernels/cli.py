@@ -34,13 +34,14 @@ from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchma
     threads,
 )
 
-SUITES = ("sweep", "small-width", "models")
+SUITES = ("sweep", "small-width", "models", "tiers")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from . import __version__
     from .bench.model_suite import MODELS
     from .bench.sweep import BACKENDS, DTYPES, OPS
+    from .cpu import TIERS
     from .models import BUILTIN
 
     parser = argparse.ArgumentParser(
@@ -59,8 +60,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "the full sweep on CUDA.  --suite small-width: SAOLinear vs nn.Linear at widths 128 / 512, T 128 / 1024, and "
         "a 100-layer width-128 tanh MLP training step vs its dense twin.  --suite models: BERT, GPT-2, Llama, ViT "
         "(base width, 2 layers, from transformers configs) and a ResNet-style CNN, dense vs converted at G = 2/4/8: "
-        "training step and inference latency at batch 1 and 8, with parameters and FLOPs.  Comma-separated lists "
-        "override defaults.",
+        "training step and inference latency at batch 1 and 8, with parameters and FLOPs.  --suite tiers: one table "
+        "per CPU tier this machine can emulate (SAOLinear vs nn.Linear and the pre-gathered bmm bound; "
+        "docs/cpu_tiers.md).  Comma-separated lists override defaults.",
     )
     b.set_defaults(subparser=b)
     b.add_argument("--suite", choices=SUITES, default="sweep", help="what to measure (default: sweep)")
@@ -160,6 +162,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="autotune the Triton kernels' tiles per shape class (sets SAO_KERNELS_AUTOTUNE=1)",
     )
+    b.add_argument(
+        "--cpu-tier",
+        choices=TIERS,
+        help="emulate this CPU tier: re-run in a subprocess with SAO_KERNELS_CPU_ISA, DNNL_MAX_CPU_ISA, "
+        "ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS set for it (tiers suite: only this tier)",
+    )
+    b.add_argument("--quick", action="store_true", help="tiers: small shapes and short timing (a smoke test)")
+    b.add_argument("--tiers-out", help=argparse.SUPPRESS)  # tiers: the exact folder (set by the parent run)
     b.add_argument("--out", default="sao_bench", help="output folder (default: ./sao_bench)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -211,8 +221,10 @@ def default_prog() -> str:
 # --------------------------------------------------------------------------- bench
 _SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune", "roofline")
 _SUITE_ONLY = ("mlp_depth",)
-_MODELS_ONLY = ("models", "quick")
+_MODELS_ONLY = ("models",)
 _NOT_MODELS = ("mlp_depth", "tokens", "features", "dtypes")
+_TIERS_ONLY = ("tiers_out",)
+_MODELS_OR_TIERS = ("quick",)
 
 
 def _meta(device: str, args, argv: Sequence[str], prog: str) -> dict:
@@ -254,12 +266,34 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
 
     err = args.subparser.error
     sweep_suite = args.suite == "sweep"
-    for name in _SUITE_ONLY if sweep_suite else _SWEEP_ONLY:
+    owner = {
+        **dict.fromkeys(_SWEEP_ONLY, ("sweep",)),
+        **dict.fromkeys(_SUITE_ONLY, ("small-width",)),
+        **dict.fromkeys(_MODELS_ONLY, ("models",)),
+        **dict.fromkeys(_TIERS_ONLY, ("tiers",)),
+        **dict.fromkeys(_MODELS_OR_TIERS, ("models", "tiers")),
+    }
+    for name in _NOT_MODELS if args.suite == "models" else ():
         if getattr(args, name) not in (None, False):
-            err(f"--{name.replace('_', '-')} applies to --suite {'small-width' if sweep_suite else 'sweep'} only")
-    for name in _MODELS_ONLY if args.suite != "models" else _NOT_MODELS:
-        if getattr(args, name) not in (None, False):
-            err(f"--{name.replace('_', '-')} does not apply to --suite {args.suite}")
+            err(f"--{name.replace('_', '-')} does not apply to --suite models")
+    for name, suites in owner.items():
+        if args.suite not in suites and getattr(args, name) not in (None, False):
+            flag = f"--{name.replace('_', '-')}"
+            err(f"{flag} does not apply to --suite {args.suite}: {flag} applies to --suite {' / '.join(suites)} only")
+    if args.suite == "tiers" and args.contention:
+        err("--contention does not apply to --suite tiers")
+    if args.cpu_tier:
+        from .bench import tiers
+
+        reason = tiers.check_emulable(args.cpu_tier)
+        if reason:
+            err(f"--cpu-tier {args.cpu_tier}: {reason}")
+        if tiers.env_mismatch(args.cpu_tier):  # the caps must be set before torch loads
+            return tiers.run_under_tier(args.cpu_tier, argv)
+    if args.suite == "tiers":
+        from .bench.tiers import bench_tiers
+
+        return bench_tiers(args, argv, prog)
     device = args.device or ("cuda" if torch.cuda.is_available() and sweep_suite else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")

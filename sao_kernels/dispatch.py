@@ -43,14 +43,81 @@ NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 # The policy of "auto": per device type, the first (backend, dtypes) row whose dtypes hold
-# the tensors' dtype and whose backend is usable here.  CPU: the native kernels won at every
-# shape and dtype measured (benchmarks/results/, issue 13).  CUDA: Triton for the tensor-core
-# dtypes; float64 has no tensor-core path, so it runs the composite (cuBLAS dgemm).
+# the tensors' dtype and whose backend is usable here.  CPU: the rows of CPU_POLICY for this
+# CPU's tier (below), then the composite.  CUDA: Triton for the tensor-core dtypes; float64 has
+# no tensor-core path, so it runs the composite (cuBLAS dgemm).
 AUTO: dict[str, tuple[tuple[str, tuple[torch.dtype, ...] | None], ...]] = {
     "cpu": (("native", NATIVE_DTYPES), ("torch", None)),
     "cuda": (("triton", (torch.float32, torch.bfloat16, torch.float16)), ("torch", None)),
 }
 AUTO_OTHER_DEVICES = "torch"
+
+# Shape classes of a CPU problem (T tokens, flops = 2 T m n / G of one product): "decode" when
+# T <= DECODE_TOKENS (bound by reading the weights), "small" under SMALL_FLOPS (no parallel
+# region in the native kernels: csrc/native_kernels.cpp kParallelMinFlops), "large" from
+# LARGE_FLOPS (4096^2 at T=512 and G <= 8: 2.1-8.6 GFLOP; 1024^2, T=512, G=2 is 0.27 GFLOP),
+# else "train".
+SHAPE_CLASSES = ("decode", "small", "train", "large")
+DECODE_TOKENS = 16
+SMALL_FLOPS = 4e6
+LARGE_FLOPS = 1e9
+
+# The CPU policy: (tiers, dtypes, shape classes, backend) rows, None = any; for CPU tensors
+# under "auto" the first row matching the tier the native kernels use (sao_kernels.cpu_tier()),
+# the dtype and the problem's shape class picks the backend, if usable (else the "cpu" row of
+# AUTO decides).  Only measured cases have rows (benchmarks/bench_cpu_policy.py, results in
+# benchmarks/results/cpu_policy_*.md); everything else keeps the native kernels, which won at
+# every shape and dtype measured before tiers were a dimension (issue 13).
+# Measured 2026-12-06, AMD EPYC Zen 4 (2 cores, heavily loaded: 1-min load 11-14), each tier
+# emulated with cpu.tier_env, native vs composite interleaved (cpu_policy_amd-epyc-2c_2026-12-06.md):
+# * avx512_bf16, bfloat16: the composite's oneDNN bf16 bmm beats the native kernels' cpublas
+#   GEMM fallback at large products (4096^2 T=512 G=4 fwd+bwd: native 0.69x [0.64-0.78] of the
+#   composite; issue 20 saw the same on a quiet machine: G=2 0.60x vs 1.54x of nn.Linear) and at
+#   decode (4096^2 T=1 G=8: 0.42x [0.37-0.46]; T=16 a tie), while native wins at 1024^2
+#   (G=8: 2.18x [1.87-3.17]; G=2 a tie).  float16 has no oneDNN fast path there: native.
+#   Caveat: on that loaded VM decode calls of 2 threads quantised to scheduler ticks (8 / 16 ms
+#   in the tiers run), so the decode half of this row wants a re-measurement on a quiet machine.
+# * avx2 and avx512: native wins every bfloat16 / float16 training shape (1.8-37x: the composite's
+#   bmm falls to slow paths) and is at least even at decode; float32 is a tie or native on every
+#   tier.  No rows: the native default stands.
+CPU_POLICY: tuple[tuple[tuple[str, ...] | None, tuple[torch.dtype, ...] | None, tuple[str, ...] | None, str], ...] = (
+    (("avx512_bf16",), (torch.bfloat16,), ("large", "decode"), "torch"),
+    (None, NATIVE_DTYPES, None, "native"),
+)
+
+
+def shape_class(tokens: int | None, flops: float | None = None) -> str:
+    """The CPU shape class of a problem (see SHAPE_CLASSES); unknown tokens: "train"."""
+    if tokens is None or tokens < 0:
+        return "train"
+    if tokens <= DECODE_TOKENS:
+        return "decode"
+    if flops is None or flops < 0:
+        return "train"
+    return "small" if flops < SMALL_FLOPS else "large" if flops >= LARGE_FLOPS else "train"
+
+
+@functools.cache
+def _cpu_tier() -> str:
+    # fixed for the process: the native kernels read SAO_KERNELS_CPU_ISA once
+    from .cpu import cpu_tier
+
+    return cpu_tier()
+
+
+def cpu_policy(dtype: torch.dtype, cls: str, tier: str | None = None) -> str | None:
+    """The backend CPU_POLICY picks for ``dtype`` and shape class ``cls`` on ``tier`` (default:
+    this CPU's), or None when no row matches."""
+    tier = tier or _cpu_tier()
+    for tiers, dtypes, classes, name in CPU_POLICY:
+        if (
+            (tiers is None or tier in tiers)
+            and (dtypes is None or dtype in dtypes)
+            and (classes is None or cls in classes)
+        ):
+            return name
+    return None
+
 
 _state = threading.local()
 
@@ -68,6 +135,24 @@ def requested_backend() -> str:
     if stack:
         return stack[-1]
     return _check(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR)
+
+
+_CPP_DTYPES = {torch.float32: "Float", torch.bfloat16: "BFloat16", torch.float16: "Half", torch.float64: "Double"}
+
+
+def sync_native_policy() -> None:
+    """Hand the C++ CPU kernels the cells of CPU_POLICY (for this CPU's tier) where "auto"
+    runs native, with the shape-class thresholds, so that they apply this very table (called
+    at import; again after changing CPU_POLICY)."""
+    if not _extension.available():
+        return
+    cells = [
+        f"{_CPP_DTYPES[d]}:{c}"
+        for d in NATIVE_DTYPES
+        for c in SHAPE_CLASSES
+        if cpu_policy(d, c) in (None, "native")  # None: the "cpu" row of AUTO, native first
+    ]
+    torch.ops.sao_kernels._set_cpu_policy(cells, DECODE_TOKENS, SMALL_FLOPS, LARGE_FLOPS)
 
 
 def _tell_native(stack: list[str]) -> None:
@@ -133,9 +218,10 @@ def _dtype_list(dtypes: tuple[torch.dtype, ...]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def select(device: torch.device, dtype: torch.dtype) -> str:
+def select(device: torch.device, dtype: torch.dtype, *, tokens: int | None = None, flops: float | None = None) -> str:
     """The concrete backend ("native", "triton", "torch" or "dense") for tensors of
-    ``dtype`` on ``device`` under the thread's request.
+    ``dtype`` on ``device`` under the thread's request; ``tokens`` and ``flops`` (of the
+    product) give the CPU shape class (:func:`shape_class`).
 
     Raises:
         ValueError: the environment variable names no backend.
@@ -144,6 +230,10 @@ def select(device: torch.device, dtype: torch.dtype) -> str:
     """
     name = requested_backend()
     if name == "auto":
+        if device.type == "cpu":
+            chosen = cpu_policy(dtype, shape_class(tokens, flops))
+            if chosen is not None and _usable(chosen, device):
+                return chosen
         for candidate, dtypes in AUTO.get(device.type, ()):
             if (dtypes is None or dtype in dtypes) and _usable(candidate, device):
                 if candidate == "triton":
@@ -180,3 +270,6 @@ def select_conv2d() -> str:
     requested, else ``"torch"``: a channel gather plus a grouped convolution (cuDNN /
     oneDNN), which every other backend shares (there is no native or Triton convolution)."""
     return "dense" if requested_backend() == "dense" else "torch"
+
+
+sync_native_policy()

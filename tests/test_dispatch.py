@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sao_kernels as sk
-from sao_kernels import _extension
+from sao_kernels import _extension, dispatch
 from sao_kernels.dispatch import AUTO, BACKENDS, ENV_VAR, NATIVE_DTYPES, requested_backend, resolve_backend, select
 
 CPU = torch.device("cpu")
@@ -34,12 +34,42 @@ def _layer_args():
     return x, v, torch.randperm(24, generator=g), None
 
 
-def test_default_is_auto_and_auto_on_cpu_is_native_when_built():
+def _policy_expected(dtype, cls):
+    """What "auto" should pick on CPU: the CPU_POLICY row for this tier, else AUTO's cpu row."""
+    chosen = dispatch.cpu_policy(dtype, cls)
+    if chosen == "native" or chosen is None:
+        return "native" if NATIVE else "torch"
+    return chosen
+
+
+def test_default_is_auto_and_auto_on_cpu_follows_the_policy_table():
     assert requested_backend() == "auto"
     for dtype in NATIVE_DTYPES:
-        assert select(CPU, dtype) == ("native" if NATIVE else "torch")
-    assert resolve_backend(CPU) == ("native" if NATIVE else "torch")
+        for tokens, flops, cls in (
+            (1, 1e3, "decode"),
+            (64, 1e6, "small"),
+            (512, 1e8, "train"),
+            (512, 1e10, "large"),
+            (None, None, "train"),
+        ):
+            assert dispatch.shape_class(tokens, flops) == cls
+            assert select(CPU, dtype, tokens=tokens, flops=flops) == _policy_expected(dtype, cls)
+    assert resolve_backend(CPU) == _policy_expected(torch.float32, "train")
     assert AUTO["cpu"][0][0] == "native" and AUTO["cuda"][0][0] == "triton"
+
+
+def test_cpu_policy_rows_name_real_tiers_dtypes_classes_and_backends():
+    from sao_kernels.cpu import TIERS
+
+    for tiers, dtypes, classes, name in dispatch.CPU_POLICY:
+        assert tiers is None or set(tiers) <= set(TIERS)
+        assert dtypes is None or all(isinstance(d, torch.dtype) for d in dtypes)
+        assert classes is None or set(classes) <= set(dispatch.SHAPE_CLASSES)
+        assert name in BACKENDS and name != "auto"
+    # the tier decides: a row for one tier does not apply on another
+    for tier in TIERS:
+        for cls in dispatch.SHAPE_CLASSES:
+            assert dispatch.cpu_policy(torch.float64, cls, tier) == "native"
 
 
 @pytest.mark.parametrize("name", ["torch", "dense", "auto"])
@@ -218,14 +248,56 @@ if NATIVE:  # (the C++ CPU kernels' policy exists only with the native extension
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         for how in ("context", "env"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-                if how == "env":
-                    monkeypatch.setenv(ENV_VAR, request_name)
-                    expected, got = select(CPU, dtype) == "native", bool(OPS._native_runs(dtype))
-                    monkeypatch.delenv(ENV_VAR)
-                else:
-                    with sk.backend(request_name):
-                        expected, got = select(CPU, dtype) == "native", bool(OPS._native_runs(dtype))
-                assert got == expected, (how, request_name, dtype)
+                for T, flops in ((1, 2e3), (16, 4e6), (17, 3.9e6), (512, 4e6), (512, 1e9), (512, 9.9e8), (-1, -1.0)):
+
+                    def both(dtype=dtype, T=T, flops=flops):
+                        py = select(CPU, dtype, tokens=T, flops=flops) == "native"
+                        return py, bool(OPS._native_runs(dtype, T, flops))
+
+                    if how == "env":
+                        monkeypatch.setenv(ENV_VAR, request_name)
+                        expected, got = both()
+                        monkeypatch.delenv(ENV_VAR)
+                    else:
+                        with sk.backend(request_name):
+                            expected, got = both()
+                    assert got == expected, (how, request_name, dtype, T, flops)
+
+    @pytest.fixture
+    def _policy(monkeypatch):
+        """Replace CPU_POLICY for a test; the C++ copy is synced and restored."""
+
+        def set_rows(rows):
+            monkeypatch.setattr(dispatch, "CPU_POLICY", rows)
+            dispatch.sync_native_policy()
+
+        yield set_rows
+        monkeypatch.undo()
+        dispatch.sync_native_policy()
+
+    def test_a_policy_row_moves_a_dtype_and_shape_class_to_the_composite_in_cpp_too(monkeypatch, _policy):
+        """A row sending bfloat16 training shapes on this tier to the composite: the C++ CPU kernels
+        (which receive the table) run the composite there, and native for decode shapes."""
+        tier = sk.cpu_tier()
+        _policy((((tier,), (torch.bfloat16,), ("train", "large"), "torch"), (None, NATIVE_DTYPES, None, "native")))
+        assert select(CPU, torch.bfloat16, tokens=512, flops=1e10) == "torch"
+        assert select(CPU, torch.bfloat16, tokens=4, flops=1e10) == "native"
+        assert select(CPU, torch.float32, tokens=512, flops=1e10) == "native"
+        assert not OPS._native_runs(torch.bfloat16, 512, 1e10) and OPS._native_runs(torch.bfloat16, 4, 1e10)
+        calls = _spy_torch_paths(monkeypatch)
+        g = torch.Generator().manual_seed(0)
+        v = torch.randn(2, 256, 256, generator=g).bfloat16()
+        for T, expected in ((512, ["linear_torch", "linear_grad_input_torch", "linear_grad_values_torch"]), (8, [])):
+            calls.clear()
+            _run_all(torch.randn(T, 512, generator=g).bfloat16(), v, torch.randperm(512, generator=g), None)
+            assert calls == expected, T
+        _policy(((("no-such-tier",), (torch.bfloat16,), None, "torch"),))  # another tier's row: no effect here
+        assert select(CPU, torch.bfloat16, tokens=512, flops=1e10) == ("native" if NATIVE else "torch")
+        assert OPS._native_runs(torch.bfloat16, 512, 1e10)
+
+    def test_set_cpu_policy_refuses_unknown_cells():
+        with pytest.raises(ValueError, match="unknown cell 'Float:huge'"):
+            OPS._set_cpu_policy(["Float:huge"], 16, 4e6, 1e9)
 
 
 if NATIVE:

@@ -10,6 +10,7 @@
     candidates  the sweep's candidate table (raises SkipCandidate with the reason)
     sweep       ``python -m sao_kernels bench`` (the default suite)
     cases       layer-level suites: small widths, the depth-stacked MLP step, contention
+    tiers       ``--suite tiers``: one table per CPU tier, each in a subprocess under its caps
 
 Used by ``python -m sao_kernels bench``, ``sao_kernels.report`` and every script in
 benchmarks/.

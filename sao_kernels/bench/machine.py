@@ -23,14 +23,9 @@ import torch
 
 def cpu_name() -> str:
     """The CPU model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from ..cpu import cpu_model
+
+    return cpu_model()
 
 
 def load_average() -> list[float] | None:
@@ -62,12 +57,18 @@ def _native_build() -> str | None:
     if os.environ.get("SAO_KERNELS_NO_EXT", "0") == "1":
         return None
     importlib.import_module("sao_kernels._C")
-    for namespace in ("sao_kernels", "sao_kernels_native"):
+    for namespace, op in (("sao_kernels", "_native_build_info"), ("sao_kernels_native", "build_info")):
         try:
-            return str(getattr(torch.ops, namespace).build_info())
+            return str(getattr(getattr(torch.ops, namespace), op)())
         except (AttributeError, RuntimeError):
             continue
     return None
+
+
+def _cpu_tiers() -> dict:
+    from ..cpu import cpu_info
+
+    return cpu_info()
 
 
 def machine_meta(device: torch.device | str = "cpu") -> dict:
@@ -83,6 +84,7 @@ def machine_meta(device: torch.device | str = "cpu") -> dict:
     return {
         "device": device.type,
         "cpu": cpu_name(),
+        "cpu_tiers": _optional(_cpu_tiers) if device.type == "cpu" else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu_count": os.cpu_count(),
         "usable_cores": len(usable_cores()),

@@ -60,7 +60,7 @@ def linear_python(
 ) -> Tensor:
     """The Python implementation: checks, backend choice, then triton / torch / dense."""
     p = check_linear(x, values, in_index, out_index, bias, block_size)
-    name = _dispatch.select(x.device, x.dtype)
+    name = _dispatch.select(x.device, x.dtype, tokens=x.shape[0], flops=2 * x.shape[0] * values.numel())
     if name == "dense":
         return F.linear(x, dense_weight(values, p), bias)
     if name == "triton":

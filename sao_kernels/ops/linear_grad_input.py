@@ -40,7 +40,8 @@ def linear_grad_input_python(
 ) -> Tensor:
     """The Python implementation: checks, backend choice, then triton / torch / dense."""
     p = check_linear_grad_input(grad_out, values, in_index, out_index, block_size)
-    name = _dispatch.select(grad_out.device, grad_out.dtype)
+    T = grad_out.shape[0]
+    name = _dispatch.select(grad_out.device, grad_out.dtype, tokens=T, flops=2 * T * values.numel())
     if name == "dense":
         return grad_out @ dense_weight(values, p)
     if name == "triton":

@@ -45,7 +45,8 @@ def linear_grad_values_python(
 ) -> Tensor:
     """The Python implementation: checks, backend choice, then triton / torch / dense."""
     p = check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_size)
-    name = _dispatch.select(x.device, x.dtype)
+    T = x.shape[0]
+    name = _dispatch.select(x.device, x.dtype, tokens=T, flops=2 * T * grad_out.shape[1] * x.shape[1] // groups)
     if name == "dense":
         rows, cols = block_coords(p, x.device)
         return (grad_out.t() @ x)[rows, cols]
