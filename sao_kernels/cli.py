@@ -118,7 +118,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"small-width: layers of the tanh MLP step, in {limit_text('mlp_depth')} (default 100; 0 leaves it out)",
     )
     b.add_argument("--models", type=choice_list(MODELS), help=f"models: which models, from: {', '.join(MODELS)}")
-    b.add_argument("--quick", action="store_true", help="models: tiny configurations (a smoke test, seconds)")
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="models: tiny configurations; tiers: small shapes and short timing (smoke tests, seconds)",
+    )
     b.add_argument(
         "--min-run-time",
         type=seconds,
@@ -168,7 +172,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="emulate this CPU tier: re-run in a subprocess with SAO_KERNELS_CPU_ISA, DNNL_MAX_CPU_ISA, "
         "ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS set for it (tiers suite: only this tier)",
     )
-    b.add_argument("--quick", action="store_true", help="tiers: small shapes and short timing (a smoke test)")
     b.add_argument("--tiers-out", help=argparse.SUPPRESS)  # tiers: the exact folder (set by the parent run)
     b.add_argument("--out", default="sao_bench", help="output folder (default: ./sao_bench)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
