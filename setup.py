@@ -19,7 +19,7 @@ import sys
 from setuptools import setup
 
 EXT_NAME = "sao_kernels._C"
-EXT_SOURCES = ["csrc/ops.cpp", "csrc/native_kernels.cpp"]
+EXT_SOURCES = ["csrc/ops.cpp", "csrc/native_kernels.cpp", "csrc/lowp_bmm.cpp", "csrc/decode.cpp"]
 
 
 def _note(msg: str) -> None:

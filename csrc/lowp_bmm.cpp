@@ -1,0 +1,163 @@
+// bfloat16 / float16 products through oneDNN's batched matmul (at::bmm), on CPUs where
+// cpublas::brgemm cannot run them fast: without AMX, brgemm's bf16 / fp16 path is cpublas' own
+// GEMM (~100 GFLOP/s on a 2-core Zen 4), while at::bmm on group-ordered blocks runs oneDNN's
+// avx512_core_bf16 matmul (~370 GFLOP/s, as fast as dense bf16).  So the three products become
+//
+//   forward      Xg = pack(X, in_index)             (G, T, c)   one pass over X
+//                Yg = [bias_g +] Xg @ V_g^T          (G, T, a)   at::baddbmm_ / bmm, V^T a view
+//                Y  = unpack(Yg, out_index)                      one pass over Y
+//   grad input   dYg = pack(dY, out_index); dXg = dYg @ V_g; dX = unpack(dXg, in_index)
+//   grad values  dV  = dYg^T @ Xg                    (G, a, c)   written in place
+//
+// with the gathers fused into the packs and the scatters into the unpacks (no permuted copies
+// of the full activations beyond these), V read in place (its transpose is a strided view that
+// oneDNN takes as is), and every product accumulated in float and rounded once (the bias is the
+// GEMM's initial C: oneDNN adds it to the float accumulator, as the brgemm path does).
+// Buffers are per-thread scratch (see native_util.h).
+//
+// Determinism: the packs and unpacks are copies.  oneDNN's matmul splits its work over the
+// batch and over M / N blocks; we measured bitwise-identical results for 1, 2, 3, 4 and 8
+// threads on every shape tried (including grad-values with K = T up to 100000 and a tiny
+// output, where a K-split would show), and tests/ops/test_native.py checks 1 vs 2 threads.
+// This rests on oneDNN's choice of kernels, not on our code: a oneDNN build that reduced K
+// across threads would break it.
+#include "native_util.h"
+
+#include <ATen/native/CPUBlas.h>
+
+#include <cctype>
+#include <string>
+
+namespace sao {
+namespace detail {
+namespace {
+
+namespace cpublas = at::native::cpublas;
+
+// The group-ordered blocks of a (Tn, G*W) activation: (G, Tn, W) contiguous, in scratch `slot`.
+template <typename T>
+Tensor pack(const Tensor& src, int64_t G, int64_t W, const IndexArg& idx, int slot, Scratch& big) {
+  const int64_t Tn = src.size(0);
+  const T* p = pack_groups(src.data_ptr<T>(), src.stride(0), Tn, G, W, idx, W, slot, big);
+  return at::from_blob(const_cast<T*>(p), {G, Tn, W}, src.options());
+}
+
+// dst (Tn, G*W)[t, idx(g*W + k)] = src (G, Tn, W)[g, t, k]: each output row written by one item.
+template <typename T>
+void unpack(const T* src, int64_t Tn, int64_t G, int64_t W, const IndexArg& idx, T* dst) {
+  const int64_t* ip = idx.data();
+  const int64_t run = idx.run, ldd = G * W, RB = 16;
+  run_items(ceil_div(Tn, RB), 2.0 * Tn * ldd * 8, [&](int64_t it) {
+    const int64_t r0 = it * RB, r1 = std::min(Tn, r0 + RB);
+    for (int64_t r = r0; r < r1; ++r) {
+      T* d = dst + r * ldd;
+      for (int64_t g = 0; g < G; ++g) {
+        const T* s = src + (g * Tn + r) * W;
+        const int64_t* cols = ip ? ip + g * W : nullptr;
+        if (!cols) {
+          std::memcpy(d + g * W, s, sizeof(T) * W);
+        } else if (run > 1) {
+          for (int64_t k = 0; k < W; k += run) std::memcpy(d + cols[k], s + k, sizeof(T) * std::min(run, W - k));
+        } else {
+          for (int64_t k = 0; k < W; ++k) d[cols[k]] = s[k];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+Tensor linear_typed(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias) {
+  const int64_t Tn = x.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
+  Tensor y = new_output({Tn, G * a}, x.options());
+  Scratch big_x, big_y;
+  const Tensor xg = pack<T>(x, G, c, in, kSlotX, big_x);
+  T* yp = scratch<T>(kSlotC, G * Tn * a, big_y);
+  Tensor yg = at::from_blob(yp, {G, Tn, a}, x.options());
+  if (bias.defined()) {  // Yg = bias_g (group order) + Xg @ V_g^T, one rounding
+    const T* b = bias.data_ptr<T>();
+    const int64_t* oi = out.data();
+    run_items(G, 2.0 * G * Tn * a * 8, [&](int64_t g) {
+      T* d = yp + g * Tn * a;
+      for (int64_t i = 0; i < a; ++i) d[i] = b[oi ? oi[g * a + i] : g * a + i];
+      for (int64_t t = 1; t < Tn; ++t) std::memcpy(d + t * a, d, sizeof(T) * a);
+    });
+    yg.baddbmm_(xg, v.transpose(1, 2));
+  } else {
+    at::bmm_out(yg, xg, v.transpose(1, 2));
+  }
+  unpack(yp, Tn, G, a, out, y.data_ptr<T>());
+  return y;
+}
+
+template <typename T>
+Tensor grad_input_typed(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out) {
+  const int64_t Tn = dy.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
+  Tensor dx = new_output({Tn, G * c}, dy.options());
+  Scratch big_dy, big_x;
+  const Tensor dyg = pack<T>(dy, G, a, out, kSlotDY, big_dy);
+  T* xp = scratch<T>(kSlotC, G * Tn * c, big_x);
+  Tensor dxg = at::from_blob(xp, {G, Tn, c}, dy.options());
+  at::bmm_out(dxg, dyg, v);
+  unpack(xp, Tn, G, c, in, dx.data_ptr<T>());
+  return dx;
+}
+
+template <typename T>
+Tensor grad_values_typed(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G) {
+  const int64_t m = dy.size(1), n = x.size(1), a = m / G, c = n / G;
+  Tensor dv = new_output({G, a, c}, x.options());
+  Scratch big_dy, big_x;
+  const Tensor dyg = pack<T>(dy, G, a, out, kSlotDY, big_dy);
+  const Tensor xg = pack<T>(x, G, c, in, kSlotX, big_x);
+  at::bmm_out(dv, dyg.transpose(1, 2), xg);
+  return dv;
+}
+
+std::string forced_engine() {  // SAO_KERNELS_LOWP_GEMM, lower-cased ("" = automatic)
+  const char* env = std::getenv("SAO_KERNELS_LOWP_GEMM");
+  std::string s = env ? env : "";
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return s;
+}
+
+}  // namespace
+
+bool lowp_uses_bmm(at::ScalarType dtype) {
+  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
+  const std::string forced = forced_engine();
+  if (forced == "bmm") return true;
+  if (forced == "brgemm") return false;
+  TORCH_CHECK_VALUE(forced.empty(), "SAO_KERNELS_LOWP_GEMM=", forced,
+                    " is not an engine; allowed: 'bmm', 'brgemm' or unset (automatic)");
+  if (cpublas::could_pack(dtype)) return false;  // AMX: brgemm with VNNI-packed B
+#if SAO_X86
+  return dtype == at::kBFloat16 ? has_avx512_bf16() : has_avx512_fp16();
+#else
+  return false;
+#endif
+}
+
+Tensor linear_bmm(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias) {
+  Tensor y;
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "sao_linear_bmm",
+                                     [&] { y = linear_typed<scalar_t>(x, v, in, out, bias); });
+  return y;
+}
+
+Tensor grad_input_bmm(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out) {
+  Tensor dx;
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(dy.scalar_type(), "sao_linear_grad_input_bmm",
+                                     [&] { dx = grad_input_typed<scalar_t>(dy, v, in, out); });
+  return dx;
+}
+
+Tensor grad_values_bmm(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G) {
+  Tensor dv;
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "sao_linear_grad_values_bmm",
+                                     [&] { dv = grad_values_typed<scalar_t>(dy, x, in, out, G); });
+  return dv;
+}
+
+}  // namespace detail
+}  // namespace sao
