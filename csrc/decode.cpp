@@ -29,9 +29,11 @@ constexpr int64_t kRowsPerItem = 64;  // rows of V per work item (>= 16 items fo
 constexpr int64_t kTokChunk = 8;      // tokens per register block
 constexpr int64_t kPadK = 32;         // xs rows are zero-padded to a multiple of this
 
-// Rows per register block for a chunk of tt tokens: rows x tt accumulators, enough independent
-// FMA chains (>= 8) to hide the FMA latency, at most 16 accumulators.
-constexpr int rows_for(int tt) { return tt == 1 ? 8 : (tt <= 4 ? 4 : 2); }
+// Rows per register block for a chunk of tt tokens (AVX-512: 2 x tt accumulators).  Two rows:
+// with 4 or 8, GCC 12 kept stack copies of the accumulators in the loop (a store per FMA; seen
+// in the disassembly); at T = 1 two FMA chains still outrun the memory stream of V.
+constexpr int rows_for(int) { return 2; }
+constexpr int rows_for_avx2(int tt) { return tt <= 4 ? 2 : 1; }  // 16 ymm registers
 
 // out[r * tt + t] = sum_k v[r * ldv + k] * xs[t * ldx + k] for r < R, t < TT, k < c.
 template <typename T, typename X>
@@ -105,24 +107,51 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const 
   }
 }
 
+// out[i] = the sum of the 16 lanes of acc[i], in a fixed order.  (Through a buffer: reducing
+// the accumulators in place made GCC 12 keep a stack copy of each, a store per FMA in the loop.)
+template <int R, int TT>
+__attribute__((target("avx512f"), always_inline)) inline void reduce_avx512(const __m512 (&acc)[R][TT], float* out) {
+  alignas(64) float buf[R * TT * 16];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) _mm512_store_ps(buf + (r * TT + t) * 16, acc[r][t]);
+  for (int i = 0; i < R * TT; ++i) out[i] = _mm512_reduce_add_ps(_mm512_load_ps(buf + i * 16));
+}
+
+// One k step of 16 (masked: the tail) for R rows of V and TT tokens.
+template <typename T, int R, int TT>
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void step_avx512(
+    __m512 (&acc)[R][TT], const T* v, int64_t ldv, const float* xs, int64_t ldx, __mmask16 m) {
+  __m512 vv[R];
+  for (int r = 0; r < R; ++r) vv[r] = load16(v + r * ldv, m);
+  for (int t = 0; t < TT; ++t) {
+    const __m512 xv = _mm512_loadu_ps(xs + t * ldx);
+    for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(vv[r], xv, acc[r][t]);
+  }
+}
+
+template <int R, int TT>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void step_bf16dp(
+    __m512 (&acc)[R][TT], const at::BFloat16* v, int64_t ldv, const at::BFloat16* xs, int64_t ldx, __mmask32 m) {
+  __m512bh vv[R];
+  for (int r = 0; r < R; ++r) vv[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, v + r * ldv);
+  for (int t = 0; t < TT; ++t) {
+    const __m512bh xv = (__m512bh)_mm512_loadu_si512(xs + t * ldx);
+    for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], vv[r], xv);
+  }
+}
+
 template <typename T, int R, int TT>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void rows_avx512(const T* v, int64_t ldv, int64_t c,
                                                                        const float* xs, int64_t ldx, float* out) {
   __m512 acc[R][TT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < c; k += 16) {
-    // the tail is a masked load of V (xs is zero-padded past c)
-    const __mmask16 m = c - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (c - k)) - 1);
-    __m512 vv[R];
-    for (int r = 0; r < R; ++r) vv[r] = load16(v + r * ldv + k, m);
-    for (int t = 0; t < TT; ++t) {
-      const __m512 xv = _mm512_loadu_ps(xs + t * ldx + k);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(vv[r], xv, acc[r][t]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) out[r * TT + t] = _mm512_reduce_add_ps(acc[r][t]);
+  const int64_t c16 = c - c % 16;
+  for (int64_t k = 0; k < c16; k += 16) step_avx512<T, R, TT>(acc, v + k, ldv, xs + k, ldx, __mmask16(0xFFFF));
+  // the tail (at most one step; written as a loop: as an `if`, GCC 12 kept a stack copy of
+  // every accumulator in the main loop, a store per FMA)
+  for (int64_t k = c16; k < c; k += 16) step_avx512<T, R, TT>(acc, v + k, ldv, xs + k, ldx, __mmask16((1u << (c - k)) - 1));
+  reduce_avx512<R, TT>(acc, out);
 }
 
 // bfloat16 with AVX512_BF16: 32 products a step (pairs of adjacent k), float accumulation.
@@ -133,17 +162,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_bf16dp
   __m512 acc[R][TT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < c; k += 32) {
-    const __mmask32 m = c - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (c - k)) - 1);
-    __m512bh vv[R];
-    for (int r = 0; r < R; ++r) vv[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, v + r * ldv + k);
-    for (int t = 0; t < TT; ++t) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xs + t * ldx + k);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], vv[r], xv);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) out[r * TT + t] = _mm512_reduce_add_ps(acc[r][t]);
+  const int64_t c32 = c - c % 32;
+  for (int64_t k = 0; k < c32; k += 32) step_bf16dp<R, TT>(acc, v + k, ldv, xs + k, ldx, __mmask32(0xFFFFFFFFu));
+  for (int64_t k = c32; k < c; k += 32) step_bf16dp<R, TT>(acc, v + k, ldv, xs + k, ldx, __mmask32((1u << (c - k)) - 1));
+  reduce_avx512<R, TT>(acc, out);
 }
 #endif
 
@@ -186,7 +208,7 @@ void fill_kernels(Kernels<T, X>& k, Isa isa) {
         k.block[TT] = rows_avx512<T, R, TT>;
         k.single[TT] = rows_avx512<T, 1, TT>;
       } else if (isa == Isa::kAvx2) {
-        constexpr int R2 = TT <= 2 ? 4 : (TT <= 4 ? 2 : 1);  // 16 ymm registers
+        constexpr int R2 = rows_for_avx2(TT);
         k.block[TT] = rows_avx2<T, R2, TT>;
         k.single[TT] = rows_avx2<T, 1, TT>;
       }
@@ -204,7 +226,7 @@ void fill_kernels(Kernels<T, X>& k, Isa isa) {
 
 template <typename T, typename X>
 int rows_of(const Kernels<T, X>& k, Isa isa, int tt) {
-  if (isa == Isa::kAvx2) return tt <= 2 ? 4 : (tt <= 4 ? 2 : 1);
+  if (isa == Isa::kAvx2) return rows_for_avx2(tt);
   return rows_for(tt);
 }
 

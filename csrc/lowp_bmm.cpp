@@ -9,10 +9,12 @@
 //   grad input   dYg = pack(dY, out_index); dXg = dYg @ V_g; dX = unpack(dXg, in_index)
 //   grad values  dV  = dYg^T @ Xg                    (G, a, c)   written in place
 //
-// with the gathers fused into the packs and the scatters into the unpacks (no permuted copies
-// of the full activations beyond these), V read in place (its transpose is a strided view that
-// oneDNN takes as is), and every product accumulated in float and rounded once (the bias is the
-// GEMM's initial C: oneDNN adds it to the float accumulator, as the brgemm path does).
+// A pack is the gather into group order; with an identity map there is none: the operand is a
+// strided view (T, G*W) -> (G, T, W) of the activation itself, and the result is written
+// straight into the output through such a view (no unpack).  oneDNN reads and writes these
+// strided views at full speed, and V^T is a view too.  Every product accumulates in float and
+// is rounded once (the bias is the GEMM's initial C: oneDNN adds it to the float accumulator,
+// as the brgemm path does).
 // Buffers are per-thread scratch (see native_util.h).
 //
 // Determinism: the packs and unpacks are copies.  oneDNN's matmul splits its work over the
@@ -34,29 +36,43 @@ namespace {
 
 namespace cpublas = at::native::cpublas;
 
-// The group-ordered blocks of a (Tn, G*W) activation: (G, Tn, W) contiguous, in scratch `slot`.
+// The group-ordered blocks (G, Tn, W) of a (Tn, G*W) activation with unit column stride: a
+// strided view of it when idx is the identity (oneDNN reads strided operands at full speed:
+// measured on the Zen 4), else packed (the gather) into scratch `slot`.
 template <typename T>
-Tensor pack(const Tensor& src, int64_t G, int64_t W, const IndexArg& idx, int slot, Scratch& big) {
+Tensor blocks_of(const Tensor& src, int64_t G, int64_t W, const IndexArg& idx, int slot, Scratch& big) {
   const int64_t Tn = src.size(0);
+  if (!idx.index.defined()) return src.as_strided({G, Tn, W}, {W, src.stride(0), 1});
   const T* p = pack_groups(src.data_ptr<T>(), src.stride(0), Tn, G, W, idx, W, slot, big);
   return at::from_blob(const_cast<T*>(p), {G, Tn, W}, src.options());
 }
 
+// Where a product's group-ordered result (G, Tn, W) goes: a strided view of the output dst (Tn,
+// G*W) when idx is the identity, else a scratch buffer that unpack() scatters afterwards.
+template <typename T>
+Tensor result_blocks(const Tensor& dst, int64_t G, int64_t W, const IndexArg& idx, Scratch& big) {
+  const int64_t Tn = dst.size(0);
+  if (!idx.index.defined()) return dst.view({Tn, G, W}).transpose(0, 1);
+  return at::from_blob(scratch<T>(kSlotC, G * Tn * W, big), {G, Tn, W}, dst.options());
+}
+
 // dst (Tn, G*W)[t, idx(g*W + k)] = src (G, Tn, W)[g, t, k]: each output row written by one item.
 template <typename T>
-void unpack(const T* src, int64_t Tn, int64_t G, int64_t W, const IndexArg& idx, T* dst) {
+void unpack(const Tensor& blocks, const IndexArg& idx, Tensor& dst) {
+  if (!idx.index.defined()) return;  // written in place
+  const int64_t G = blocks.size(0), Tn = blocks.size(1), W = blocks.size(2);
+  const T* src = blocks.data_ptr<T>();
+  T* out = dst.data_ptr<T>();
   const int64_t* ip = idx.data();
   const int64_t run = idx.run, ldd = G * W, RB = 16;
   run_items(ceil_div(Tn, RB), 2.0 * Tn * ldd * 8, [&](int64_t it) {
     const int64_t r0 = it * RB, r1 = std::min(Tn, r0 + RB);
     for (int64_t r = r0; r < r1; ++r) {
-      T* d = dst + r * ldd;
+      T* d = out + r * ldd;
       for (int64_t g = 0; g < G; ++g) {
         const T* s = src + (g * Tn + r) * W;
-        const int64_t* cols = ip ? ip + g * W : nullptr;
-        if (!cols) {
-          std::memcpy(d + g * W, s, sizeof(T) * W);
-        } else if (run > 1) {
+        const int64_t* cols = ip + g * W;
+        if (run > 1) {
           for (int64_t k = 0; k < W; k += run) std::memcpy(d + cols[k], s + k, sizeof(T) * std::min(run, W - k));
         } else {
           for (int64_t k = 0; k < W; ++k) d[cols[k]] = s[k];
@@ -71,22 +87,23 @@ Tensor linear_typed(const Tensor& x, const Tensor& v, const IndexArg& in, const 
   const int64_t Tn = x.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
   Tensor y = new_output({Tn, G * a}, x.options());
   Scratch big_x, big_y;
-  const Tensor xg = pack<T>(x, G, c, in, kSlotX, big_x);
-  T* yp = scratch<T>(kSlotC, G * Tn * a, big_y);
-  Tensor yg = at::from_blob(yp, {G, Tn, a}, x.options());
+  const Tensor xg = blocks_of<T>(x, G, c, in, kSlotX, big_x);
+  Tensor yg = result_blocks<T>(y, G, a, out, big_y);
   if (bias.defined()) {  // Yg = bias_g (group order) + Xg @ V_g^T, one rounding
     const T* b = bias.data_ptr<T>();
     const int64_t* oi = out.data();
+    T* yp = yg.data_ptr<T>();
+    const int64_t st = yg.stride(1), sg = yg.stride(0);
     run_items(G, 2.0 * G * Tn * a * 8, [&](int64_t g) {
-      T* d = yp + g * Tn * a;
+      T* d = yp + g * sg;
       for (int64_t i = 0; i < a; ++i) d[i] = b[oi ? oi[g * a + i] : g * a + i];
-      for (int64_t t = 1; t < Tn; ++t) std::memcpy(d + t * a, d, sizeof(T) * a);
+      for (int64_t t = 1; t < Tn; ++t) std::memcpy(d + t * st, d, sizeof(T) * a);
     });
     yg.baddbmm_(xg, v.transpose(1, 2));
   } else {
     at::bmm_out(yg, xg, v.transpose(1, 2));
   }
-  unpack(yp, Tn, G, a, out, y.data_ptr<T>());
+  unpack<T>(yg, out, y);
   return y;
 }
 
@@ -95,11 +112,10 @@ Tensor grad_input_typed(const Tensor& dy, const Tensor& v, const IndexArg& in, c
   const int64_t Tn = dy.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
   Tensor dx = new_output({Tn, G * c}, dy.options());
   Scratch big_dy, big_x;
-  const Tensor dyg = pack<T>(dy, G, a, out, kSlotDY, big_dy);
-  T* xp = scratch<T>(kSlotC, G * Tn * c, big_x);
-  Tensor dxg = at::from_blob(xp, {G, Tn, c}, dy.options());
+  const Tensor dyg = blocks_of<T>(dy, G, a, out, kSlotDY, big_dy);
+  Tensor dxg = result_blocks<T>(dx, G, c, in, big_x);
   at::bmm_out(dxg, dyg, v);
-  unpack(xp, Tn, G, c, in, dx.data_ptr<T>());
+  unpack<T>(dxg, in, dx);
   return dx;
 }
 
@@ -108,8 +124,8 @@ Tensor grad_values_typed(const Tensor& dy, const Tensor& x, const IndexArg& in, 
   const int64_t m = dy.size(1), n = x.size(1), a = m / G, c = n / G;
   Tensor dv = new_output({G, a, c}, x.options());
   Scratch big_dy, big_x;
-  const Tensor dyg = pack<T>(dy, G, a, out, kSlotDY, big_dy);
-  const Tensor xg = pack<T>(x, G, c, in, kSlotX, big_x);
+  const Tensor dyg = blocks_of<T>(dy, G, a, out, kSlotDY, big_dy);
+  const Tensor xg = blocks_of<T>(x, G, c, in, kSlotX, big_x);
   at::bmm_out(dv, dyg.transpose(1, 2), xg);
   return dv;
 }
