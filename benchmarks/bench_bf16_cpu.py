@@ -128,7 +128,20 @@ def measure_decode(dtype_name, timing, gen, n=4096, G=8, tokens=(1, 16)):
         fns[("bmm", T)] = inference(bmm_bound(layer, x, torch.randn(T, n, generator=gen).to(dtype))[0])
     stats = interleave(fns, timing)
     return [
-        row("decode", dtype_name, "inference", T, G, f"{n}x{n}", stats, ("dense", T), ("sao", T), ("bmm", T), 0.8, timing)
+        row(
+            "decode",
+            dtype_name,
+            "inference",
+            T,
+            G,
+            f"{n}x{n}",
+            stats,
+            ("dense", T),
+            ("sao", T),
+            ("bmm", T),
+            0.8,
+            timing,
+        )
         for T in tokens
     ]
 
