@@ -125,7 +125,20 @@ void gather_cols(const T* src, int64_t lds, const int64_t* cols, int64_t rows, i
     }
     return;
   }
-  for (int64_t r = 0; r < rows; ++r) {
+  // four rows per index load (the rows stay in L1 / L2; fewer loads per gathered element)
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const T *s0 = src + r * lds, *s1 = s0 + lds, *s2 = s1 + lds, *s3 = s2 + lds;
+    T *d0 = dst + r * ldd, *d1 = d0 + ldd, *d2 = d1 + ldd, *d3 = d2 + ldd;
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t j = cols[k];
+      d0[k] = s0[j];
+      d1[k] = s1[j];
+      d2[k] = s2[j];
+      d3[k] = s3[j];
+    }
+  }
+  for (; r < rows; ++r) {
     const T* s = src + r * lds;
     T* d = dst + r * ldd;
     for (int64_t k = 0; k < width; ++k) d[k] = s[cols[k]];
