@@ -89,18 +89,32 @@ Tensor linear_typed(const Tensor& x, const Tensor& v, const IndexArg& in, const 
   const int64_t Tn = x.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
   Tensor y = new_output({Tn, G * a}, x.options());
   Scratch big_x, big_y;
-  const Tensor xg = blocks_of<T>(x, G, c, in, kSlotX, big_x);
+  // The gather of X and the bias rows in one parallel region (each region on a loaded machine
+  // may wait for a descheduled thread).
+  const bool gather = in.index.defined();
+  T* xp = gather ? scratch<T>(kSlotX, G * Tn * c, big_x) : nullptr;
+  const Tensor xg = gather ? at::from_blob(xp, {G, Tn, c}, x.options())
+                           : x.as_strided({G, Tn, c}, {c, x.stride(0), 1});
   Tensor yg = result_blocks<T>(y, G, a, out, big_y);
-  if (bias.defined()) {  // Yg = bias_g (group order) + Xg @ V_g^T, one rounding
-    const T* b = bias.data_ptr<T>();
-    const int64_t* oi = out.data();
+  const T* b = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  if (gather || b) {
+    const T* xs = x.data_ptr<T>();
     T* yp = yg.data_ptr<T>();
-    const int64_t st = yg.stride(1), sg = yg.stride(0);
-    run_items(G, 2.0 * G * Tn * a * 8, [&](int64_t g) {
-      T* d = yp + g * sg;
-      for (int64_t i = 0; i < a; ++i) d[i] = b[oi ? oi[g * a + i] : g * a + i];
-      for (int64_t t = 1; t < Tn; ++t) std::memcpy(d + t * st, d, sizeof(T) * a);
+    const int64_t ldx = x.stride(0), sg = yg.stride(0), st = yg.stride(1), RB = 16;
+    const int64_t *ii = in.data(), *oi = out.data();
+    run_items(ceil_div(Tn, RB), 2.0 * Tn * G * (a + c) * 8, [&](int64_t it) {
+      const int64_t r0 = it * RB, rows = std::min(RB, Tn - r0);
+      for (int64_t g = 0; g < G; ++g) {
+        if (gather) gather_cols(xs + r0 * ldx, ldx, ii + g * c, rows, c, in.run, xp + (g * Tn + r0) * c, c);
+        if (b) {  // Yg starts as bias_g (group order): the GEMM adds to it, one rounding
+          T* d = yp + g * sg + r0 * st;
+          for (int64_t i = 0; i < a; ++i) d[i] = b[oi ? oi[g * a + i] : g * a + i];
+          for (int64_t t = 1; t < rows; ++t) std::memcpy(d + t * st, d, sizeof(T) * a);
+        }
+      }
     });
+  }
+  if (b) {
     yg.baddbmm_(xg, v.transpose(1, 2));
   } else {
     at::bmm_out(yg, xg, v.transpose(1, 2));
