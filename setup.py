@@ -24,7 +24,14 @@ from setuptools import setup
 # registers the ops.  (One library would not do: a Python module needs libpython's symbols,
 # which a C++ program does not have.)
 OPS_LIB_NAME = "sao_kernels.lib.libsao_kernels_ops"  # -> sao_kernels/lib/libsao_kernels_ops.so
-OPS_LIB_SOURCES = ["csrc/schemas.cpp", "csrc/ops.cpp", "csrc/native_kernels.cpp", "csrc/cpu_tier.cpp"]
+OPS_LIB_SOURCES = [
+    "csrc/schemas.cpp",
+    "csrc/ops.cpp",
+    "csrc/native_kernels.cpp",
+    "csrc/lowp_bmm.cpp",
+    "csrc/decode.cpp",
+    "csrc/cpu_tier.cpp",
+]
 EXT_NAME = "sao_kernels._C"
 EXT_SOURCES = ["csrc/python_module.cpp"]
 

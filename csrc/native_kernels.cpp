@@ -35,6 +35,7 @@
 // GEMM calls whose shapes depend only on the problem shape, never on the thread count, so
 // results are bitwise identical for any number of threads; there are no atomics.
 #include "sao_kernels.h"
+#include "native_util.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -50,19 +51,14 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SAO_X86 1
-#else
-#define SAO_X86 0
-#endif
-
 #if !defined(CPUBLAS_BRGEMM_F32F32F32) || !defined(CPUBLAS_BRGEMM_BF16BF16F32) || !defined(CPUBLAS_BRGEMM_F16F16F32)
 #error "sao_kernels needs at::native::cpublas::brgemm for float32, bfloat16 and float16 (torch >= 2.6)"
 #endif
 
 namespace sao {
 namespace {
+
+using namespace detail;
 
 using at::native::TransposeType;
 namespace cpublas = at::native::cpublas;
@@ -79,91 +75,6 @@ constexpr int64_t kMinItems = 16;          // split groups / dV rows until there
 constexpr int64_t kTokChunk = 256;         // float32 grad-values: tokens per brgemm call
 constexpr int64_t kMinRows = 128;          // grad-values: smallest block of dV rows per item
 constexpr int64_t kMinBrgemmTokens = 16;   // float32 forward below this: the gemm engine
-constexpr double kParallelMinFlops = 4e6;  // below: no parallel region (about 20-40 us of work)
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-// ---------------------------------------------------------------------------- scratch
-// Temporaries (V^T, group-ordered activations, per-worker panels and accumulators) live in
-// per-thread buffers kept between calls: a fresh multi-MiB allocation is served by mmap and
-// pays a page fault per 4 KiB page on first touch (measured ~3.5 ms per 8 MiB on the test VMs,
-// as much as the gather itself).  Each buffer grows to the largest request up to kScratchMax
-// and is never shrunk; larger requests are allocated per call.
-constexpr size_t kScratchMax = size_t(64) << 20;
-enum Slot { kSlotVT = 0, kSlotX, kSlotDY, kSlotPanel, kSlotC, kSlotDYT, kNumSlots };
-
-struct ScratchBuf {
-  void* p = nullptr;
-  size_t cap = 0;
-  ~ScratchBuf() { std::free(p); }
-};
-
-struct Scratch {  // a per-call allocation for requests above kScratchMax
-  void* p = nullptr;
-  ~Scratch() { std::free(p); }
-};
-
-void* thread_scratch(int slot, size_t bytes, Scratch& big) {
-  bytes = std::max<size_t>(bytes, 64);
-  if (bytes > kScratchMax) {
-    big.p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    TORCH_CHECK(big.p != nullptr, "sao_kernels: out of memory for a ", bytes, "-byte scratch buffer");
-    return big.p;
-  }
-  thread_local ScratchBuf bufs[kNumSlots];
-  ScratchBuf& b = bufs[slot];
-  if (b.cap < bytes) {
-    std::free(b.p);
-    b.cap = (bytes + 4095) / 4096 * 4096;
-    b.p = std::aligned_alloc(64, b.cap);
-    TORCH_CHECK(b.p != nullptr, "sao_kernels: out of memory for a ", b.cap, "-byte scratch buffer");
-  }
-  return b.p;
-}
-
-template <typename T>
-T* scratch(int slot, int64_t count, Scratch& big) {
-  return static_cast<T*>(thread_scratch(slot, size_t(count) * sizeof(T), big));
-}
-
-// Leading dimension for a packed panel of width w: a multiple of 64 bytes that is not a
-// multiple of 1 KiB (power-of-two row strides map a column of the panel onto a few cache sets;
-// measured 2.4x slower brgemm on a Xeon with B rows 16 KiB apart).
-template <typename T>
-int64_t pad_ld(int64_t w) {
-  const int64_t q = 64 / sizeof(T);
-  int64_t p = std::max<int64_t>(q, ceil_div(w, q) * q);
-  return (p * int64_t(sizeof(T))) % 1024 == 0 ? p + q : p;
-}
-
-// A fresh output: uninitialised, or NaN with SAO_KERNELS_POISON=1 (tests), so that any element
-// a kernel fails to write shows up instead of stale memory.
-Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  Tensor t = at::empty(sizes, opts);
-  const char* poison = std::getenv("SAO_KERNELS_POISON");
-  if (poison && poison[0] == '1') t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
-
-// Runs f(i) for i in [0, n): on the calling thread when the problem is small (no parallel
-// region), else inside one parallel region whose threads pull items from a shared counter.
-// Either way the GEMM engines run single-threaded inside f (a parallel region disables nested
-// BLAS / oneDNN threading; the serial path runs only problems too small for BLAS to thread).
-template <typename F>
-void run_items(int64_t n, double flops, const F& f) {
-  if (n <= 0) return;
-  if (n == 1 || flops < kParallelMinFlops || at::get_num_threads() == 1 || at::in_parallel_region()) {
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) f(i);
-  });
-}
 
 // ---------------------------------------------------------------------- copy helpers
 // dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds)^T
@@ -224,8 +135,6 @@ __attribute__((target("avx2"))) void transpose_f32_avx2(const float* src, int64_
   if (r8 < rows) transpose_scalar(src + r8 * lds, lds, dst + r8, ldd, rows - r8, c8);
 }
 
-// ISA decisions go through cpu_tier.cpp (the tier capped by SAO_KERNELS_CPU_ISA).
-bool has_avx2() { return isa_at_least(Isa::kAvx2); }
 #endif
 
 void transpose_f32(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
@@ -233,26 +142,6 @@ void transpose_f32(const float* src, int64_t lds, float* dst, int64_t ldd, int64
   if (has_avx2()) return transpose_f32_avx2(src, lds, dst, ldd, rows, cols);
 #endif
   transpose_scalar(src, lds, dst, ldd, rows, cols);
-}
-
-// dst[r, k] = src[r, cols[k]] for r < rows, k < width.  run > 1: cols come in aligned runs of
-// `run` consecutive features (verified by ops.cpp), copied with memcpy.
-template <typename T>
-void gather_cols(const T* src, int64_t lds, const int64_t* cols, int64_t rows, int64_t width, int64_t run, T* dst,
-                 int64_t ldd) {
-  if (run > 1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* s = src + r * lds;
-      T* d = dst + r * ldd;
-      for (int64_t k = 0; k < width; k += run) std::memcpy(d + k, s + cols[k], sizeof(T) * std::min(run, width - k));
-    }
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* s = src + r * lds;
-    T* d = dst + r * ldd;
-    for (int64_t k = 0; k < width; ++k) d[k] = s[cols[k]];
-  }
 }
 
 // float -> bfloat16 / float16 for n contiguous elements, vectorised where the CPU can (round to
@@ -274,11 +163,6 @@ __attribute__((target("avx2,f16c"))) void cvt_f16_f16c(const float* s, at::Half*
   for (; k < n; ++k) d[k] = static_cast<at::Half>(s[k]);
 }
 
-bool has_avx512_bf16() { return isa_at_least(Isa::kAvx512Bf16); }
-bool has_f16c() {
-  static const bool yes = __builtin_cpu_supports("f16c");
-  return yes && isa_at_least(Isa::kAvx2);
-}
 #endif
 
 template <typename T, typename A>
@@ -634,31 +518,6 @@ void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, cons
   });
 }
 
-// ------------------------------------------------------------------------- grad values
-// X's columns in group order, group-major (G, T, ldp) in scratch: one pass over row blocks of X
-// (the gather when in_index is set, else a copy).  Grad-values reduces over all tokens, so a
-// group's operand is a whole column block; gathering it per group would read every cache line
-// of X once per group, which costs more than this copy (and strided rows made brgemm slower).
-template <typename T>
-const T* pack_groups(const T* x, int64_t ldx, int64_t Tn, int64_t G, int64_t C, const IndexArg& in, int64_t ldp,
-                     int slot, Scratch& big) {
-  T* out = scratch<T>(slot, G * Tn * ldp, big);
-  const int64_t* ip = in.data();
-  const int64_t RB = 16;
-  run_items(ceil_div(Tn, RB), 2.0 * Tn * G * C * 8, [&](int64_t it) {
-    const int64_t r0 = it * RB, rows = std::min(RB, Tn - r0);
-    for (int64_t g = 0; g < G; ++g) {
-      T* d = out + (g * Tn + r0) * ldp;
-      if (ip) {
-        gather_cols(x + r0 * ldx, ldx, ip + g * C, rows, C, in.run, d, ldp);
-      } else {
-        for (int64_t r = 0; r < rows; ++r) std::memcpy(d + r * ldp, x + (r0 + r) * ldx + g * C, sizeof(T) * C);
-      }
-    }
-  });
-  return out;
-}
-
 // dV rows per item: enough items in all, at least kMinRows rows (or the whole group).
 int64_t dv_row_blocks(int64_t G, int64_t A) {
   return std::max<int64_t>(1, std::min(ceil_div(kMinItems, G), A / kMinRows));
@@ -799,6 +658,9 @@ Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in
                      const std::optional<Tensor>& bias) {
   const Tensor x = rows_major(x_.detach()), values = values_.detach();
   const Tensor b = (bias.has_value() && bias->defined()) ? bias->detach().contiguous() : Tensor();
+  const int64_t Tn = x.size(0);
+  if (decode_applies(Tn, x.scalar_type())) return linear_decode(x, values.contiguous(), in, out, b);
+  if (Tn > 0 && lowp_uses_bmm(x.scalar_type())) return linear_bmm(x, values.contiguous(), in, out, b);
   Tensor y;
   SAO_DISPATCH(x.scalar_type(), "sao_linear_native", [&] { y = linear_typed<scalar_t>(x, values, in, out, b); });
   return y;
@@ -807,6 +669,7 @@ Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in
 Tensor linear_grad_input_native(const Tensor& grad_out_, const Tensor& values_, const IndexArg& in,
                                 const IndexArg& out) {
   const Tensor dy = rows_major(grad_out_.detach()), values = values_.detach();
+  if (dy.size(0) > 0 && lowp_uses_bmm(dy.scalar_type())) return grad_input_bmm(dy, values.contiguous(), in, out);
   Tensor dx;
   SAO_DISPATCH(dy.scalar_type(), "sao_linear_grad_input_native",
                [&] { dx = grad_input_typed<scalar_t>(dy, values, in, out); });
@@ -816,6 +679,8 @@ Tensor linear_grad_input_native(const Tensor& grad_out_, const Tensor& values_, 
 Tensor linear_grad_values_native(const Tensor& grad_out_, const Tensor& x_, const IndexArg& in, const IndexArg& out,
                                  int64_t groups) {
   const Tensor dy = grad_out_.detach(), x = x_.detach();
+  if (x.size(0) > 0 && lowp_uses_bmm(x.scalar_type()))
+    return grad_values_bmm(rows_major(dy), rows_major(x), in, out, groups);
   Tensor dv;
   SAO_DISPATCH(x.scalar_type(), "sao_linear_grad_values_native",
                [&] { dv = grad_values_typed<scalar_t>(dy, x, in, out, groups); });
@@ -824,8 +689,18 @@ Tensor linear_grad_values_native(const Tensor& grad_out_, const Tensor& x_, cons
 
 std::string native_build_info() {
   std::string s = "sao_kernels native CPU kernels; float32 GEMM: ";
-  s += "at::native::cpublas::brgemm (oneDNN ukernel or BLAS fallback); bfloat16 / float16: brgemm, ";
-  s += amx_packs(at::kBFloat16) ? "VNNI-packed B (AMX)" : "row-major B (cpublas GEMM fallback)";
+  s += "at::native::cpublas::brgemm (oneDNN ukernel or BLAS fallback)";
+  for (const auto& [dt, name] : {std::pair{at::kBFloat16, "bfloat16"}, std::pair{at::kHalf, "float16"}}) {
+    s += std::string("; ") + name + ": ";
+    if (lowp_uses_bmm(dt)) {
+      s += "oneDNN at::bmm on packed group blocks";
+    } else if (amx_packs(dt)) {
+      s += "brgemm, VNNI-packed B (AMX)";
+    } else {
+      s += "brgemm, row-major B (cpublas GEMM fallback)";
+    }
+  }
+  s += "; " + decode_info();
   s += "; float64: loops; transposes: ";
 #if SAO_X86
   s += has_avx2() ? "AVX2" : "scalar";

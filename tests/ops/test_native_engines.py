@@ -1,0 +1,183 @@
+"""The native kernels' engines beyond the brgemm path (csrc/decode.cpp, csrc/lowp_bmm.cpp).
+
+* decode (T <= 16, float32 / bfloat16 / float16): the weight-streaming GEMV against the float64
+  reference at every T in 1..16, odd block sides (vector tails), block_size > 1, with and without
+  bias and index maps, outputs poisoned (SAO_KERNELS_POISON=1) so an unwritten element shows;
+  identical bits for any thread count.
+* bfloat16 / float16 through oneDNN's at::bmm (the automatic choice without AMX where the CPU
+  has AVX512_BF16 / AVX512_FP16) and through brgemm, both forced with SAO_KERNELS_LOWP_GEMM:
+  reference, poison, 1 vs 2 vs 3 threads; a bad value is refused.
+* No stale weights: the kernels keep no packed copy of ``values`` between calls (see
+  docs/cpu_engines.md), so every way of changing the weights (optimizer step, ``.data.mul_``,
+  ``copy_`` under no_grad, a dtype change, a new tensor at a reused address) shows in the next
+  call, on every engine.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+import torch
+from _reference import assert_close_rel, make_case, reference
+
+import sao_kernels as sk
+from sao_kernels import _extension
+
+OPS = torch.ops.sao_kernels
+LOWP = (torch.float32, torch.bfloat16, torch.float16)
+
+# Without the extension (SAO_KERNELS_NO_EXT=1, CI's fallback run) the engine tests are not
+# defined, as in test_native.py; the freshness tests at the end run on whatever "auto" picks.
+NATIVE = os.environ.get(_extension.ENV_NO_EXT, "0") != "1"
+
+
+if NATIVE:
+
+    def native_products(case, block_size=1):
+        x, values, ii, oi, b, dy = case
+        with sk.backend("native"):
+            return (
+                OPS.linear(x, values, ii, oi, b, block_size),
+                OPS.linear_grad_input(dy, values, ii, oi, block_size),
+                OPS.linear_grad_values(dy, x, ii, oi, values.shape[0], block_size),
+            )
+
+    def check_against_reference(case, dtype, block_size=1, forward_only=False):
+        got = native_products(case, block_size)
+        want = reference(*case)
+        for name, g, w in list(zip(("y", "dx", "dv"), got, want))[: 1 if forward_only else 3]:
+            assert_close_rel(g, w, dtype, name)
+
+    # ------------------------------------------------------------------------------ decode
+    @pytest.mark.parametrize("dtype", LOWP, ids=str)
+    @pytest.mark.parametrize("T", range(1, 17))
+    def test_decode_every_token_count(T, dtype, monkeypatch):
+        monkeypatch.setenv("SAO_KERNELS_POISON", "1")
+        # c = 37: a 32-wide step and a tail; a = 11: two-row blocks and a single last row
+        case = make_case(T, 3 * 11, 3 * 37, 3, dtype=dtype, seed=T)
+        check_against_reference(case, dtype, forward_only=True)
+
+    @pytest.mark.parametrize("dtype", LOWP, ids=str)
+    @pytest.mark.parametrize(
+        "T,m,n,G,block_size,in_perm,out_perm,bias",
+        [
+            (1, 64, 48, 2, 1, False, False, False),
+            (16, 4 * 40, 4 * 16, 4, 4, True, True, True),  # runs of 4, c = 16 (no tail)
+            (5, 2 * 8, 2 * 65, 2, 1, True, False, True),  # c = 65: two full AVX-512 steps and a tail
+            (9, 200, 200, 1, 1, True, True, True),  # G = 1
+            (16, 1024, 1024, 2, 8, True, False, True),  # parallel (above the serial threshold)
+        ],
+        ids=str,
+    )
+    def test_decode_shapes(T, m, n, G, block_size, in_perm, out_perm, bias, dtype, monkeypatch):
+        monkeypatch.setenv("SAO_KERNELS_POISON", "1")
+        case = make_case(T, m, n, G, block_size, in_perm=in_perm, out_perm=out_perm, bias=bias, dtype=dtype, seed=3)
+        check_against_reference(case, dtype, block_size)
+
+    def products_with_threads(case, threads):
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            return native_products(case)
+        finally:
+            torch.set_num_threads(before)
+
+    @pytest.mark.parametrize("dtype", LOWP, ids=str)
+    @pytest.mark.parametrize("T", [1, 7, 16])
+    def test_decode_same_bits_for_any_thread_count(T, dtype):
+        case = make_case(T, 1024, 1024, 4, dtype=dtype, seed=5)
+        one, two, three = (products_with_threads(case, k)[0] for k in (1, 2, 3))
+        assert torch.equal(one, two) and torch.equal(one, three)
+
+    # ------------------------------------------------------------------- low-precision engines
+    @pytest.mark.parametrize("engine", ["bmm", "brgemm"])
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+    @pytest.mark.parametrize(
+        "T,m,n,G,block_size,in_perm,out_perm",
+        [
+            (17, 96, 90, 3, 1, True, True),
+            (300, 136, 1040, 4, 1, True, False),
+            (64, 256, 128, 2, 8, True, True),
+            (33, 80, 80, 1, 1, False, False),
+            (129, 128, 128, 4, 1, False, True),
+        ],
+        ids=str,
+    )
+    def test_lowp_engines(engine, dtype, T, m, n, G, block_size, in_perm, out_perm, monkeypatch):
+        monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", engine)
+        monkeypatch.setenv("SAO_KERNELS_POISON", "1")
+        case = make_case(T, m, n, G, block_size, in_perm=in_perm, out_perm=out_perm, dtype=dtype, seed=T)
+        check_against_reference(case, dtype, block_size)
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+    @pytest.mark.parametrize("T,m,n,G", [(512, 1024, 1024, 4), (4000, 64, 64, 1), (40, 512, 768, 2)], ids=str)
+    def test_bmm_engine_same_bits_for_any_thread_count(T, m, n, G, dtype, monkeypatch):
+        """oneDNN's matmul does not split K across threads for these shapes (grad-values: K = T):
+        what csrc/lowp_bmm.cpp promises, checked."""
+        monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", "bmm")
+        case = make_case(T, m, n, G, in_perm=True, out_perm=False, dtype=dtype, seed=1)
+        one, two, three = (products_with_threads(case, k) for k in (1, 2, 3))
+        for name, a, b, c in zip(("y", "dx", "dv"), one, two, three):
+            assert torch.equal(a, b) and torch.equal(a, c), name
+
+    def test_bad_engine_name_is_refused(monkeypatch):
+        monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", "fast")
+        x, v, ii, oi, b, _ = make_case(32, 16, 16, 2, dtype=torch.bfloat16)
+        with pytest.raises(ValueError, match="SAO_KERNELS_LOWP_GEMM=fast.*'bmm', 'brgemm'"):
+            with sk.backend("native"):
+                OPS.linear(x, v, ii, oi, b, 1)
+
+    def test_build_info_names_the_engines():
+        info = OPS._native_build_info()
+        assert "decode (T <= 16)" in info and "bfloat16: " in info and "float16: " in info
+
+
+# --------------------------------------------------------------------- never stale
+def layer_reference(layer: sk.SAOLinear, x: torch.Tensor) -> torch.Tensor:
+    b = layer.bias.detach().double() if layer.bias is not None else None
+    W = layer.dense_weight().detach().double()
+    y = x.double() @ W.T
+    return y if b is None else y + b
+
+
+def assert_fresh(layer, xs, dtype):
+    with torch.inference_mode():
+        for x in xs:
+            assert_close_rel(layer(x), layer_reference(layer, x), dtype, f"T={x.shape[0]}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_results_follow_every_change_of_the_weights(dtype):
+    gen = torch.Generator().manual_seed(0)
+    layer = sk.SAOLinear(256, 128, groups=4, generator=gen).to(dtype)
+    xs = [torch.randn(T, 256, generator=gen).to(dtype) for T in (1, 16, 300)]  # decode, decode, GEMM
+    assert_fresh(layer, xs, dtype)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(xs[2]).float().square().mean().backward()
+    opt.step()  # in place, version counter bumped
+    assert_fresh(layer, xs, dtype)
+    layer.values.data.mul_(-2)  # in place through .data: no version bump
+    assert_fresh(layer, xs, dtype)
+    with torch.no_grad():
+        layer.values.copy_(torch.randn(layer.values.shape, generator=gen).to(dtype))
+    assert_fresh(layer, xs, dtype)
+    other = torch.float32 if dtype != torch.float32 else torch.bfloat16
+    layer.to(other)  # a new values tensor of another dtype
+    assert_fresh(layer, [x.to(other) for x in xs], other)
+
+
+def test_a_new_values_tensor_at_a_reused_address():
+    """Free the weights, allocate new ones of the same shape (the allocator tends to hand back the
+    same address), assign them: the next call uses the new ones."""
+    gen = torch.Generator().manual_seed(1)
+    layer = sk.SAOLinear(512, 512, groups=8, generator=gen)
+    xs = [torch.randn(T, 512, generator=gen) for T in (1, 16, 300)]
+    for _ in range(3):
+        assert_fresh(layer, xs, torch.float32)
+        shape = layer.values.shape
+        del layer.values
+        gc.collect()
+        layer.values = torch.nn.Parameter(torch.randn(shape, generator=gen) / 8)
+    assert_fresh(layer, xs, torch.float32)
