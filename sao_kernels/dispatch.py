@@ -68,20 +68,19 @@ LARGE_FLOPS = 1e9
 # AUTO decides).  Only measured cases have rows (benchmarks/bench_cpu_policy.py, results in
 # benchmarks/results/cpu_policy_*.md); everything else keeps the native kernels, which won at
 # every shape and dtype measured before tiers were a dimension (issue 13).
-# Measured 2026-12-06, AMD EPYC Zen 4 (2 cores, heavily loaded: 1-min load 11-14), each tier
-# emulated with cpu.tier_env, native vs composite interleaved (cpu_policy_amd-epyc-2c_2026-12-06.md):
-# * avx512_bf16, bfloat16: the composite's oneDNN bf16 bmm beats the native kernels' cpublas
-#   GEMM fallback at large products (4096^2 T=512 G=4 fwd+bwd: native 0.69x [0.64-0.78] of the
-#   composite; issue 20 saw the same on a quiet machine: G=2 0.60x vs 1.54x of nn.Linear) and at
-#   decode (4096^2 T=1 G=8: 0.42x [0.37-0.46]; T=16 a tie), while native wins at 1024^2
-#   (G=8: 2.18x [1.87-3.17]; G=2 a tie).  float16 has no oneDNN fast path there: native.
-#   Caveat: on that loaded VM decode calls of 2 threads quantised to scheduler ticks (8 / 16 ms
-#   in the tiers run), so the decode half of this row wants a re-measurement on a quiet machine.
-# * avx2 and avx512: native wins every bfloat16 / float16 training shape (1.8-37x: the composite's
-#   bmm falls to slow paths) and is at least even at decode; float32 is a tie or native on every
-#   tier.  No rows: the native default stands.
+# Measured 2026-12-06, AMD EPYC Zen 4 (2 cores), each tier emulated with cpu.tier_env, native vs
+# composite interleaved:
+# * avx512_bf16, after the native bf16 engine moved to oneDNN bmm on packed group blocks and the
+#   weight-streaming decode GEMV (quiet machine, load 1.6;
+#   cpu_policy_amd-epyc-2c_2026-12-06_bmm-engine.md): native wins every cell: bf16 4096^2 T=512
+#   G=4 fwd+bwd 1.52x [1.45-1.63] of the composite, 1024^2 G=8 3.45x, decode 4096^2 G=8 T=1
+#   4.18x [4.05-4.30], T=16 2.25x; float32 1.11-2.82x; float16 3.0-4.1x at decode.  (Before that
+#   engine, the composite won bf16 large and decode: cpu_policy_amd-epyc-2c_2026-12-06.md.)
+# * avx2 and avx512 (loaded machine, load 11-14; cpu_policy_amd-epyc-2c_2026-12-06.md): native
+#   wins every bfloat16 / float16 training shape (1.8-37x: the composite's bmm falls to slow
+#   paths) and is at least even at decode; float32 is a tie or native on every tier.
+# So no row departs from the native default today; the table stays the place for one.
 CPU_POLICY: tuple[tuple[tuple[str, ...] | None, tuple[torch.dtype, ...] | None, tuple[str, ...] | None, str], ...] = (
-    (("avx512_bf16",), (torch.bfloat16,), ("large", "decode"), "torch"),
     (None, NATIVE_DTYPES, None, "native"),
 )
 
