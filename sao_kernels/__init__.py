@@ -6,6 +6,8 @@ exactly as the paper does, stores it in a compact grouped block format and runs 
 registered torch ops (``torch.ops.sao_kernels.*``) that do 1/G of the dense work.
 """
 
+from importlib import metadata as _metadata
+
 from . import (
     cpu,  # first: a bad SAO_KERNELS_CPU_ISA fails here, before anything loads
     diagnostics,
@@ -31,7 +33,10 @@ from .parametrizations import orthogonal_blocks
 from .serialization import load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
 
-__version__ = "0.1.0"
+try:  # the one version number is pyproject.toml's, read from the installed metadata
+    __version__ = _metadata.version("sao_kernels")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DisconnectedTilesWarning",
