@@ -19,6 +19,7 @@ from . import (
     ops,  # noqa: F401  (registers torch.ops.sao_kernels.*)
 )
 from . import dispatch as _dispatch
+from .ops._library import autocast_eligible
 from .ops._validate import check_block_size, check_index
 
 _linear_op = torch.ops.sao_kernels.linear.default
@@ -50,11 +51,9 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
 
 
 def _autocast_result(t: Tensor, cast: Optional[torch.dtype]) -> torch.dtype:
-    """``t``'s dtype after autocast to ``cast`` (None: autocast off for its device): only
-    floating tensors other than float64 are cast."""
-    if cast is not None and t.is_floating_point() and t.dtype != torch.float64:
-        return cast
-    return t.dtype
+    """``t``'s dtype after autocast to ``cast`` (None: autocast off for its device), by the
+    rule the ops' autocast kernels apply (ops/_library.py)."""
+    return cast if cast is not None and autocast_eligible(t, t.device.type) else t.dtype
 
 
 def sao_linear(

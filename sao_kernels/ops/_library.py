@@ -102,9 +102,15 @@ def _register_autocast(name: str, device_type: str) -> None:
     LIB.impl(name, lambda _keyset, *args: autocast_impl(*args), key, with_keyset=True)
 
 
+def autocast_eligible(t: torch.Tensor, device_type: str) -> bool:
+    """Autocast's rule for lower-precision ops: a floating tensor on ``device_type`` that is
+    not float64 is cast to the autocast dtype; anything else is left as it is."""
+    return t.is_floating_point() and t.dtype is not torch.float64 and t.device.type == device_type
+
+
 def _cast(value, device_type: str, dtype: torch.dtype):
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype is not torch.float64:
-        return value.to(dtype) if value.device.type == device_type else value
+    if isinstance(value, torch.Tensor) and autocast_eligible(value, device_type):
+        return value.to(dtype)
     return value
 
 
