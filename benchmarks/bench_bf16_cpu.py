@@ -30,7 +30,7 @@ from torch import nn
 from sao_kernels.bench.machine import recording_load, results_stem
 from sao_kernels.bench.steps import module_steps
 from sao_kernels.bench.timing import compare, interleave
-from sao_kernels.cli import add_timing_arguments, positive_int, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, positive_int, script_setup
 from sao_kernels.layers import SAOLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

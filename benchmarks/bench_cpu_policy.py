@@ -27,7 +27,7 @@ import sao_kernels as sk
 from sao_kernels.bench.machine import recording_load, results_stem
 from sao_kernels.bench.results import json_file, text_file, write_outputs
 from sao_kernels.bench.timing import Stats, compare, interleave
-from sao_kernels.cli_arguments import add_timing_arguments, positive_int, script_setup, seconds
+from sao_kernels.cli.arguments import add_timing_arguments, positive_int, script_setup, seconds
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # (class, T, width, groups, mode)

@@ -24,7 +24,7 @@ from torch import nn
 import sao_kernels as sk
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem
-from sao_kernels.cli import add_timing_arguments, limited, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, limited, script_setup
 
 
 class Block(nn.Module):

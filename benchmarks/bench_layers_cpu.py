@@ -17,7 +17,7 @@ import torch
 
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem
-from sao_kernels.cli import add_timing_arguments, limited, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, limited, script_setup
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from sao_kernels.bench.machine import recording_load, results_stem
 from sao_kernels.bench.results import fmt_speedup
 from sao_kernels.bench.steps import module_steps
 from sao_kernels.bench.timing import compare, interleave
-from sao_kernels.cli import add_timing_arguments, limited, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, limited, script_setup
 from sao_kernels.layers import SAOLinear
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -18,7 +18,7 @@ import argparse
 from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem, usable_cores
 from sao_kernels.bench.sweep import NothingMeasured
-from sao_kernels.cli import add_timing_arguments, limited, nonnegative_int, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, limited, nonnegative_int, script_setup
 
 
 def main(argv: list[str] | None = None) -> int:

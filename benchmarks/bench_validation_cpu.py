@@ -21,7 +21,7 @@ import sao_kernels as sk
 from sao_kernels.bench.machine import recording_load, results_stem
 from sao_kernels.bench.results import write_outputs
 from sao_kernels.bench.timing import interleave
-from sao_kernels.cli import add_timing_arguments, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, script_setup
 
 OPS = torch.ops.sao_kernels
 

@@ -18,6 +18,7 @@ from . import (
     pruning,
     sizes,
 )
+from .cli.layer_report import Report, report
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
@@ -25,12 +26,10 @@ from .cpu import cpu_info, cpu_tier
 from .dispatch import backend
 from .format import GroupedBlockFormat
 from .functional import sao_conv2d, sao_linear
-from .hf import from_pretrained
 from .init import DisconnectedTilesWarning, sao_blocks
-from .layer_report import Report, report
 from .layers import SAOConv2d, SAOLinear
 from .parametrizations import orthogonal_blocks
-from .serialization import load_sparse_state_dict
+from .serialization import from_pretrained, load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
 
 try:  # the one version number is pyproject.toml's, read from the installed metadata
@@ -76,7 +75,7 @@ __all__ = [
 ]
 
 # A process that already has transformers gets the "sao_kernels" quantization method now, so
-# that transformers' plain from_pretrained refuses SAO checkpoints clearly (see hf_config).
-from .hf_config import register_quantizer as _register_quantizer  # noqa: E402
+# that transformers' plain from_pretrained refuses SAO checkpoints clearly (see serialization.hf_config).
+from .serialization.hf_config import register_quantizer as _register_quantizer  # noqa: E402
 
 _register_quantizer()

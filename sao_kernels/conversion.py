@@ -15,9 +15,9 @@ from .convert_hooks import carry_hooks, disable_transformer_fast_paths
 from .convert_plan import ConversionRow, ConversionSummary, dense_flops, last_summary, remember
 from .convert_registry import SAOSettings, dense_shape, lookup
 from .convert_select import check_names, looks_trained, name_matches, output_heads, resolve_filter
-from .hf_config import mark_config
 from .init import CONV_INITS, LINEAR_INITS, _check_gain, _check_generator
 from .layers import SAOLayerBase
+from .serialization.hf_config import mark_config
 from .sizes import _check_activation, _check_dim
 
 __all__ = ["ReinitializedWarning", "conversion_summary", "convert"]

@@ -149,7 +149,7 @@ def test_unwritable_out_fails_before_measuring(command, tmp_path, capsys, monkey
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setattr(cli, "_run_sweep", lambda *a, **k: pytest.fail("measured before checking --out"))
-    monkeypatch.setattr(sao_kernels.layer_report, "report", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(sao_kernels.cli.layer_report, "report", lambda *a, **k: pytest.fail("measured"))
     with pytest.raises(SystemExit) as exc:
         cli.main(command + ["--out", str(blocker / "sub")])
     assert exc.value.code == 2

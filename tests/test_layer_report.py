@@ -1,4 +1,4 @@
-"""sao_kernels.layer_report: per-layer FLOPs (vs FlopCounterMode), parameters, latency with spread, files."""
+"""sao_kernels.cli.layer_report: per-layer FLOPs (vs FlopCounterMode), parameters, latency with spread, files."""
 
 import csv
 import io
@@ -11,9 +11,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import sao_kernels as sk
+from sao_kernels.bench.flop_count import flop_counter
 from sao_kernels.bench.timing import TimingSettings
-from sao_kernels.flop_count import flop_counter
-from sao_kernels.layer_report import densify, report
+from sao_kernels.bench.twins import densify
+from sao_kernels.cli.layer_report import report
 
 FAST = TimingSettings(min_run_time=0.003, max_run_time=0.01, min_rounds=3)
 
@@ -117,7 +118,7 @@ def test_latency_and_files(tmp_path):
 def test_first_layer_fwd_bwd_needs_no_input_grad(monkeypatch):
     """Latency pairs with FLOPs: the first layer's input needs no gradient in the model, so
     its fwd+bwd step computes none (as FlopCounterMode counted)."""
-    import sao_kernels.layer_report as lr
+    import sao_kernels.cli.layer_report as lr
 
     seen = []
     real = lr.module_steps

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertConfig, BertForMaskedLM, BertModel
 
 import sao_kernels as sk
-from sao_kernels.hf import from_pretrained
+from sao_kernels.serialization import from_pretrained
 
 CONFIG = {
     "hidden_size": 32,

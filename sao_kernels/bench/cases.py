@@ -148,8 +148,8 @@ def tanh_mlp(
 ) -> tuple[nn.Module, dict[int, nn.Module]]:
     """A ``depth``-layer tanh MLP of width ``width`` per G (every Linear converted to SAO)
     and the dense twin of the first one (the same function with dense weights)."""
+    from ..cli.demo_models import mlp
     from ..conversion import convert
-    from ..models import mlp
 
     saos = {}
     for G in groups:

@@ -219,7 +219,7 @@ def _params(model: nn.Module) -> int:
 
 
 def _flops(model: nn.Module, x: torch.Tensor, train: bool) -> int:
-    from ..flop_count import flop_counter
+    from .flop_count import flop_counter
 
     with flop_counter(display=False) as counter:
         if train:

@@ -1,10 +1,10 @@
 """Hugging Face transformers round trip: ``sk.from_pretrained(ModelClass, path, ...)`` loads a
 checkpoint written by a plain ``save_pretrained`` of a model with SAO layers back as the
-sparse model (the swap of dense modules for SAO layers is ``sao_kernels.serialization``'s).
+sparse model (the swap of dense modules for SAO layers is ``sao_kernels.serialization.state_dict``'s).
 
 transformers has no public hook between building a model and loading its weights (its
 quantizer API runs before the checkpoint files are resolved; the SAO block that ``convert``
-writes into the config, ``sao_kernels.hf_config``, only makes the plain loader refuse), so
+writes into the config, ``sao_kernels.serialization.hf_config``, only makes the plain loader refuse), so
 the loader overrides the private ``_load_pretrained_model`` in a throwaway
 subclass: at that point the model is built on the meta device and the files are resolved
 (sharded, safetensors, ``.bin``, hub), so the dense modules are swapped before any tensor is
@@ -19,9 +19,9 @@ from typing import Any
 
 from torch import nn
 
+from ..layers import SAOConv2d, SAOLinear
 from .hf_config import register_quantizer, sao_block
-from .layers import SAOConv2d, SAOLinear
-from .serialization import SAO_KEYS, _apply, _plan, _Source, replaceable
+from .state_dict import SAO_KEYS, _apply, _plan, _Source, replaceable
 
 __all__ = ["from_pretrained"]
 
@@ -120,7 +120,7 @@ def _restore_init(wrapped: list[nn.Module]) -> None:
 def _config_without_sao_block(config_class: type, done: dict[str, Any]) -> type:
     """A throwaway subclass of ``config_class`` whose ``from_pretrained`` takes the SAO block
     out of the loaded config (into ``done["block"]``): transformers would otherwise hand it
-    to the quantizer that refuses plain loads (``sao_kernels.hf_config``)."""
+    to the quantizer that refuses plain loads (``sao_kernels.serialization.hf_config``)."""
 
     def load_config(cls, *args, **kwargs):
         out = config_class.from_pretrained.__func__(cls, *args, **kwargs)

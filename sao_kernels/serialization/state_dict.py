@@ -9,7 +9,7 @@ A model with SAO layers saves, for the layer at prefix ``p``, the tensors
 
 while the code that builds the model again (the "skeleton") puts ``nn.Linear`` /
 ``nn.Conv2d`` at ``p``.  :func:`load_sparse_state_dict` swaps exactly those modules for SAO
-layers of the stored shapes and loads the state dict; :func:`sao_kernels.hf.from_pretrained`
+layers of the stored shapes and loads the state dict; :func:`sao_kernels.serialization.from_pretrained`
 does the same inside Hugging Face transformers' ``from_pretrained``.  Everything needed is in the
 checkpoint (G and the block sides from ``values``' shape, the kernel size, the block size
 from the runs of the indices, the bias from its key), so ``torch.save(model.state_dict())``,
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from .convert_registry import lookup
-from .format import GroupedBlockFormat, _largest_block_size
-from .layers import SAOConv2d, SAOLinear
+from ..convert_registry import lookup
+from ..format import GroupedBlockFormat, _largest_block_size
+from ..layers import SAOConv2d, SAOLinear
 
 __all__ = ["load_sparse_state_dict"]
 

@@ -1,5 +1,5 @@
 """``python -m sao_kernels report``: the per-layer FLOP / latency report of a model
-(``--model``), converted at ``--sparsity`` (the parser is in ``cli.py``)."""
+(``--model``), converted at ``--sparsity`` (the parser is in ``sao_kernels.cli``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 def _nothing_converted(prog: str, args, summary) -> str:
     """Why ``report`` stops: no layer reached --sparsity, and the sparsities that would."""
-    from .sizes import valid_sparsities
+    from ..sizes import valid_sparsities
 
     shapes = {row.shape[:2] for row in summary.rows if len(row.shape) >= 2}
     common = set.intersection(*(set(valid_sparsities(m, n)) for m, n in shapes)) - {0.0} if shapes else set()
@@ -29,18 +29,18 @@ def _nothing_converted(prog: str, args, summary) -> str:
 
 
 def _reported_types() -> tuple[type, ...]:
-    from .layers import SAOConv2d, SAOLinear
+    from ..layers import SAOConv2d, SAOLinear
 
     return (torch.nn.Linear, torch.nn.Conv2d, SAOLinear, SAOConv2d)
 
 
 def run_report(args, argv: Sequence[str], prog: str) -> int:
     """``python -m sao_kernels report``: returns the exit status."""
-    from .bench import machine, results
-    from .bench.timing import TimingSettings
-    from .conversion import ReinitializedWarning, conversion_summary, convert
+    from ..bench import machine, results
+    from ..bench.timing import TimingSettings
+    from ..conversion import ReinitializedWarning, conversion_summary, convert
+    from .demo_models import load_model
     from .layer_report import report
-    from .models import load_model
 
     err = args.subparser.error
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

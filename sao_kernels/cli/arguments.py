@@ -212,9 +212,9 @@ def add_timing_arguments(parser: argparse.ArgumentParser, *, min_run_time: float
 def script_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: str = "cpu"):
     """Apply --threads, check --out up front, and return (TimingSettings, meta) for a
     benchmark script; usage errors exit 2 through ``parser.error``."""
-    from .bench.machine import machine_label, machine_meta
-    from .bench.results import check_writable
-    from .bench.timing import TimingSettings
+    from ..bench.machine import machine_label, machine_meta
+    from ..bench.results import check_writable
+    from ..bench.timing import TimingSettings
 
     try:
         timing = TimingSettings(

@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchmarks/ import them from here)
-    _int_at_least,
-    add_timing_arguments,
+from .arguments import (
     choice_list,
     finite_float,
     fraction,
@@ -27,9 +25,6 @@ from .cli_arguments import (  # noqa: F401  (re-exported: the scripts in benchma
     limited_list,
     max_threads,
     nonnegative_int,
-    positive_int,
-    positive_int_list,
-    script_setup,
     seconds,
     threads,
 )
@@ -38,11 +33,11 @@ SUITES = ("sweep", "small-width", "models", "tiers")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from . import __version__
-    from .bench.model_suite import MODELS
-    from .bench.sweep import BACKENDS, DTYPES, OPS
-    from .cpu import TIERS
-    from .models import BUILTIN
+    from .. import __version__
+    from ..bench.model_suite import MODELS
+    from ..bench.sweep import BACKENDS, DTYPES, OPS
+    from ..cpu import TIERS
+    from .demo_models import BUILTIN
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -231,7 +226,7 @@ _MODELS_OR_TIERS = ("quick",)
 
 
 def _meta(device: str, args, argv: Sequence[str], prog: str) -> dict:
-    from .bench.machine import machine_label, machine_meta
+    from ..bench.machine import machine_label, machine_meta
 
     meta = machine_meta(device)
     meta["machine"] = args.machine or machine_label(meta)
@@ -240,14 +235,14 @@ def _meta(device: str, args, argv: Sequence[str], prog: str) -> dict:
 
 
 def _print_skipped(skipped: list[dict]) -> None:
-    from .bench.results import skipped_lines
+    from ..bench.results import skipped_lines
 
     for line in skipped_lines(skipped)[1:]:
         print(line, file=sys.stderr)
 
 
 def _needed_bytes(cfg, args, sweep_suite: bool) -> dict[str, int]:
-    from .bench import cases, memory, sweep
+    from ..bench import cases, memory, sweep
 
     if sweep_suite:
         return memory.sweep_bytes(cfg, sweep.plan(cfg)[0])
@@ -265,7 +260,7 @@ def _needed_bytes(cfg, args, sweep_suite: bool) -> dict[str, int]:
 
 
 def _bench(args, argv: Sequence[str], prog: str) -> int:
-    from .bench import machine, memory, results, sweep
+    from ..bench import machine, memory, results, sweep
 
     err = args.subparser.error
     sweep_suite = args.suite == "sweep"
@@ -286,7 +281,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
     if args.suite == "tiers" and args.contention:
         err("--contention does not apply to --suite tiers")
     if args.cpu_tier:
-        from .bench import tiers
+        from ..bench import tiers
 
         reason = tiers.check_emulable(args.cpu_tier)
         if reason:
@@ -294,7 +289,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
         if tiers.env_mismatch(args.cpu_tier):  # the caps must be set before torch loads
             return tiers.run_under_tier(args.cpu_tier, argv)
     if args.suite == "tiers":
-        from .bench.tiers import bench_tiers
+        from ..bench.tiers import bench_tiers
 
         return bench_tiers(args, argv, prog)
     device = args.device or ("cuda" if torch.cuda.is_available() and sweep_suite else "cpu")
@@ -374,7 +369,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
 
 
 def _run_sweep(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
-    from .bench import sweep
+    from ..bench import sweep
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
@@ -386,7 +381,7 @@ def _run_sweep(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]
 
 
 def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
-    from .bench import cases
+    from ..bench import cases
 
     widths = tuple(args.features or cases.SMALL_WIDTHS)
     tokens = tuple(args.tokens or cases.SMALL_TOKENS)
@@ -433,7 +428,7 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
 
 
 def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
-    from .bench import model_suite
+    from ..bench import model_suite
 
     models = tuple(args.models or model_suite.MODELS)
     size = model_suite.QUICK if args.quick else model_suite.FULL
@@ -458,7 +453,7 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     if skipped:
         _print_skipped(skipped)
     if not rows:
-        from .bench.sweep import NothingMeasured
+        from ..bench.sweep import NothingMeasured
 
         raise NothingMeasured(skipped)
     return lambda: model_suite.write_model_results(rows, meta, out, settings=cfg.timing(), skipped=skipped)
@@ -471,7 +466,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     if args.command == "bench":
         return _bench(args, argv, prog)
-    from .cli_report import run_report
+    from .report import run_report
 
     return run_report(args, argv, prog)
 

@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .bench.machine import machine_meta
-from .bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
-from .bench.steps import forward_step, module_steps
-from .bench.timing import TimingSettings, compare, interleave
-from .bench.twins import dense_equivalent, densify  # noqa: F401  (public here too)
-from .flop_count import flop_counter
-from .layers import SAOConv2d, SAOLinear
+from ..bench.flop_count import flop_counter
+from ..bench.machine import machine_meta
+from ..bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
+from ..bench.steps import forward_step, module_steps
+from ..bench.timing import TimingSettings, compare, interleave
+from ..bench.twins import densify
+from ..layers import SAOConv2d, SAOLinear
 
 MODES = ("fwd", "fwd_bwd")
 _TIMING = (
