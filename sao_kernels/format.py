@@ -225,7 +225,7 @@ class GroupedBlockFormat:
 
 
 # ---------------------------------------------------------------------- detection
-def _largest_block_size(in_index: Tensor, out_index: Tensor, a: int, c: int) -> int:
+def largest_block_size(in_index: Tensor, out_index: Tensor, a: int, c: int) -> int:
     for b in reversed(_divisors(math.gcd(a, c))):
         if _has_tiles(in_index, b) and _has_tiles(out_index, b):
             return b
@@ -304,7 +304,7 @@ def from_pruned(weight: Tensor, mask: Tensor, *, block_size: int | None = None) 
     in_index = torch.argsort(col_group * n + torch.arange(n, device=mask.device))
     values = weight[out_index.view(G, a, 1), in_index.view(G, 1, c)]
     if block_size is None:
-        block_size = _largest_block_size(in_index, out_index, a, c)
+        block_size = largest_block_size(in_index, out_index, a, c)
     return GroupedBlockFormat(values.contiguous(), in_index, out_index, block_size)
 
 

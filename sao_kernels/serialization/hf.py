@@ -1,6 +1,6 @@
 """Hugging Face transformers round trip: ``sk.from_pretrained(ModelClass, path, ...)`` loads a
 checkpoint written by a plain ``save_pretrained`` of a model with SAO layers back as the
-sparse model (the swap of dense modules for SAO layers is ``sao_kernels.serialization.state_dict``'s).
+sparse model (the swap of dense modules for SAO layers is ``sao_kernels.serialization.swap``'s).
 
 transformers has no public hook between building a model and loading its weights (its
 quantizer API runs before the checkpoint files are resolved; the SAO block that ``convert``
@@ -20,8 +20,9 @@ from typing import Any
 from torch import nn
 
 from ..layers import SAOConv2d, SAOLinear
+from .checkpoint import SAO_KEYS, Source
 from .hf_config import register_quantizer, sao_block
-from .state_dict import SAO_KEYS, _apply, _plan, _Source, replaceable
+from .swap import apply_swap, plan_swap, replaceable
 
 __all__ = ["from_pretrained"]
 
@@ -174,13 +175,13 @@ def from_pretrained(
         # The model is built and the checkpoint resolved, no tensor is read yet: the one
         # point where the modules can be swapped.
         if state_dict is not None:
-            source = _Source.from_state_dict(state_dict, "from_pretrained: state_dict")
+            source = Source.from_state_dict(state_dict, "from_pretrained: state_dict")
         elif checkpoint_files:
-            source = _Source.from_files(checkpoint_files)
+            source = Source.from_files(checkpoint_files)
         else:
             raise ValueError("from_pretrained: transformers found neither a state dict nor checkpoint files")
-        done["plan"] = plan = _plan(model, source, _prefix_resolver(model))
-        done["layers"] = _apply(model, plan)
+        done["plan"] = plan = plan_swap(model, source, _prefix_resolver(model))
+        done["layers"] = apply_swap(model, plan)
         _untie_sao_layers(model)
         # transformers initialises the missing tensors after this returns: undone below
         done["wrapped"] = _tolerate_sao_children_in_init(model) if done["layers"] else []
