@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu/run.sh [OUT_DIR]        # default: $OUT, else ./gpu_run
 #   bash benchmarks/gpu/run.sh --rehearsal [OUT_DIR]   # (or SAO_GPU_REHEARSAL=1) every stage on the CPU
 #
-# The rehearsal runs every stage's Python on the CPU in about a minute (tests/test_gpu_rehearsal.py
+# The rehearsal runs every stage's Python on the CPU in about a minute (tests/gpu/test_gpu_rehearsal.py
 # runs it in CI): Triton's interpreter (TRITON_INTERPRET=1, exported before any Python starts),
 # tiny shapes, the tests collected but not run, the build replaced by parsing setup.py, and the
 # CUDA-only baselines (torch._grouped_mm) skipped with their reason in the results; its numbers
@@ -92,7 +92,7 @@ else
   stage build 60 env MAX_JOBS=16 "$PY" setup.py --quiet build_ext --inplace
 fi
 # 3. correctness of the compiled kernels (the CPU compile check, tests/ops/triton/test_aot.py, stays in CI)
-stage tests 140 "$PY" -m pytest -q -p no:cacheprovider --maxfail=25 tests/test_gpu.py tests/ops \
+stage tests 140 "$PY" -m pytest -q -p no:cacheprovider --maxfail=25 tests/gpu/test_gpu.py tests/ops \
   --deselect tests/ops/triton/test_aot.py --ignore tests/ops/test_native.py ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}
 # 4. launcher paths vs the cost model (fused / permute-then-contiguous / split-K)
 stage paths 50 "$PY" benchmarks/gpu/paths.py --out "$WORK/paths" ${PATHS_ARGS[@]+"${PATHS_ARGS[@]}"}

@@ -20,7 +20,7 @@ import torch
 MEMORY_FRACTION = 0.75
 # What the allocator and the libraries add to the live tensors (freed blocks kept for reuse,
 # GEMM packing buffers, sparse-format conversions): the resident peak measured on the
-# shapes of tests/test_cli_limits.py was 0.7 - 1.3 x the tensors counted here (2026-12-06).
+# shapes of tests/cli/test_cli_limits.py was 0.7 - 1.3 x the tensors counted here (2026-12-06).
 SLACK = 2.0
 # The bootstrap of one speed-up interval (timing.speedup): resamples x rounds indices and
 # resampled times, and np.median's copies; 45 MiB measured at 2000 x 1000 (24 B each).

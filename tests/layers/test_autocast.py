@@ -3,7 +3,7 @@ nn.Conv2d do: floating tensors other than float64 on the autocast device run in 
 dtype; float64 stays float64 and integer inputs are not cast (so they raise, as nn.Linear's
 do).  The layers used to cast everything (float64 to bfloat16, integers silently).  Each case
 is held to the dense layer with the same weight under the same autocast: same dtype out, or
-both raise.  (The CUDA twin is in tests/test_gpu.py.)
+both raise.  (The CUDA twin is in tests/gpu/test_gpu.py.)
 """
 
 from __future__ import annotations

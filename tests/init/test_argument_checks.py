@@ -2,15 +2,27 @@
 ValueError or TypeError that names the argument and what is allowed: non-finite and
 out-of-range numbers (gain=nan used to build an all-NaN layer), bools and strings where
 numbers are expected, tuples of the wrong length, zero and negative sizes, and a sparsity
-passed positionally into ``bias``."""
+passed positionally into ``bias``; sao_kernels.init's own choices (init, kernel_size,
+smaller_groups) likewise, and the paper code's hanging cases raise."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from sao_kernels import SAOConv2d, SAOLinear, init, sizes
 from sao_kernels.format import GroupedBlockFormat, from_dense, from_pruned
+from sao_kernels.init import (
+    rg_normal_,
+    rg_uniform_,
+    sao_,
+    sao_blocks,
+    sao_delta_,
+    sao_eco_,
+)
 
 NAN, INF = float("nan"), float("inf")
 
@@ -149,3 +161,123 @@ def test_bool_bias_values_and_zero_one_are_accepted():
     assert SAOLinear(8, 8, False, groups=2).bias is None
     assert SAOLinear(8, 8, 1, groups=2).bias is not None
     assert SAOConv2d(8, 8, 3, 1, 0, 1, False, groups=2).bias is None
+
+
+# ------------------------------------------------------------------ sao_kernels.init
+@pytest.mark.parametrize(
+    "call, exc, pattern",
+    [
+        (lambda: sao_blocks(8, 8, groups=2, init="foo"), ValueError, r"init='foo' is not supported for a linear layer"),
+        (lambda: sao_blocks(8, 8, groups=2, init="delta"), ValueError, r"init='delta' is not supported for a linear"),
+        (
+            lambda: sao_blocks(8, 8, groups=2, init="sao", kernel_size=3),
+            ValueError,
+            r"init='sao' is not supported for a convolution",
+        ),
+        (lambda: sao_blocks(8, 8, groups=2, kernel_size=(3,)), ValueError, r"kernel_size must be"),
+        (lambda: sao_blocks(8, 8, groups=2, kernel_size=0), ValueError, r"kernel_size must be"),
+        (
+            lambda: sao_blocks(8, 8, groups=2, kernel_size=4),
+            ValueError,
+            r"init='delta' needs odd kernel sizes.*\(4, 4\)",
+        ),
+        (lambda: sao_blocks(8, 8, groups=2, smaller_groups="random"), ValueError, r"smaller_groups='random'"),
+        (lambda: sao_blocks(8, 8, groups=2, generator=1), TypeError, r"generator must be a torch.Generator"),
+        (lambda: sao_blocks(8, 8, groups=2, gain="1"), TypeError, r"gain must be a number"),
+        (lambda: sao_delta_(torch.empty(8, 8, 2, 2), groups=2), ValueError, r"init='delta' needs odd kernel sizes"),
+        (
+            lambda: sao_delta_(torch.empty(8, 8, 3, 4), groups=2),
+            ValueError,
+            r"init='delta' needs odd kernel sizes.*\(3, 4\)",
+        ),
+        (
+            lambda: sao_(torch.empty(8, 8, 3, 3), groups=2),
+            ValueError,
+            r"sao_: tensor must have shape \(out, in\), got \(8, 8, 3, 3\)",
+        ),
+        (
+            lambda: sao_delta_(torch.empty(8, 8), groups=2),
+            ValueError,
+            r"sao_delta_: tensor must have shape \(out, in, kh, kw\), got \(8, 8\)",
+        ),
+        (
+            lambda: sao_eco_(torch.empty(8, 8), groups=2),
+            ValueError,
+            r"sao_eco_: tensor must have shape \(out, in, kh, kw\)",
+        ),
+        (
+            lambda: rg_normal_(torch.empty(8), groups=2),
+            ValueError,
+            r"rg_normal_: tensor must have shape \(out, in\) or \(out, in, kh, kw\)",
+        ),
+        (lambda: rg_uniform_(torch.empty(2, 8, 8), groups=2), ValueError, r"rg_uniform_: tensor must have shape"),
+        (
+            lambda: sao_(torch.empty(8, 8, dtype=torch.int64), groups=2),
+            TypeError,
+            r"sao_: tensor must be a floating-point",
+        ),
+        (lambda: sao_(torch.empty(100, 100), sparsity=0.7), ValueError, r"sparsity=0.7 is not reachable for 100x100"),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=3),
+            ValueError,
+            r"degree=3 is not reachable for 100x100.*does not divide 100",
+        ),
+        (lambda: sao_(torch.empty(100, 100), 0.5, degree=50), ValueError, r"exactly one.*sparsity and degree"),
+        (lambda: sao_(torch.empty(100, 100)), ValueError, r"exactly one.*got none"),
+        (lambda: sao_(torch.empty(100, 100), 1.0), ValueError, r"sparsity must be a float in \[0, 1\)"),
+        (
+            lambda: sao_(torch.empty(10, 8), groups=2, activation="relu"),
+            ValueError,
+            r"groups=2 .*10x8.*2 groups do not divide",
+        ),
+        (lambda: sao_(torch.empty(10, 9), groups=1, activation="relu"), ValueError, r"even sizes"),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=2, activation="relu"),
+            ValueError,
+            r"degree 2 is below the minimum 4",
+        ),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=10, activation="relu", block_size=2),
+            ValueError,
+            r"degree=10 .*block_size=2 must divide",
+        ),
+        (
+            lambda: sao_(torch.empty(100, 100), degree=1),
+            ValueError,
+            r"degree 1 is below the minimum 2 for activation='tanh'",
+        ),
+        (lambda: sao_(torch.empty(64, 64), groups=4, block_size=32), ValueError, r"block_size=32 must divide"),
+        (lambda: sao_eco_(torch.empty(64, 64, 3, 3), groups=4, block_size=3), ValueError, r"block_size=3 must divide"),
+        (
+            lambda: rg_normal_(torch.empty(64, 60), groups=8),
+            ValueError,
+            r"groups=8 .*do not divide the smaller dimension 60",
+        ),
+    ],
+)
+def test_init_errors(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_no_hang_on_reference_code_hanging_cases():
+    """The paper's code loops forever when the degree does not divide L; ours raises."""
+    code = (
+        "import torch\n"
+        "from sao_kernels.init import sao_\n"
+        "from sao_kernels.sizes import resolve_sizes\n"
+        "for call in (lambda: sao_(torch.empty(100, 100), sparsity=0.7),\n"
+        "             lambda: sao_(torch.empty(100, 100), degree=3),\n"
+        "             lambda: resolve_sizes(100, 100, sparsity=0.7),\n"
+        "             lambda: resolve_sizes(100, 100, degree=3)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ValueError as e:\n"
+        "        print('ValueError:', e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ValueError:")]
+    assert len(lines) == 4
+    assert "sparsity=0.7" in lines[0] and "degree 30 does not divide 100" in lines[0]
+    assert "degree=3" in lines[1] and "degree 3 does not divide 100" in lines[1]

@@ -228,7 +228,7 @@ def test_docs_snippet_runs():
     import subprocess
     import sys
 
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     (code,) = re.findall(r"^```python\n(.*?)^```", (root / "docs" / "pretrained.md").read_text(), flags=re.S | re.M)
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)

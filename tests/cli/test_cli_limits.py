@@ -16,12 +16,12 @@ from torch import nn
 from sao_kernels import cli
 from sao_kernels.bench import memory, sweep
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_cli(*argv, cwd):
     """``python -m sao_kernels ARGV`` in a subprocess that can import this module's factories."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(pathlib.Path(__file__).parent)]))
     return subprocess.run(
         [sys.executable, "-m", "sao_kernels", *argv], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
     )

@@ -1,5 +1,5 @@
 """Every Python snippet of docs/*.md runs as written (each in a fresh interpreter, in a
-temporary directory), as tests/test_readme.py does for the README."""
+temporary directory), as tests/repo/test_readme.py does for the README."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import textwrap
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Pages whose snippets a test of their own runs (chained snippets, printed output checked).
 DEDICATED = {
-    "conversion.md": "test_conversion_docs.py",
-    "deploy.md": "test_deploy.py",
-    "pretrained.md": "test_pretrained.py",
+    "conversion.md": "conversion/test_conversion_docs.py",
+    "deploy.md": "deploy/test_deploy.py",
+    "pretrained.md": "conversion/test_pretrained.py",
 }
 BLOCKS = [
     (path.name, i, textwrap.dedent(block))

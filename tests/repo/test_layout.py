@@ -11,7 +11,7 @@ import pkgutil
 
 import sao_kernels
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sao_kernels"
 MAX_LINES = 500
 

@@ -17,7 +17,7 @@ import torch
 import sao_kernels as sk
 from sao_kernels import _extension, cpu
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 NATIVE = _extension.available()
 
 

@@ -19,7 +19,7 @@ import pytest
 import sao_kernels as sk
 from sao_kernels import _extension
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cpp_aoti"
 MODULE = importlib.import_module("sao_kernels._C").__file__ if _extension.available() else "sao_kernels._C"
 
