@@ -91,3 +91,18 @@ def test_in_process_text_is_the_json_report(capsys):
     assert text == info.format_text(info.collect()) + "\n"
     assert cli.main(["info", "--json"], prog="sao-kernels") == 0
     assert json.loads(capsys.readouterr().out)["sao_kernels"]["version"] == sk.__version__
+
+
+def test_a_cuda_machine_gets_its_own_row(monkeypatch):
+    """The CUDA branch without a GPU here: torch's answers are faked, the policy is real."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
+    report = info.collect()
+    cuda = report["backends"]["cuda"]
+    assert report["torch"]["gpus"] == ["Fake GPU"] and "native" not in cuda["usable"]
+    assert ("triton" in cuda["usable"]) == dispatch.triton_available()
+    assert cuda["picks"]["float64"] == "torch"  # no tensor-core path for float64 (dispatch.AUTO)
+    assert cuda["picks"]["float32"] == dispatch.select(torch.device("cuda"), torch.float32)
+    text = info.format_text(report)
+    assert "Fake GPU" in text and "\n  cuda " in text
