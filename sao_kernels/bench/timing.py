@@ -88,6 +88,17 @@ class TimingSettings:
         """Seconds per candidate after which rounds stop."""
         return self.max_run_time if self.max_run_time is not None else 5.0 * self.min_run_time
 
+    def meta(self) -> dict:
+        """The settings as a results file records them (``meta["timing"]``), the budget resolved."""
+        return dict(
+            min_run_time=self.min_run_time,
+            max_run_time=self.budget,
+            min_rounds=self.min_rounds,
+            max_rounds=self.max_rounds,
+            target_rel_iqr=self.target_rel_iqr,
+            flag_rel_spread=self.flag_rel_spread,
+        )
+
 
 # ---------------------------------------------------------------------------- stats
 @dataclasses.dataclass(frozen=True)

@@ -354,14 +354,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
         err(str(e))
     meta = _meta(device, args, argv, prog)
     meta["suite"] = args.suite
-    timing = cfg.timing()
-    meta["timing"] = dict(
-        min_run_time=timing.min_run_time,
-        max_run_time=timing.budget,
-        min_rounds=timing.min_rounds,
-        target_rel_iqr=timing.target_rel_iqr,
-        flag_rel_spread=timing.flag_rel_spread,
-    )
+    meta["timing"] = cfg.timing().meta()
     if core is not None:
         meta["contention"] = {"core": core}
     try:

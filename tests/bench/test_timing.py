@@ -161,3 +161,12 @@ def test_compare_to_baseline_real_timing_columns():
     assert fields["speedup_lo"] <= fields["speedup_hi"]
     assert tuple(out["same"].fields("_fwd")) == comparison_columns("_fwd")
     assert {"ms_fwd", "ms_fwd_dense_iqr", "speedup_fwd_lo", "rounds_fwd"} <= set(comparison_columns("_fwd"))
+
+
+def test_settings_meta_records_the_resolved_budget():
+    """One record of the settings for every results file (bench, report, tiers, scripts)."""
+    implicit = TimingSettings(min_run_time=0.2, min_rounds=4, max_rounds=50, target_rel_iqr=0.03, flag_rel_spread=0.2)
+    assert implicit.meta() == dict(
+        min_run_time=0.2, max_run_time=1.0, min_rounds=4, max_rounds=50, target_rel_iqr=0.03, flag_rel_spread=0.2
+    )
+    assert TimingSettings(min_run_time=0.2, max_run_time=0.7).meta()["max_run_time"] == 0.7
