@@ -11,14 +11,15 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ._checks import check_gain, check_generator, is_int
 from .convert_hooks import carry_hooks, disable_transformer_fast_paths
 from .convert_plan import ConversionRow, ConversionSummary, dense_flops, last_summary, remember
 from .convert_registry import SAOSettings, dense_shape, lookup
 from .convert_select import check_names, looks_trained, name_matches, output_heads, resolve_filter
-from .init import CONV_INITS, LINEAR_INITS, _check_gain, _check_generator
+from .init import CONV_INITS, LINEAR_INITS
 from .layers import SAOLayerBase
 from .serialization.hf_config import mark_config
-from .sizes import _check_activation, _check_dim
+from .sizes import check_activation, check_dim
 
 __all__ = ["ReinitializedWarning", "conversion_summary", "convert"]
 
@@ -86,7 +87,7 @@ def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, s
     ):
         raise ValueError(f"convert: sparsity must be a float in [0, 1), got {sparsity!r}")
     for arg, value in (("degree", degree), ("groups", groups)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        if value is not None and (not is_int(value) or value < 1):
             raise ValueError(f"convert: {arg} must be a positive int, got {value!r}")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(
@@ -103,10 +104,10 @@ def _check_arguments(model, sparsity, degree, groups, filter_fn, skip_invalid, s
     check_names("target_modules", extra["target_modules"])
     check_names("exclude_modules", extra["exclude_modules"])
     try:
-        _check_activation(settings.activation)
-        _check_dim("block_size", settings.block_size)
-        _check_generator(settings.generator)
-        _check_gain(settings.gain)
+        check_activation(settings.activation)
+        check_dim("block_size", settings.block_size)
+        check_generator(settings.generator)
+        check_gain(settings.gain)
     except (TypeError, ValueError) as err:
         raise type(err)(f"convert: {err}") from None
     for arg, value, allowed in (

@@ -205,7 +205,9 @@ def _check_interpret_unchanged() -> None:
         )
 
 
-def _usable(name: str, device: torch.device) -> bool:
+def usable(name: str, device: torch.device) -> bool:
+    """Whether backend ``name`` can run tensors on ``device`` in this process (``auto``'s
+    candidates are the usable ones; ``python -m sao_kernels info`` lists them)."""
     if name == "native":
         return device.type == "cpu" and _extension.available()
     if name == "triton":
@@ -231,10 +233,10 @@ def select(device: torch.device, dtype: torch.dtype, *, tokens: int | None = Non
     if name == "auto":
         if device.type == "cpu":
             chosen = cpu_policy(dtype, shape_class(tokens, flops))
-            if chosen is not None and _usable(chosen, device):
+            if chosen is not None and usable(chosen, device):
                 return chosen
         for candidate, dtypes in AUTO.get(device.type, ()):
-            if (dtypes is None or dtype in dtypes) and _usable(candidate, device):
+            if (dtypes is None or dtype in dtypes) and usable(candidate, device):
                 if candidate == "triton":
                     _check_interpret_unchanged()
                 return candidate

@@ -25,14 +25,14 @@ the format checks their shapes, dtypes and devices and skips the data checks
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .sizes import _divisors
+from ._checks import is_int
+from .sizes import divisors
 
 __all__ = ["GroupedBlockFormat", "from_dense", "from_pruned"]
 
@@ -44,10 +44,6 @@ def _is_permutation(index: Tensor) -> bool:
 
 def _is_identity(index: Tensor) -> bool:
     return bool(torch.equal(index, torch.arange(index.numel(), device=index.device, dtype=index.dtype)))
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _has_tiles(index: Tensor, block_size: int) -> bool:
@@ -106,7 +102,7 @@ class GroupedBlockFormat:
                 raise ValueError(f"{name} is on {idx.device} but values are on {v.device}; all must share a device")
             if has_data and not _is_permutation(idx):
                 raise ValueError(f"{name} must be a permutation of range({size}) (each feature in exactly one group)")
-        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1:
+        if not is_int(b) or b < 1:
             raise ValueError(f"block_size must be a positive int, got {b!r}")
         b = int(b)
         object.__setattr__(self, "block_size", b)  # a numpy integer becomes an int
@@ -198,13 +194,13 @@ class GroupedBlockFormat:
         if not isinstance(permuted, bool):
             raise TypeError(f"permuted must be a bool, got {permuted!r}")
         m, n = self.out_features, self.in_features
-        if _is_int(blocksize):
+        if is_int(blocksize):
             pair: tuple = (blocksize, blocksize)
         elif isinstance(blocksize, (tuple, list)):
             pair = tuple(blocksize)
         else:
             pair = ()
-        if len(pair) != 2 or not all(_is_int(x) for x in pair):
+        if len(pair) != 2 or not all(is_int(x) for x in pair):
             raise ValueError(
                 f"blocksize must be an int or a pair (r, c) of ints dividing the weight shape {m}x{n}, "
                 f"got {blocksize!r}"
@@ -226,7 +222,7 @@ class GroupedBlockFormat:
 
 # ---------------------------------------------------------------------- detection
 def largest_block_size(in_index: Tensor, out_index: Tensor, a: int, c: int) -> int:
-    for b in reversed(_divisors(math.gcd(a, c))):
+    for b in reversed(divisors(math.gcd(a, c))):
         if _has_tiles(in_index, b) and _has_tiles(out_index, b):
             return b
     return 1

@@ -14,13 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import (
-    _extension,
-    ops,  # noqa: F401  (registers torch.ops.sao_kernels.*)
-)
+from . import _extension
 from . import dispatch as _dispatch
-from .ops._library import autocast_eligible
-from .ops._validate import check_block_size, check_index
+from .ops import autocast_eligible, check_block_size, check_index  # (importing ops registers the ops)
 
 _linear_op = torch.ops.sao_kernels.linear.default
 # The same op without torch.ops' Python layer (see csrc/ops.cpp, py_linear): for plain tensors

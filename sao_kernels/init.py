@@ -32,14 +32,13 @@ dtype.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ._init_checks import _check_dtype, _check_gain, _check_generator, _check_tensor, _gen_device, _target_device
+from ._checks import check_float_dtype, check_gain, check_generator, check_tensor, gen_device, is_int, target_device
 from .format import GroupedBlockFormat
 from .pruning import magnitude_prune_, random_prune_
 from .sizes import SAOSizes, resolve_sizes, valid_sparsities
@@ -92,7 +91,7 @@ def sao_topology(
         raise ValueError(f"smaller_groups={smaller_groups!r} is not supported; allowed: {SMALLER_GROUP_RULES}")
     if sizes.activation == "relu":
         raise ValueError("sao_topology: pass the half-size base sizes of a ReLU layer, not the doubled ones")
-    _check_generator(generator)
+    check_generator(generator)
     G, b = sizes.groups, sizes.block_size
     L, S = sizes.larger, sizes.smaller
     if G > 1 and b > 1 and L // G == b and S // G == b:
@@ -102,7 +101,7 @@ def sao_topology(
             DisconnectedTilesWarning,
             stacklevel=3,
         )
-    dev = _gen_device(generator)
+    dev = gen_device(generator)
     # Larger dimension: uniformly random partition of its L/b tiles into G groups.
     perm = torch.randperm(L // b, generator=generator, device=dev)
     large = _tiles_to_features(torch.sort(perm.view(G, -1), dim=1).values, b).flatten()
@@ -130,7 +129,7 @@ class DisconnectedTilesWarning(UserWarning):
 # --------------------------------------------------------------------- values
 def _haar_rows(G: int, rows: int, d: int, generator: torch.Generator | None) -> Tensor:
     """(G, rows, d) float64: the first ``rows`` rows of G Haar-random d x d orthogonal matrices."""
-    z = torch.randn(G, d, d, generator=generator, device=_gen_device(generator), dtype=torch.float64)
+    z = torch.randn(G, d, d, generator=generator, device=gen_device(generator), dtype=torch.float64)
     q, r = torch.linalg.qr(z)
     # Folding sign(diag(R)) into Q makes the QR decomposition unique, hence Q Haar.
     sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
@@ -149,7 +148,7 @@ def _sao_values(sizes: SAOSizes, generator: torch.Generator | None) -> Tensor:
 
 def _random_values(kind: str, shape: Sequence[int], fan_in: int, generator: torch.Generator | None) -> Tensor:
     """Zero-mean values of variance 1/fan_in: Gaussian (rg-n) or uniform (rg-u)."""
-    dev = _gen_device(generator)
+    dev = gen_device(generator)
     if kind == "rg-n":
         return torch.randn(*shape, generator=generator, device=dev, dtype=torch.float64) / math.sqrt(fan_in)
     bound = math.sqrt(3.0 / fan_in)
@@ -169,18 +168,14 @@ def _double_index(index: Tensor, G: int, half: int) -> Tensor:
     return torch.cat([per, per + half], dim=1).flatten()
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def _kernel_pair(kernel_size: int | Sequence[int]) -> tuple[int, int]:
-    if _is_int(kernel_size):
+    if is_int(kernel_size):
         k: tuple = (kernel_size, kernel_size)
     elif isinstance(kernel_size, (tuple, list, torch.Size)):
         k = tuple(kernel_size)
     else:
         k = ()
-    if len(k) != 2 or any(not _is_int(x) or x < 1 for x in k):
+    if len(k) != 2 or any(not is_int(x) or x < 1 for x in k):
         raise ValueError(f"kernel_size must be a positive int or a pair of them, got {kernel_size!r}")
     return int(k[0]), int(k[1])
 
@@ -192,7 +187,7 @@ def eco_frequency_pairs(kh: int, kw: int) -> list[tuple[tuple[int, int], tuple[i
     A[-f] = conj(A[f]); with a real A[f] that is A[-f] = A[f].  For odd k x k there are
     (k*k + 1) // 2 classes, as in the ECO construction.
     """
-    if not (_is_int(kh) and _is_int(kw) and kh >= 1 and kw >= 1):
+    if not (is_int(kh) and is_int(kw) and kh >= 1 and kw >= 1):
         raise ValueError(f"kh and kw must be positive ints, got kh={kh!r}, kw={kw!r}")
     seen: set[tuple[int, int]] = set()
     pairs = []
@@ -246,7 +241,7 @@ def sao_blocks(
     Returns:
         GroupedBlockFormat with values (G, m/G, n/G[, kh, kw]).
     """
-    _check_generator(generator)
+    check_generator(generator)
     conv = kernel_size is not None
     allowed = CONV_INITS if conv else LINEAR_INITS
     init = allowed[0] if init is None else init
@@ -256,11 +251,11 @@ def sao_blocks(
     kh, kw = _kernel_pair(kernel_size) if conv else (1, 1)
     if init == "delta" and (kh % 2 == 0 or kw % 2 == 0):
         raise ValueError(f"init='delta' needs odd kernel sizes to have a centre tap, got kernel_size={(kh, kw)}")
-    gain = _check_gain(gain)
-    _check_dtype(dtype)
+    gain = check_gain(gain)
+    check_float_dtype(dtype)
     if not isinstance(smaller_groups, str) or smaller_groups not in SMALLER_GROUP_RULES:
         raise ValueError(f"smaller_groups={smaller_groups!r} is not supported; allowed: {SMALLER_GROUP_RULES}")
-    target = _target_device(device)
+    target = target_device(device)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
 
     full = resolve_sizes(
@@ -300,7 +295,7 @@ def sao_blocks(
             values = centred
     elif init == "eco":
         pairs = eco_frequency_pairs(kh, kw)
-        spectrum = torch.empty(kh, kw, G, a, c, dtype=torch.float64, device=_gen_device(generator))
+        spectrum = torch.empty(kh, kw, G, a, c, dtype=torch.float64, device=gen_device(generator))
         for f, partner in pairs:  # one SAO matrix per conjugate class, all on one mask
             spectrum[f] = spectrum[partner] = _sao_values(base, generator)
         kernel = torch.fft.ifft2(spectrum, dim=(0, 1))
@@ -349,7 +344,7 @@ def _fill_with_(
 ) -> Tensor:
     """The in-place helpers' common body: check ``tensor`` (one of ``dims``), draw the
     layer with ``init`` in float64 and copy its dense form in; return the bool mask."""
-    _check_tensor(name, tensor, dims)
+    check_tensor(name, tensor, dims)
     blocks = sao_blocks(
         tensor.shape[0],
         tensor.shape[1],

@@ -46,13 +46,12 @@ Cost (2-core CPU): a 768 x 3072 weight at G = 4 takes a few seconds (see EXACT_M
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._init_checks import _check_generator
+from ._checks import check_generator, is_int
 from .format import GroupedBlockFormat
 
 __all__ = [
@@ -253,11 +252,11 @@ def fit_topology(
     E = energy_matrix(weight)
     m, n = E.shape
     for arg, value, lo in (("groups", groups, 1), ("block_size", block_size, 1), ("restarts", restarts, 1)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        if not is_int(value) or value < lo:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+    if not is_int(max_iters) or max_iters < 1:
         raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
-    _check_generator(generator)
+    check_generator(generator)
     G, b = int(groups), int(block_size)
     if m % (G * b) or n % (G * b):
         raise ValueError(f"groups={G} x block_size={b} must divide both sides of the {m}x{n} weight")

@@ -9,7 +9,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from ._init_checks import _check_gain, _check_generator, _check_tensor, _gen_device
+from ._checks import check_gain, check_generator, check_tensor, gen_device
 
 __all__ = ["PRUNE_BASES", "magnitude_prune_", "random_prune_"]
 
@@ -21,8 +21,8 @@ def _dense_base(tensor: Tensor, base: str, activation: str, gain: float, generat
         raise ValueError(f"base={base!r} is not supported; allowed: {', '.join(map(repr, PRUNE_BASES))}")
     if not isinstance(activation, str) or activation not in ("linear", "tanh", "relu"):
         raise ValueError(f"activation={activation!r} is not supported; allowed: 'linear', 'tanh', 'relu'")
-    gain = _check_gain(gain)
-    w = torch.empty(tensor.shape, dtype=torch.float64, device=_gen_device(generator))
+    gain = check_gain(gain)
+    w = torch.empty(tensor.shape, dtype=torch.float64, device=gen_device(generator))
     if base == "orthogonal":
         torch.nn.init.orthogonal_(w, gain=gain, generator=generator)
     else:
@@ -64,8 +64,8 @@ def magnitude_prune_(
     """LMP baseline: a dense ``base`` init ("orthogonal" or "kaiming") pruned layer-wise by
     magnitude to ``sparsity`` (|w| for a linear weight, the kernel L1 norm for a conv).
     Keeps round((1 - s) * count) entries / kernels (at least one); returns the bool mask."""
-    _check_tensor("magnitude_prune_", tensor, (2, 4))
-    _check_generator(generator)
+    check_tensor("magnitude_prune_", tensor, (2, 4))
+    check_generator(generator)
     w = _dense_base(tensor, base, activation, gain, generator)
     score = w.abs().flatten(2).sum(-1).flatten() if w.dim() == 4 else w.abs().flatten()
     keep = torch.topk(score, _kept_count(sparsity, score.numel())).indices
@@ -83,8 +83,8 @@ def random_prune_(
 ) -> Tensor:
     """LRP baseline: a dense ``base`` init with a uniformly random mask (entries for a
     linear weight, whole kernels for a conv) at ``sparsity``; returns the bool mask."""
-    _check_tensor("random_prune_", tensor, (2, 4))
-    _check_generator(generator)
+    check_tensor("random_prune_", tensor, (2, 4))
+    check_generator(generator)
     w = _dense_base(tensor, base, activation, gain, generator)
     total = tensor.shape[0] * tensor.shape[1] if tensor.dim() == 4 else tensor.numel()
     keep = torch.randperm(total, generator=generator, device=w.device)[: _kept_count(sparsity, total)]

@@ -22,6 +22,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from ._checks import is_int
+
 ACTIVATIONS = ("linear", "tanh", "relu")
 
 # Smallest degree (non-zeros per row along the larger dimension) the paper allows.
@@ -61,7 +63,7 @@ class SAOSizes:
         return min(self.out_features, self.in_features)
 
 
-def _check_activation(activation: str) -> None:
+def check_activation(activation: str) -> None:
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not supported; allowed: {', '.join(map(repr, ACTIVATIONS))}")
 
@@ -69,10 +71,10 @@ def _check_activation(activation: str) -> None:
 INT64_MAX = 2**63 - 1  # torch sizes are int64
 
 
-def _check_dim(name: str, value: int) -> int:
+def check_dim(name: str, value: int) -> int:
     """``value`` as a Python int; a positive integer (numpy integers too), never a bool,
     at most 2**63 - 1 (a torch size)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     if value > INT64_MAX:
         raise ValueError(f"{name} must be a positive int, got {value!r} (at most 2**63 - 1, a torch size)")
@@ -155,13 +157,13 @@ def _prime_factors(n: int) -> dict[int, int]:
     return factors
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     """All positive divisors of ``n`` (1 <= n < 2**63), ascending, from its factorisation.
 
     Trial division by the primes up to 13, then Miller-Rabin and Pollard-Brent: a composite
     below 2**63 has a prime factor below 2**31.5, which rho finds in about 2**16 steps, so
     any size takes at most milliseconds."""
-    n = _check_dim("n", n)
+    n = check_dim("n", n)
     divs = [1]
     for p, e in _prime_factors(n).items():
         divs = [d * p**k for d in divs for k in range(e + 1)]
@@ -197,17 +199,17 @@ def valid_groups(out_features: int, in_features: int, activation: str = "tanh", 
     G must divide both dimensions (the half-size ones for ReLU), so only the divisors of
     their gcd are tried: O(sqrt-free factorisation + number of divisors), any size.
     """
-    m = _check_dim("out_features", out_features)
-    n = _check_dim("in_features", in_features)
-    block_size = _check_dim("block_size", block_size)
-    _check_activation(activation)
+    m = check_dim("out_features", out_features)
+    n = check_dim("in_features", in_features)
+    block_size = check_dim("block_size", block_size)
+    check_activation(activation)
     if activation == "relu":
         if m % 2 or n % 2:
             return []
         common = math.gcd(m // 2, n // 2)
     else:
         common = math.gcd(m, n)
-    return [g for g in _divisors(common) if _why_invalid(m, n, g, activation, block_size) is None]
+    return [g for g in divisors(common) if _why_invalid(m, n, g, activation, block_size) is None]
 
 
 def valid_sparsities(
@@ -233,7 +235,7 @@ def degree_from_sparsity(sparsity: float, larger: int) -> int:
     """
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not (0.0 <= sparsity <= 1.0):
         raise ValueError(f"sparsity must be a real number in [0, 1], got {sparsity!r}")
-    larger = _check_dim("larger", larger)
+    larger = check_dim("larger", larger)
     exact = (1.0 - float(sparsity)) * larger
     nearest = round(exact)
     if abs(exact - nearest) <= 1e-6 * max(1.0, abs(exact)):
@@ -278,10 +280,10 @@ def resolve_sizes(
             for this shape; the message names the argument, the shape and the nearest
             valid values.  It never loops.
     """
-    out_features = _check_dim("out_features", out_features)
-    in_features = _check_dim("in_features", in_features)
-    block_size = _check_dim("block_size", block_size)
-    _check_activation(activation)
+    out_features = check_dim("out_features", out_features)
+    in_features = check_dim("in_features", in_features)
+    block_size = check_dim("block_size", block_size)
+    check_activation(activation)
     given = [k for k, v in (("sparsity", sparsity), ("degree", degree), ("groups", groups)) if v is not None]
     if len(given) != 1:
         raise ValueError(
@@ -302,12 +304,12 @@ def resolve_sizes(
         d = degree_from_sparsity(float(sparsity), L)
         arg, target = f"sparsity={sparsity!r}", float(sparsity)
     elif degree is not None:
-        if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 1:
+        if not is_int(degree) or degree < 1:
             raise ValueError(f"degree must be a positive int, got {degree!r}")
         d = int(degree)
         arg, target = f"degree={degree}", 1.0 - degree / L
     else:
-        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        if not is_int(groups) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
         G = int(groups)
         why = _why_invalid(m, n, G, activation, block_size)

@@ -11,9 +11,10 @@
     sweep       ``python -m sao_kernels bench`` (the default suite)
     cases       layer-level suites: small widths, the depth-stacked MLP step, contention
     tiers       ``--suite tiers``: one table per CPU tier, each in a subprocess under its caps
+    flop_count  FlopCounterMode with SAOConv2d's grouped-convolution backward counted right
 
-Used by ``python -m sao_kernels bench``, ``sao_kernels.report`` and every script in
-benchmarks/.
+Used by ``python -m sao_kernels bench``, ``sao_kernels.report`` (``sao_kernels.cli``) and every
+script in benchmarks/.
 """
 
 from .candidates import SkipCandidate

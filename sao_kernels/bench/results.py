@@ -18,23 +18,13 @@ import pathlib
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-# Timing columns of a row (see timing.Comparison.fields): medians, minima and IQRs in ms,
-# the speed-up with its 95 % interval, rounds, the ideal and the flags.
-TIMING_FIELDS = (
-    "ms",
-    "ms_min",
-    "ms_iqr",
-    "ms_dense",
-    "ms_dense_min",
-    "ms_dense_iqr",
-    "speedup",
-    "speedup_lo",
-    "speedup_hi",
-    "ideal_speedup",
-    "rounds",
-    "flag",
-    "flag_reason",
-)
+from .timing import comparison_columns
+
+# The speed-up's ideal and the row's flags, after the timing columns of a row.
+FLAG_FIELDS = ("ideal_speedup", "flag", "flag_reason")
+# Timing columns of a row: medians, minima and IQRs in ms, the speed-up with its 95 %
+# interval, rounds (timing.comparison_columns), then the ideal and the flags.
+TIMING_FIELDS = comparison_columns() + FLAG_FIELDS
 
 HOW_TO_READ = (
     "SAO and dense were timed in the same process, interleaved (one sample of each per round, the order "

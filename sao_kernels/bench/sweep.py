@@ -36,6 +36,7 @@ from .candidates import (
     static_skip_reason,
     warm_up,
 )
+from .results import TIMING_FIELDS
 from .timing import TimingSettings, compare, interleave, median_ms
 
 OPS = ("linear_fwd", "linear_fwd_bwd", "linear_grad_input", "linear_grad_values", "conv2d_fwd", "conv2d_fwd_bwd")
@@ -55,19 +56,7 @@ ROW_FIELDS = (
     "groups",
     "block_size",
     "contention",
-    "ms",
-    "ms_min",
-    "ms_iqr",
-    "ms_dense",
-    "ms_dense_min",
-    "ms_dense_iqr",
-    "speedup",
-    "speedup_lo",
-    "speedup_hi",
-    "ideal_speedup",
-    "rounds",
-    "flag",
-    "flag_reason",
+    *TIMING_FIELDS,
     "floor_ms",
     "roofline_fraction",
     "batch",

@@ -364,7 +364,7 @@ def bench_tiers(args, argv: Sequence[str], prog: str) -> int:
     if tier != args.cpu_tier:
         err(f"--cpu-tier {args.cpu_tier}: the native kernels run at {tier} under its caps")
     meta["tier"] = tier
-    meta["timing"] = dataclasses.asdict(settings)
+    meta["timing"] = settings.meta()
     meta["config"] = dataclasses.asdict(cfg)
     with recording_load(meta):
         rows = measure_tier(tier, cfg, settings, progress=None if args.no_progress else _progress)

@@ -88,6 +88,17 @@ class TimingSettings:
         """Seconds per candidate after which rounds stop."""
         return self.max_run_time if self.max_run_time is not None else 5.0 * self.min_run_time
 
+    def meta(self) -> dict:
+        """The settings as a results file records them (``meta["timing"]``), the budget resolved."""
+        return dict(
+            min_run_time=self.min_run_time,
+            max_run_time=self.budget,
+            min_rounds=self.min_rounds,
+            max_rounds=self.max_rounds,
+            target_rel_iqr=self.target_rel_iqr,
+            flag_rel_spread=self.flag_rel_spread,
+        )
+
 
 # ---------------------------------------------------------------------------- stats
 @dataclasses.dataclass(frozen=True)
@@ -218,22 +229,30 @@ class Comparison:
     flag_reason: str
 
     def fields(self, tag: str = "") -> dict:
-        """Flat result columns: ms{tag} (candidate median), ms{tag}_min, ms{tag}_iqr,
-        ms{tag}_dense (baseline median), ..._min, ..._iqr, speedup{tag}, speedup{tag}_lo,
-        speedup{tag}_hi, rounds{tag}.  Flags and the ideal are left to the caller."""
+        """Flat result columns, named by :func:`comparison_columns` (``tag``: e.g. "_fwd")."""
         c, b, s = self.candidate, self.baseline, self.speedup
-        return {
-            f"ms{tag}": c.median_ms,
-            f"ms{tag}_min": c.min_ms,
-            f"ms{tag}_iqr": c.iqr_ms,
-            f"ms{tag}_dense": b.median_ms,
-            f"ms{tag}_dense_min": b.min_ms,
-            f"ms{tag}_dense_iqr": b.iqr_ms,
-            f"speedup{tag}": s.value,
-            f"speedup{tag}_lo": s.lo,
-            f"speedup{tag}_hi": s.hi,
-            f"rounds{tag}": c.rounds,
-        }
+        values = (c.median_ms, c.min_ms, c.iqr_ms, b.median_ms, b.min_ms, b.iqr_ms, s.value, s.lo, s.hi, c.rounds)
+        return dict(zip(comparison_columns(tag), values, strict=True))
+
+
+def comparison_columns(tag: str = "") -> tuple[str, ...]:
+    """The columns of :meth:`Comparison.fields`, in order, the one definition every results
+    table takes its timing columns from: ms{tag} (candidate median), ms{tag}_min,
+    ms{tag}_iqr, ms{tag}_dense (baseline median), ..._min, ..._iqr, speedup{tag},
+    speedup{tag}_lo, speedup{tag}_hi (its 95 % interval), rounds{tag}.  Flags and the ideal
+    are the caller's (``results.FLAG_FIELDS``)."""
+    return (
+        f"ms{tag}",
+        f"ms{tag}_min",
+        f"ms{tag}_iqr",
+        f"ms{tag}_dense",
+        f"ms{tag}_dense_min",
+        f"ms{tag}_dense_iqr",
+        f"speedup{tag}",
+        f"speedup{tag}_lo",
+        f"speedup{tag}_hi",
+        f"rounds{tag}",
+    )
 
 
 def compare(

@@ -1,4 +1,5 @@
-"""Command line: ``python -m sao_kernels bench`` and ``python -m sao_kernels report``.
+"""Command line: ``python -m sao_kernels bench``, ``python -m sao_kernels report`` and
+``python -m sao_kernels info`` (``info.py``).
 
 Exit status: 0 when results were written, 1 when nothing could be measured (what was
 skipped and why goes to stderr), 2 for a usage error (any bad flag value, an --out that
@@ -41,10 +42,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="SAO sparse layers: microbenchmarks against dense and sparse baselines, and per-layer reports.",
+        description="SAO sparse layers: microbenchmarks against dense and sparse baselines, per-layer reports, and "
+        "what this installation runs with (info).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,report,info}")
 
     b = sub.add_parser(
         "bench",
@@ -208,6 +210,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--no-latency", action="store_true", help="count FLOPs and parameters only")
     r.add_argument("--no-backward", action="store_true", help="forward only")
     r.add_argument("--out", default="sao_report", help="output folder (default: ./sao_report)")
+
+    i = sub.add_parser(
+        "info",
+        help="print the version, torch, native extension, CPU tier, usable backends and Triton (for bug reports)",
+        description="What this installation runs with: sao_kernels and torch versions, whether the native extension "
+        "is loaded (and why not), the CPU model and ISA tier, the backends usable on each device and what auto "
+        "picks per dtype, Triton and TRITON_INTERPRET, and the environment variables that change any of it.",
+    )
+    i.add_argument("--json", action="store_true", help="one JSON object (paste it into a bug report)")
     return parser
 
 
@@ -343,14 +354,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
         err(str(e))
     meta = _meta(device, args, argv, prog)
     meta["suite"] = args.suite
-    timing = cfg.timing()
-    meta["timing"] = dict(
-        min_run_time=timing.min_run_time,
-        max_run_time=timing.budget,
-        min_rounds=timing.min_rounds,
-        target_rel_iqr=timing.target_rel_iqr,
-        flag_rel_spread=timing.flag_rel_spread,
-    )
+    meta["timing"] = cfg.timing().meta()
     if core is not None:
         meta["contention"] = {"core": core}
     try:
@@ -466,6 +470,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     if args.command == "bench":
         return _bench(args, argv, prog)
+    if args.command == "info":
+        from .info import run_info
+
+        return run_info(args)
     from .report import run_report
 
     return run_report(args, argv, prog)

@@ -231,13 +231,7 @@ def script_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, devi
     meta = machine_meta(device)
     meta["machine"] = args.machine or machine_label(meta)
     meta["command"] = " ".join([parser.prog, *sys.argv[1:]])
-    meta["timing"] = dict(
-        min_run_time=timing.min_run_time,
-        max_run_time=timing.budget,
-        min_rounds=timing.min_rounds,
-        target_rel_iqr=timing.target_rel_iqr,
-        flag_rel_spread=timing.flag_rel_spread,
-    )
+    meta["timing"] = timing.meta()
     return timing, meta
 
 

@@ -22,25 +22,23 @@ from torch import nn
 
 from ..bench.flop_count import flop_counter
 from ..bench.machine import machine_meta
-from ..bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
+from ..bench.results import (
+    FLAG_FIELDS,
+    flag_cells,
+    fmt_ms,
+    fmt_speedup,
+    json_file,
+    meta_header,
+    text_file,
+    to_csv,
+    write_outputs,
+)
 from ..bench.steps import forward_step, module_steps
-from ..bench.timing import TimingSettings, compare, interleave
+from ..bench.timing import TimingSettings, compare, comparison_columns, interleave
 from ..bench.twins import densify
 from ..layers import SAOConv2d, SAOLinear
 
 MODES = ("fwd", "fwd_bwd")
-_TIMING = (
-    "ms",
-    "ms_min",
-    "ms_iqr",
-    "ms_dense",
-    "ms_dense_min",
-    "ms_dense_iqr",
-    "speedup",
-    "speedup_lo",
-    "speedup_hi",
-    "rounds",
-)
 ROW_FIELDS = (
     (
         "name",
@@ -57,12 +55,8 @@ ROW_FIELDS = (
         "flops_fwd_bwd",
         "flops_fwd_bwd_dense",
     )
-    + tuple(
-        f.replace("ms", f"ms_{m}", 1).replace("speedup", f"speedup_{m}", 1).replace("rounds", f"rounds_{m}")
-        for m in MODES
-        for f in _TIMING
-    )
-    + ("ideal_speedup", "flag", "flag_reason")
+    + tuple(column for m in MODES for column in comparison_columns(f"_{m}"))
+    + FLAG_FIELDS
 )
 REPORT_FILES = ("report.json", "report.csv", "report.md", "report.png")
 

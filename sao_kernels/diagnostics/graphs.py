@@ -15,7 +15,7 @@ __all__ = ["Connectivity", "connectivity", "layer_mask"]
 
 
 @dataclass
-class _Topology:
+class Topology:
     """One layer's (out, in) connectivity: a dense bool mask, or SAO groups."""
 
     out_features: int
@@ -49,10 +49,10 @@ def _pair_mask(m: Tensor) -> Tensor:
     return m if m.dtype == torch.bool else m != 0
 
 
-def _topology(layer) -> _Topology:
+def layer_topology(layer) -> Topology:
     if isinstance(layer, GroupedBlockFormat):
         G = layer.groups
-        return _Topology(
+        return Topology(
             layer.out_features,
             layer.in_features,
             None,
@@ -61,7 +61,7 @@ def _topology(layer) -> _Topology:
         )
     if hasattr(layer, "values") and hasattr(layer, "in_index") and hasattr(layer, "out_index"):  # SAO layers
         G = layer.values.shape[0]
-        return _Topology(
+        return Topology(
             layer.out_index.numel(),
             layer.in_index.numel(),
             None,
@@ -79,12 +79,12 @@ def _topology(layer) -> _Topology:
             "expected an SAO layer, a GroupedBlockFormat, an nn.Linear / nn.Conv2d (pruned or not) "
             f"or an (out, in) mask tensor, got {type(layer).__name__}"
         )
-    return _Topology(mask.shape[0], mask.shape[1], mask)
+    return Topology(mask.shape[0], mask.shape[1], mask)
 
 
 def layer_mask(layer) -> Tensor:
     """The (out, in) bool mask of kept connections of a layer (see :func:`connectivity`)."""
-    return _topology(layer).dense().clone()
+    return layer_topology(layer).dense().clone()
 
 
 # -------------------------------------------------------------- connectivity
@@ -117,7 +117,7 @@ class Connectivity:
 _SPARSE_DENSITY = 0.03  # below this fraction of kept pairs, propagate through a CSR product
 
 
-def _step(reach: Tensor, topo: _Topology) -> Tensor:
+def _step(reach: Tensor, topo: Topology) -> Tensor:
     """(u, n) bool reachability over the layer's inputs -> (u, m) over its outputs."""
     if topo.in_features != reach.shape[1]:
         raise ValueError(f"layer with {topo.in_features} inputs follows a layer with {reach.shape[1]} outputs")
@@ -170,7 +170,7 @@ def connectivity(layers: Iterable) -> Connectivity:
         to a single row once it is fully connected.  A 10-layer, 4096-wide stack takes
         well under a second (SAO) to a few seconds (random masks) on 2 CPU cores.
     """
-    topos = [_topology(layer) for layer in layers]
+    topos = [layer_topology(layer) for layer in layers]
     if not topos:
         raise ValueError("connectivity needs at least one layer")
     n = topos[0].in_features

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .graphs import _Topology, _topology
+from .graphs import Topology, layer_topology
 from .jacobian import GiB
 
 __all__ = ["SpectralGap", "StackSpectralGap", "spectral_gap", "stack_spectral_gap"]
@@ -133,7 +133,7 @@ def spectral_gap(layer, *, max_exact: int = 4096) -> SpectralGap:
     """
     if isinstance(max_exact, bool) or not isinstance(max_exact, int) or max_exact < 1:
         raise ValueError(f"max_exact must be a positive int, got {max_exact!r}")
-    topo = _topology(layer)
+    topo = layer_topology(layer)
     if topo.mask is None:  # SAO groups: the spectrum in closed form
         G, a = topo.out_groups.shape
         c = topo.in_groups.shape[1]
@@ -211,7 +211,7 @@ class StackSpectralGap:
     note: str
 
 
-def _normalised_apply(topo: _Topology, x: Tensor) -> Tensor:
+def _normalised_apply(topo: Topology, x: Tensor) -> Tensor:
     """Â @ x for x (in, r) float64."""
     if topo.mask is None:
         G, c = topo.in_groups.shape
@@ -245,7 +245,7 @@ def stack_spectral_gap(layers: Iterable, *, max_exact: int = 1024) -> StackSpect
         max_exact: full SVD when min(out, in) of the product is at most this; above it the
             two top singular values are estimated with ``torch.svd_lowrank``.
     """
-    topos = [_topology(layer) for layer in layers]
+    topos = [layer_topology(layer) for layer in layers]
     if not topos:
         raise ValueError("stack_spectral_gap needs at least one layer")
     n = topos[0].in_features

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._checks import check_gain
 from ..format import GroupedBlockFormat, from_dense, from_pruned
-from ..init import CONV_INITS, LINEAR_INITS, _check_gain, sao_blocks
-from ..sizes import _check_activation
+from ..init import CONV_INITS, LINEAR_INITS, sao_blocks
+from ..sizes import check_activation
 
 __all__ = ["SAOLayerBase"]
 
@@ -156,11 +157,11 @@ class SAOLayerBase(nn.Module):
             if (sparsity, degree, groups) != (None, None, None):
                 raise ValueError("sparsity / degree / groups given with blocks, which fix them; use from_blocks")
             # the recipe reset_parameters() will use must at least name valid choices
-            _check_activation(activation)
+            check_activation(activation)
             allowed = LINEAR_INITS if kernel is None else CONV_INITS
             if not isinstance(init, str) or init not in allowed:
                 raise ValueError(f"init={init!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
-        self.activation, self.init, self.gain = activation, init, _check_gain(gain)
+        self.activation, self.init, self.gain = activation, init, check_gain(gain)
         self.values = nn.Parameter(blocks.values.detach())
         self.register_buffer("in_index", blocks.in_index)
         self.register_buffer("out_index", blocks.out_index)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import is_int
 from ..format import GroupedBlockFormat
 from ..functional import sao_conv2d
-from ..sizes import _check_dim
+from ..sizes import check_dim
 from ._base import SAOLayerBase, check_bias_flag, pack_structured
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -20,7 +19,7 @@ def _int_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= ``minimum``, as a pair of Python ints."""
 
     def ok(x: object) -> bool:
-        return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= minimum
+        return is_int(x) and x >= minimum
 
     pair = (value, value) if not isinstance(value, (tuple, list, torch.Size)) else tuple(value)
     if len(pair) != 2 or not all(ok(x) for x in pair):
@@ -82,8 +81,8 @@ class SAOConv2d(SAOLayerBase):
         _bias: Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_dim("in_channels", in_channels)
-        self.out_channels = _check_dim("out_channels", out_channels)
+        self.in_channels = check_dim("in_channels", in_channels)
+        self.out_channels = check_dim("out_channels", out_channels)
         self.kernel_size = _int_pair("kernel_size", kernel_size, 1)
         self.stride = _int_pair("stride", stride, 1)
         self.dilation = _int_pair("dilation", dilation, 1)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..format import GroupedBlockFormat
 from ..functional import sao_linear
-from ..sizes import _check_dim
+from ..sizes import check_dim
 from ._base import SAOLayerBase, check_bias_flag, pack_structured
 
 
@@ -64,8 +64,8 @@ class SAOLinear(SAOLayerBase):
         _bias: Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_dim("in_features", in_features)
-        self.out_features = _check_dim("out_features", out_features)
+        self.in_features = check_dim("in_features", in_features)
+        self.out_features = check_dim("out_features", out_features)
         bias = check_bias_flag("SAOLinear", bias)
         self._build(
             bias,

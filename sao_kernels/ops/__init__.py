@@ -17,6 +17,8 @@ Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU ker
 
 from .._extension import LIBRARY
 from . import linear, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
-from ._library import NATIVE
+from ._library import NATIVE, autocast_eligible
+from ._validate import check_block_size, check_index
 
-__all__ = ["LIBRARY", "NATIVE"]
+# The ops' own rules that sao_kernels.functional applies too (autocast eligibility, index checks).
+__all__ = ["LIBRARY", "NATIVE", "autocast_eligible", "check_block_size", "check_index"]

@@ -15,9 +15,10 @@ from ._validate import Problem
 
 def poison(t: Tensor) -> Tensor:
     """Fill a fresh output with NaN when ``SAO_KERNELS_POISON=1`` (tests), so that any element a
-    kernel fails to write shows up as NaN instead of stale memory (the native and Triton
-    kernels honour the same variable)."""
-    if os.environ.get("SAO_KERNELS_POISON", "0") == "1" and t.is_floating_point():
+    kernel fails to write shows up as NaN instead of stale memory.  The one definition: the
+    torch composites and the Triton launchers call it; the native kernels read the same
+    variable.  Meta tensors (the Triton planners' inputs) hold nothing to fill."""
+    if os.environ.get("SAO_KERNELS_POISON", "0") == "1" and t.is_floating_point() and t.device.type != "meta":
         t.fill_(float("nan"))
     return t
 

@@ -9,25 +9,12 @@ import torch
 
 from sao_kernels.bench import candidates, sweep
 from sao_kernels.bench.machine import machine_meta
+from sao_kernels.bench.results import TIMING_FIELDS
 
 TINY = dict(
     tokens=(8,), features=(32,), groups=(1, 2, 4), conv_batch=1, conv_channels=16, conv_size=6, min_run_time=0.005
 )
-SPREAD = (
-    "ms",
-    "ms_min",
-    "ms_iqr",
-    "ms_dense",
-    "ms_dense_min",
-    "ms_dense_iqr",
-    "speedup",
-    "speedup_lo",
-    "speedup_hi",
-    "ideal_speedup",
-    "rounds",
-    "flag",
-    "flag_reason",
-)
+SPREAD = TIMING_FIELDS  # every row carries the spread, the interval and the flags
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from sao_kernels.bench.timing import (
     TimingSettings,
     compare,
     compare_to_baseline,
+    comparison_columns,
     interleave,
     row_flags,
     speedup,
@@ -154,21 +155,18 @@ def test_compare_to_baseline_real_timing_columns():
         lambda: x @ x, {"same": lambda: x @ x}, TimingSettings(min_run_time=0.005), ideal={"same": 1.0}
     )
     fields = out["same"].fields()
-    assert set(fields) == {
-        "ms",
-        "ms_min",
-        "ms_iqr",
-        "ms_dense",
-        "ms_dense_min",
-        "ms_dense_iqr",
-        "speedup",
-        "speedup_lo",
-        "speedup_hi",
-        "rounds",
-    }
+    assert tuple(fields) == comparison_columns()
+    assert {"ms_min", "ms_iqr", "ms_dense_min", "ms_dense_iqr", "speedup_lo", "speedup_hi", "rounds"} <= set(fields)
     assert fields["ms_min"] <= fields["ms"] and fields["ms_iqr"] >= 0 and fields["rounds"] >= 5
     assert fields["speedup_lo"] <= fields["speedup_hi"]
-    assert set(out["same"].fields("_fwd")) == {
-        k.replace("ms", "ms_fwd", 1).replace("speedup", "speedup_fwd", 1).replace("rounds", "rounds_fwd")
-        for k in fields
-    }
+    assert tuple(out["same"].fields("_fwd")) == comparison_columns("_fwd")
+    assert {"ms_fwd", "ms_fwd_dense_iqr", "speedup_fwd_lo", "rounds_fwd"} <= set(comparison_columns("_fwd"))
+
+
+def test_settings_meta_records_the_resolved_budget():
+    """One record of the settings for every results file (bench, report, tiers, scripts)."""
+    implicit = TimingSettings(min_run_time=0.2, min_rounds=4, max_rounds=50, target_rel_iqr=0.03, flag_rel_spread=0.2)
+    assert implicit.meta() == dict(
+        min_run_time=0.2, max_run_time=1.0, min_rounds=4, max_rounds=50, target_rel_iqr=0.03, flag_rel_spread=0.2
+    )
+    assert TimingSettings(min_run_time=0.2, max_run_time=0.7).meta()["max_run_time"] == 0.7

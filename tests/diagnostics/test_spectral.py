@@ -146,7 +146,7 @@ def test_stack_spectral_gap_reads_sao_degrees_without_dense_masks(monkeypatch):
     layers = [sao_format(64, 4, seed) for seed in range(3)]
     from sao_kernels.diagnostics import graphs
 
-    monkeypatch.setattr(graphs._Topology, "dense", lambda self: (_ for _ in ()).throw(AssertionError("dense mask")))
+    monkeypatch.setattr(graphs.Topology, "dense", lambda self: (_ for _ in ()).throw(AssertionError("dense mask")))
     st = dg.stack_spectral_gap(layers)
     assert st.layer_bounds[0] == pytest.approx(2 * math.sqrt(15) / 16)
     assert st.sigma2[0] == pytest.approx(1.0)

@@ -354,15 +354,15 @@ def brute_divisors(n):
 
 def test_divisors_match_brute_force_and_factor_big_numbers():
     for n in range(1, 2000):
-        assert sizes._divisors(n) == brute_divisors(n), n
+        assert sizes.divisors(n) == brute_divisors(n), n
     for p, q in [(2**31 - 1, 2**31 - 1), (1000003, 999999000001), (2**31 - 1, 4294967291), (3, 2**61 - 1)]:
         assert p * q < 2**63
-        assert sizes._divisors(p * q) == sorted({1, p, q, p * q}), (p, q)
-    assert sizes._divisors(2**61 - 1) == [1, 2**61 - 1]
-    assert len(sizes._divisors(10**18)) == 19 * 19
-    assert sizes._divisors(2**62) == [2**k for k in range(63)]
+        assert sizes.divisors(p * q) == sorted({1, p, q, p * q}), (p, q)
+    assert sizes.divisors(2**61 - 1) == [1, 2**61 - 1]
+    assert len(sizes.divisors(10**18)) == 19 * 19
+    assert sizes.divisors(2**62) == [2**k for k in range(63)]
     with pytest.raises(ValueError, match="n must be a positive int"):
-        sizes._divisors(0)
+        sizes.divisors(0)
     too_big = r"out_features must be a positive int, got 9223372036854775808 \(at most 2\*\*63 - 1"
     with pytest.raises(ValueError, match=too_big):
         valid_groups(2**63, 2)
@@ -391,8 +391,8 @@ def counted(monkeypatch):
 def test_valid_groups_examines_only_divisors_of_the_gcd(counted, m, n, activation):
     groups = valid_groups(m, n, activation)
     common = math.gcd(m // 2, n // 2) if activation == "relu" else math.gcd(m, n)
-    assert len(counted) == len(sizes._divisors(common))  # not min(m, n)
-    assert groups == [g for g in sizes._divisors(common) if sizes._why_invalid(m, n, g, activation, 1) is None]
+    assert len(counted) == len(sizes.divisors(common))  # not min(m, n)
+    assert groups == [g for g in sizes.divisors(common) if sizes._why_invalid(m, n, g, activation, 1) is None]
 
 
 def test_valid_sparsities_of_a_billion(counted):

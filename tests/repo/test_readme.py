@@ -40,5 +40,5 @@ def test_readme_commands_name_existing_files_and_flags():
     for script in re.findall(r"python (benchmarks/\S+\.py)", shell):
         assert (ROOT / script).is_file(), script
     for sub in re.findall(r"python -m sao_kernels (\w+)", shell):
-        assert sub in ("bench", "report"), sub
+        assert sub in ("bench", "report", "info"), sub
     assert 'pip install --no-build-isolation -e ".[test]"' in README

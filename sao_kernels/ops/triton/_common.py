@@ -41,14 +41,6 @@ def autotune_enabled() -> bool:
     return os.environ.get("SAO_KERNELS_AUTOTUNE", "0") == "1" and not interpreting()
 
 
-def poison(t: Tensor) -> Tensor:
-    """Fill a fresh output with NaN when ``SAO_KERNELS_POISON=1`` (tests), so that any
-    element a kernel fails to write shows up as NaN instead of stale memory."""
-    if os.environ.get("SAO_KERNELS_POISON", "0") == "1" and t.is_floating_point() and t.device.type != "meta":
-        t.fill_(float("nan"))
-    return t
-
-
 def check_dtype(op: str, dtype: torch.dtype) -> None:
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{op}: the triton backend supports {', '.join(map(str, SUPPORTED_DTYPES))}; got {dtype}")

@@ -27,6 +27,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .._composite import poison
 from . import cost_model
 from . import tiles as _tiles
 from ._common import (
@@ -38,7 +39,6 @@ from ._common import (
     device_of,
     dot_precision,
     needs_wide_offsets,
-    poison,
     run_steps,
     stride_align,
     token_alignment,
@@ -51,7 +51,7 @@ GATHER_CHOICES = ("auto", "fused", "permute")
 _tuned: dict = {}
 
 
-def _run_hint(index: Optional[Tensor], run: int) -> int:
+def run_hint(index: Optional[Tensor], run: int) -> int:
     """The verified run length as a kernel hint: a power of two >= 2, else 1 (no hint)."""
     return run if index is not None and run > 1 and run & (run - 1) == 0 else 1
 
@@ -158,7 +158,7 @@ def plan_gather_matmul(
     if T == 0:
         return out, []
     itemsize = lhs.element_size()
-    lhs_run, out_run = _run_hint(lhs_index, lhs_run), _run_hint(out_index, out_run)
+    lhs_run, out_run = run_hint(lhs_index, lhs_run), run_hint(out_index, out_run)
     tiles = _tiles.gather_matmul_tiles(T, N, K, itemsize, precision, device)
     tiles, splits = _tiles.gather_matmul_split(T, G, N, K, itemsize, tiles, device)
     if split_k is not None:  # forced (tests, benchmarks): narrower K blocks if needed to split at all

@@ -17,6 +17,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .._composite import poison
 from . import cost_model
 from . import tiles as _tiles
 from ._common import (
@@ -28,14 +29,13 @@ from ._common import (
     device_of,
     dot_precision,
     needs_wide_offsets,
-    poison,
     run_steps,
     stride_align,
     token_alignment,
 )
 from ._index import as_int32
 from ._steps import gather_columns_step, split_reduce_step
-from .gather_matmul import GATHER_CHOICES, _run_hint
+from .gather_matmul import GATHER_CHOICES, run_hint
 from .kernels import grad_values_kernel
 
 _tuned: dict = {}
@@ -138,7 +138,7 @@ def plan_grad_values(
     if T == 0:
         return dv.zero_() if dv.device.type != "meta" else dv, []
     itemsize = x.element_size()
-    in_run, out_run = _run_hint(in_index, in_run), _run_hint(out_index, out_run)
+    in_run, out_run = run_hint(in_index, in_run), run_hint(out_index, out_run)
     tiles = _tiles.grad_values_tiles(T, G, A, C, itemsize, precision, device)
     tuned = autotune and not device.interpreter
     # The split count must not depend on the autotuner's pick: plan it for 64 x 64 tiles then.
