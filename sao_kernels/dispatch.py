@@ -18,7 +18,7 @@ Who applies the policy: :func:`select`, called by the Python implementations of 
 backend).  For CPU tensors the C++ CPU kernel of each op applies the ``cpu`` row of
 :data:`AUTO` itself, so the default CPU path never enters Python: it runs ``native`` when
 :func:`select` would, and hands every other case to the Python implementation
-(``tests/test_backend.py`` checks that the two agree for every dtype).  The thread's
+(``tests/test_dispatch.py`` checks that the two agree for every dtype).  The thread's
 requested backend reaches C++ through ``torch.ops.sao_kernels._set_thread_backend``.
 """
 

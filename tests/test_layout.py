@@ -55,7 +55,7 @@ def _graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         deps = set()
         for dep in _imports(path):
-            while dep and dep not in modules:  # "sao_kernels.ops.linear.x" -> the module
+            while dep and dep not in modules:  # "sao_kernels.ops.linear.<name>" -> the module
                 dep = dep.rsplit(".", 1)[0] if "." in dep else ""
             if dep and dep != name and not name.startswith(dep + "."):  # a package importing its parent
                 deps.add(dep)
