@@ -13,7 +13,6 @@ module path; ``sao_kernels.h`` is a file, checked as one).
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 import io
@@ -53,16 +52,19 @@ def _ignored(path: pathlib.Path) -> bool:
 
 
 def _python_prose(text: str) -> str:
-    """Comments and docstrings of a Python source."""
-    chunks = []
+    """Comments and docstrings of a Python source: comment tokens, and strings that open a
+    statement (docstrings, and the bare strings that document a constant)."""
+    chunks, opens_statement = [], True
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
         if tok.type == tokenize.COMMENT:
             chunks.append(tok.string)
-    for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            doc = ast.get_docstring(node, clean=False)
-            if doc:
-                chunks.append(doc)
+        elif tok.type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            opens_statement = True
+            continue
+        elif tok.type == tokenize.STRING and opens_statement:
+            chunks.append(tok.string)
+        if tok.type not in (tokenize.NL, tokenize.COMMENT):
+            opens_statement = False
     return "\n".join(chunks)
 
 
@@ -174,3 +176,46 @@ def test_stale_pointers_are_reported():
     assert not _resolves("sao_kernels/ops/triton/tiles.py", "tests/ops/triton/test_compiled.py")
     assert _resolves("docs/cpu_tiers.md", "../benchmarks/results/pretrained_2026-12-06.md")
     assert not _resolve_name("sao_kernels.backend.AUTO") and _resolve_name("sao_kernels.dispatch.AUTO")
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: pathlib.Path) -> set[str]:
+    text = re.sub(r"(?ms)^[ \t]*```.*?^[ \t]*```", "", page.read_text(encoding="utf-8"))  # not code comments
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def markdown_links() -> list[tuple[str, str]]:
+    """(page, target) for every relative link of every Markdown file (web links are not checked)."""
+    return [
+        (rel, target)
+        for rel, text in _prose()
+        if rel.endswith(".md")
+        for target in LINK.findall(text)
+        if not re.match(r"[a-z]+:", target)
+    ]
+
+
+def _link_resolves(rel: str, target: str) -> bool:
+    path, _, anchor = target.partition("#")
+    page = (ROOT / rel).parent / path if path else ROOT / rel
+    if not page.exists():
+        return False
+    return not anchor or (page.suffix == ".md" and anchor in _anchors(page))
+
+
+def test_markdown_links_resolve():
+    """Relative links point to files that exist, and anchors to headings of the linked page."""
+    broken = sorted(
+        {(rel, t) for rel, t in markdown_links() if not rel.startswith(RECORDS) and not _link_resolves(rel, t)}
+    )
+    assert not broken, "broken links:\n" + "\n".join(f"  {rel}: {t}" for rel, t in broken)
+    assert _link_resolves("README.md", "docs/design.md#status-and-limitations")
+    assert not _link_resolves("README.md", "docs/design.md#no-such-heading")
+    assert not _link_resolves("docs/usage.md", "docs/saving.md")  # a link is relative to its page
