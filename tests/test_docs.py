@@ -166,6 +166,22 @@ def test_shell_block_names_what_exists(block):
                 assert not missing, f"{block.id}: `{shlex.join(cmd)}`: {missing} not in its --help"
 
 
+def editable_installs_without_the_build(text: str) -> list[str]:
+    """``pip install ... -e`` commands (in code blocks or inline code) that leave the native
+    kernels out: without ``--no-build-isolation`` the build cannot see the installed torch."""
+    installs = re.findall(r"pip install[^`\n#]*", text)
+    return [c.strip() for c in installs if re.search(r"\s-e\b", c) and "--no-build-isolation" not in c]
+
+
+def test_every_editable_install_builds_the_extension():
+    bad = {
+        page.relative_to(ROOT).as_posix(): cmds
+        for page in markdown_files()
+        if (cmds := editable_installs_without_the_build(page.read_text(encoding="utf-8")))
+    }
+    assert not bad, f"add --no-build-isolation to {bad}"
+
+
 def test_the_shell_checks_catch_what_they_should():
     """A check that cannot fail proves nothing: the parser and the pip rule on known inputs."""
     assert commands('pip install -e ".[hf]"   # comment\nruff check . && ruff format --check .') == [
@@ -173,6 +189,8 @@ def test_the_shell_checks_catch_what_they_should():
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
     ]
+    assert editable_installs_without_the_build('needs `pip install -e ".[hf]"`.') == ['pip install -e ".[hf]"']
+    assert not editable_installs_without_the_build('`pip install --no-build-isolation -e ".[hf]"`, `pip install torch`')
     bad = Block("x.md", 1, "bash", 'pip install -e ".[paper]"\n', None, None)
     with pytest.raises(AssertionError, match="native kernels"):
         test_shell_block_names_what_exists(bad)
