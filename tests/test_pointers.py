@@ -126,13 +126,19 @@ def _resolves(rel: str, token: str) -> bool:
 NAME = re.compile(r"(?<![\w.])sao_kernels(?:\.[A-Za-z_]\w*)+")
 
 
+SK = re.compile(r"(?<![\w.])sk((?:\.[A-Za-z_]\w*)+)")  # Markdown's ``import sao_kernels as sk``
+
+
 def name_pointers() -> list[tuple[str, str]]:
-    """(file, dotted name) for every ``sao_kernels.*`` name written in the prose."""
+    """(file, dotted name) for every ``sao_kernels.*`` name written in the prose (and every
+    ``sk.*`` name in Markdown, whose snippets import the package as ``sk``)."""
     found = []
     for rel, text in _prose():
         for m in NAME.finditer(text):
             if not any((base / m.group(0)).is_file() for base in BASES):  # csrc/sao_kernels.h
                 found.append((rel, m.group(0)))
+        if rel.endswith(".md"):
+            found += [(rel, "sao_kernels" + m.group(1)) for m in SK.finditer(text)]
     return found
 
 
@@ -157,7 +163,7 @@ def test_the_scan_sees_pointers():
     paths = {t for _, t in path_pointers()}
     names = {n for _, n in name_pointers()}
     assert {"csrc/ops.cpp", "tests/test_dispatch.py"} <= paths, sorted(paths)[:20]
-    assert {"sao_kernels.dispatch.AUTO", "sao_kernels.cpu.tier_env"} <= names
+    assert {"sao_kernels.dispatch.AUTO", "sao_kernels.cpu.tier_env", "sao_kernels.SAOLinear.from_blocks"} <= names
 
 
 def test_repository_paths_exist():

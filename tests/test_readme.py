@@ -40,3 +40,11 @@ def test_readme_names_the_main_job_and_the_tests():
     assert "python -m pytest -q" in shell
     assert "`--no-build-isolation` builds" in README.split("```")[2]  # and says why, right after the set-up block
     assert [lang for lang, _ in BLOCKS].count("python") == 1  # the one example; the rest is in docs/
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    """A newcomer finds every page from the README (links checked in tests/test_pointers.py)."""
+    pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    pages += ["benchmarks/paper/README.md", "benchmarks/gpu/README.md", "CONTRIBUTING.md"]
+    unlinked = [p for p in pages if f"]({p}" not in README]
+    assert not unlinked, f"README.md links none of {unlinked}"
