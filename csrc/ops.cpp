@@ -6,10 +6,10 @@
 //  * CPU kernels: argument checks (the same checks and messages as
 //    sao_kernels/ops/_validate.py, in one O(n) pass per index) and the native kernels of
 //    native_kernels.cpp, when the thread's requested backend is "native", or "auto" and the
-//    dtype is one the native kernels run (the "cpu" row of sao_kernels.backend.AUTO).  Every
+//    dtype is one the native kernels run (the "cpu" row of sao_kernels.dispatch.AUTO).  Every
 //    other case (backend "torch" / "dense" / "triton" forced, other dtypes, an unknown
 //    backend name) goes to the op's Python implementation through its private twin
-//    sao_kernels::_<op>_python, which decides and raises as sao_kernels.backend says (in a
+//    sao_kernels::_<op>_python, which decides and raises as sao_kernels.dispatch says (in a
 //    process that has not imported sao_kernels that twin has no kernel: a clear error).
 //  * Autograd kernels for every device: reverse mode through an autograd Node per op (its
 //    backward calls the other ops, so double backward and beyond work), and forward mode
@@ -95,7 +95,7 @@ std::string requested_backend() {
   return s.empty() ? "auto" : s;
 }
 
-bool native_dtype(ScalarType t) {  // sao_kernels.backend.NATIVE_DTYPES
+bool native_dtype(ScalarType t) {  // sao_kernels.dispatch.NATIVE_DTYPES
   return t == ScalarType::Float || t == ScalarType::BFloat16 || t == ScalarType::Half || t == ScalarType::Double;
 }
 

@@ -1,7 +1,7 @@
 """The paper's claims as comparisons of two arms, each read with a paired 95 % t interval and
 the confirm / contradict / cannot-tell rule of statistics.py; rendered into results.md (every
-column) and into the README (a generated block that tests/paper/test_paper_claims.py
-regenerates from results.json and compares).
+column) and into benchmarks/paper/README.md (a generated block that
+tests/paper/test_paper_claims.py regenerates from results.json and compares).
 
 An arm is (setting, init, lr rule): "best" = the init's own best grid lr (a tile partition
 that reuses b=1's lr: that lr; an untuned init: the shared lr), "shared" = the setting's
@@ -262,7 +262,7 @@ README_END = "<!-- paper-claims: end -->"
 
 
 def readme_block(payload: dict, plan: Plan) -> str:
-    """The README's claims list: every number in it comes from results.json."""
+    """The claims block of benchmarks/paper/README.md: every number in it comes from results.json."""
     b = payload["budget"]
     steps = b["steps"]
     ref_steps = 100 * 422  # EOI: 100 epochs of MNIST's 54,000 training images at batch 128

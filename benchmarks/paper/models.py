@@ -12,7 +12,7 @@ Hidden inits (``method``; ``sao:b16`` = SAO with block_size 16):
   ll-orthogonal  looks-linear dense orthogonal [[M, -M], [-M, M]] (the SAO code's ReLU baseline)
   eoi            EOI's exact sparse orthogonal: random Givens rotations of the identity until
                  the density 1 - sparsity is reached (orthogonal/ortho.py), masked dense
-  rg-n, rg-u     the SAO mask with Gaussian / uniform values (library-scaled, see README)
+  rg-n, rg-u     the SAO mask with Gaussian / uniform values (library-scaled, see docs/construction.md)
   lmp, lrp       dense orthogonal pruned by magnitude / at random (masked dense, not rescaled)
   lmp-s, lrp-s   the same x 1/sqrt(density): LRP's kept weights then carry the dense layer's
                  expected signal scale, so "SAO beats pruning" is not only a matter of scale

@@ -5,7 +5,7 @@ benchmarks/paper/results/{results.md, results.json, *.png}.
     python benchmarks/paper/reproduce.py --budget-only        # the pilot only: budget and CPU-minutes
     python benchmarks/paper/reproduce.py --quick --out /tmp/q # CI smoke (tiny settings, same code path)
     python benchmarks/paper/reproduce.py --replot             # redraw tables / plots from results.json
-    python benchmarks/paper/reproduce.py --replot --readme README.md   # + the README's generated claims block
+    python benchmarks/paper/reproduce.py --replot --readme    # + the claims block of benchmarks/paper/README.md
 
 Where things are: settings.py (the ONE table of reference configurations, the optimiser, the
 init conventions, with the reference files they come from), models.py (the networks and
@@ -29,6 +29,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+README = ROOT / "benchmarks" / "paper" / "README.md"  # where the generated claims block lives
 # The repository's own sao_kernels (a frozen snapshot when run from one), then this folder as
 # the package "paper"; spawned workers re-run these lines.
 for path in (str(ROOT / "benchmarks"), str(ROOT)):
@@ -136,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replot", action="store_true", help="only redraw results.md and plots from results.json")
     parser.add_argument(
         "--readme",
+        nargs="?",
+        const=str(README),
         default=None,
-        help="also rewrite the generated claims block of this README from results.json (e.g. README.md)",
+        help=f"also rewrite the generated claims block of this Markdown file from results.json (default {README})",
     )
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)

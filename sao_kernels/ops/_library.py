@@ -3,24 +3,9 @@
 One schema per op (and one per private twin, below), defined in C++ by the native extension's
 ops library (csrc/schemas.cpp), so that a process that loads only that library (a C++ program,
 an AOTInductor package: docs/deploy.md) has the ops; without the extension, defined here from
-``SCHEMAS`` (the same strings: tests/ops/test_schemas.py compares them).  Kernels per dispatch
-key:
-
-=========================  ==================================  ==============================
-key                        with the native extension           without it
-=========================  ==================================  ==============================
-CPU                        C++ (csrc/ops.cpp): the native      the op's Python implementation
-                           kernels, or the Python
-                           implementation for the backends
-                           it does not run (torch, dense,
-                           triton-interpreted) and dtypes
-CUDA (and other devices)   the op's Python implementation      (same)
-Autograd                   C++: backward and forward-mode AD   Python: an autograd.Function
-                                                               with backward and jvp
-Meta / fake                Python (shape checks, output shape)  (same)
-AutocastCPU / AutocastCUDA Python: autocast's own casts       (same)
-FuncTorchBatched (vmap)    Python batching rule                (same)
-=========================  ==================================  ==============================
+``SCHEMAS`` (the same strings: tests/ops/test_schemas.py compares them).  Which kernel serves
+each dispatch key, with and without the extension: the table in docs/design.md ("The dispatch
+table"), kept there once.
 
 The Python implementation (``linear_python`` etc.) validates its arguments, asks
 ``sao_kernels.dispatch.select`` which backend runs, and runs the Triton kernels, the torch

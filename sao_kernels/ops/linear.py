@@ -4,7 +4,7 @@
 out_index (m,) | None, bias (m,) | None, block_size=1) -> y (T, m)``
 
 R_g = out_index[g*a : (g+1)*a] and C_g = in_index[g*c : (g+1)*c] (None: contiguous groups).
-Implementations (which one runs: ``sao_kernels.backend``):
+Implementations (which one runs: ``sao_kernels.dispatch``):
 
 * native (CPU, csrc/native_kernels.cpp): the column gather fused into the packing of each
   (token block, group) panel, oneDNN brgemm / BLAS micro-kernels, bias as the GEMM's initial C.

@@ -30,7 +30,7 @@ def test_doc_snippet_runs(index, tmp_path):
     proc = run(BLOCKS[index], tmp_path)
     assert proc.returncode == 0, f"docs/conversion.md snippet {index} failed:\n{proc.stderr[-4000:]}"
     if index == 0:  # the table the doc shows (long reasons cut at "..." there)
-        shown = re.search(r"^Prints \(the first call\):\n\n```\n(.*?)^```", DOC, flags=re.S | re.M).group(1)
+        shown = re.search(r"^Prints \(the first call\):\n\n```text\n(.*?)^```", DOC, flags=re.S | re.M).group(1)
         printed = proc.stdout.splitlines()
         for want, got in zip(shown.splitlines(), printed, strict=False):
             assert got.startswith(want.removesuffix("...")), (want, got)

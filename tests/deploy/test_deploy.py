@@ -91,7 +91,7 @@ def docs_snippets() -> list:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> pathlib.Path:
-    """docs/deploy.md's export snippet, run as written: the README's MLP packaged (model.pt2)
+    """docs/deploy.md's export snippet, run as written: docs/saving.md's MLP packaged (model.pt2)
     with inputs and eager outputs at T=1 and T=128 (data.pt)."""
     out = tmp_path_factory.mktemp("aoti")
     proc = subprocess.run(

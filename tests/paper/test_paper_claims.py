@@ -1,4 +1,4 @@
-"""Every number the README's paper section quotes comes from results.json: the generated claims
+"""Every number benchmarks/paper/README.md quotes comes from results.json: its generated claims
 block is regenerated here and compared, and so is results.md (what --replot writes)."""
 
 import json
@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from paper import claims, reporting  # noqa: E402
-from paper.reproduce import plan_from_dict  # noqa: E402
+from paper.reproduce import README, plan_from_dict  # noqa: E402
 from paper.statistics import CLAIM_KINDS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "paper" / "results"
@@ -22,12 +22,25 @@ def _payload():
 
 def test_readme_claims_block_is_regenerated_from_results_json():
     payload, plan = _payload()
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = claims.readme_block_in(readme)
-    assert block is not None, "README.md lost its generated claims block"
+    assert README == ROOT / "benchmarks" / "paper" / "README.md"
+    block = claims.readme_block_in(README.read_text(encoding="utf-8"))
+    assert block is not None, "benchmarks/paper/README.md lost its generated claims block"
     assert block == claims.readme_block(payload, plan), (
-        "README claims block is stale: python benchmarks/paper/reproduce.py --replot --readme README.md"
+        "the claims block of benchmarks/paper/README.md is stale: "
+        "python benchmarks/paper/reproduce.py --replot --readme"
     )
+
+
+def test_replot_readme_rewrites_the_block(tmp_path):
+    """``reproduce.py --replot --readme PAGE`` puts the block back into a page that has the markers."""
+    payload, plan = _payload()
+    page = tmp_path / "page.md"
+    page.write_text(f"# Claims\n\n{claims.README_BEGIN}\nold\n{claims.README_END}\n\ntail\n", encoding="utf-8")
+    assert claims.update_readme(page, payload, plan)
+    assert page.read_text(encoding="utf-8") == f"# Claims\n\n{claims.readme_block(payload, plan)}\n\ntail\n"
+    bare = tmp_path / "bare.md"
+    bare.write_text("# no markers\n", encoding="utf-8")
+    assert not claims.update_readme(bare, payload, plan) and bare.read_text(encoding="utf-8") == "# no markers\n"
 
 
 def test_results_md_is_what_replot_writes():

@@ -55,7 +55,7 @@ def _graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         deps = set()
         for dep in _imports(path):
-            while dep and dep not in modules:  # "sao_kernels.ops.linear.x" -> the module
+            while dep and dep not in modules:  # "sao_kernels.ops.linear.<name>" -> the module
                 dep = dep.rsplit(".", 1)[0] if "." in dep else ""
             if dep and dep != name and not name.startswith(dep + "."):  # a package importing its parent
                 deps.add(dep)
@@ -115,8 +115,8 @@ def test_no_python_module_over_500_lines():
 # ----------------------------------------------------------------- private names
 # What counts (issue 24): a name starting with "_" (dunders such as __version__ excepted) is
 # private to the module that defines it.  Another module of the package may not import it
-# (``from .x import _y``, ``from sao_kernels.x import _y``) nor read it as an attribute of an
-# imported module (``x._y``, ``sao_kernels.x._y``): a helper two modules share is public in
+# (``from .x import _y``, ``from sao_kernels.<module> import _y``) nor read it as an attribute of an
+# imported module (``x._y``, ``sao_kernels.<module>._y``): a helper two modules share is public in
 # the module that owns it.  A private *module* (``_validate.py``, ``_C``) is private to its
 # package: any module inside that package (at any depth) may import it and its public names,
 # nothing outside may.  A module's use of its own names, and importing a public name under a
@@ -176,7 +176,7 @@ def _private_uses(source: str, name: str, package: str, where: str) -> list[str]
                 module_used(mod, node.lineno)
                 if mod != name and _private(alias.name):
                     found.append(f"{where}:{node.lineno}: from {mod} import {alias.name}")
-    for node in ast.walk(tree):  # x._y, sao_kernels.x._y (the outermost attribute of a chain)
+    for node in ast.walk(tree):  # x._y, sao_kernels.<module>._y (the outermost attribute of a chain)
         if not isinstance(node, ast.Attribute):
             continue
         chain, base = [], node

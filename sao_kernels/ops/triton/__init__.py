@@ -1,6 +1,6 @@
 """The Triton kernels of the SAO products and their launchers.
 
-Imported lazily, only when the ``triton`` backend runs (``sao_kernels.backend.select``), so
+Imported lazily, only when the ``triton`` backend runs (``sao_kernels.dispatch.select``), so
 CPU users never need Triton installed.  The launchers take checked arguments (the ops'
 ``_validate``): index maps are None for the identity or contiguous int64 permutations, and
 the run lengths passed are verified.

@@ -3,7 +3,7 @@
 Pure functions of the problem's sizes, dtype, precision and :class:`~._common.Device`, so
 ``aot`` can enumerate and compile, for sm_80 and sm_90, everything the launchers may pick.
 Every heuristic tile here compiles without register spills and within the shared-memory
-limit of both targets (``tests/ops/triton/test_compiled.py`` holds them to it).
+limit of both targets (``tests/ops/triton/test_aot.py`` holds them to it).
 
 Glossary: T tokens; a gather-matmul tile is (BLOCK_T tokens) x (BLOCK_N outputs) with a K loop
 of BLOCK_K; a grad-values tile is (BLOCK_A) x (BLOCK_C) with a token loop of BLOCK_T.
