@@ -312,6 +312,13 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
             err(f"--contention-core {core}: not a usable core here; usable: {cores}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from sao_kernels.bench import extras
+
+    try:  # the [bench] extra: speedup.png needs matplotlib, the progress bar tqdm; say so before measuring
+        extras.check(("matplotlib",) + (() if args.no_progress else ("tqdm",)), "this command")
+    except extras.MissingExtraError as e:
+        print(f"{prog} bench: {e}", file=sys.stderr)
+        return 1
     try:
         out = results.check_writable(args.out, "--out")
     except ValueError as e:
@@ -395,7 +402,9 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
     depth = cases.MLP_DEPTH if args.mlp_depth is None else args.mlp_depth
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from sao_kernels.bench.extras import require
+
+        tqdm = require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm
 
         bar = tqdm(
             total=cases.suite_progress_total(widths, tokens, dtypes, depth, cfg.contention),
@@ -440,7 +449,9 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     meta["size"] = dataclasses.asdict(size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from sao_kernels.bench.extras import require
+
+        tqdm = require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm
 
         bar = tqdm(total=len(models), desc="sao_kernels bench models", unit="model")
     try:

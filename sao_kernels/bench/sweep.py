@@ -384,7 +384,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     passes = (False, True) if cfg.contention else (False,)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .extras import require
+
+        tqdm = require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm
 
         bar = tqdm(total=len(jobs) * len(passes), desc="sao_kernels bench", unit="config")
     rows: list[dict] = []
