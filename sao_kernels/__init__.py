@@ -18,6 +18,7 @@ from . import (
     pruning,
     sizes,
 )
+from ._extension import NativeExtensionWarning
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
@@ -41,6 +42,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "DisconnectedTilesWarning",
     "GroupedBlockFormat",
+    "NativeExtensionWarning",
     "ConversionRow",
     "ConversionSummary",
     "ReinitializedWarning",
