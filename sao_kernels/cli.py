@@ -402,11 +402,9 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
     depth = cases.MLP_DEPTH if args.mlp_depth is None else args.mlp_depth
     bar = None
     if progress:
-        from sao_kernels.bench.extras import require
+        from sao_kernels.bench.extras import progress_bar
 
-        tqdm = require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm
-
-        bar = tqdm(
+        bar = progress_bar(
             total=cases.suite_progress_total(widths, tokens, dtypes, depth, cfg.contention),
             desc="sao_kernels bench small-width",
             unit="config",
@@ -449,11 +447,9 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     meta["size"] = dataclasses.asdict(size)
     bar = None
     if progress:
-        from sao_kernels.bench.extras import require
+        from sao_kernels.bench.extras import progress_bar
 
-        tqdm = require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm
-
-        bar = tqdm(total=len(models), desc="sao_kernels bench models", unit="model")
+        bar = progress_bar(total=len(models), desc="sao_kernels bench models", unit="model")
     try:
         rows, skipped = model_suite.model_suite(
             cfg.timing(),

@@ -38,6 +38,11 @@ def require(module: str, purpose: str) -> ModuleType:
         raise MissingExtraError(_message([module.split(".")[0]], purpose)) from err
 
 
+def progress_bar(**kwargs):
+    """A ``tqdm.auto`` progress bar; :class:`MissingExtraError` without tqdm."""
+    return require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm(**kwargs)
+
+
 def check(packages: Iterable[str], purpose: str) -> None:
     """:class:`MissingExtraError` naming every package of ``packages`` that cannot be imported."""
     missing = []

@@ -384,11 +384,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     passes = (False, True) if cfg.contention else (False,)
     bar = None
     if progress:
-        from .extras import require
+        from .extras import progress_bar
 
-        tqdm = require("tqdm.auto", "the progress bar (--no-progress: none)").tqdm
-
-        bar = tqdm(total=len(jobs) * len(passes), desc="sao_kernels bench", unit="config")
+        bar = progress_bar(total=len(jobs) * len(passes), desc="sao_kernels bench", unit="config")
     rows: list[dict] = []
     try:
         for contention in passes:

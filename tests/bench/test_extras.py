@@ -92,11 +92,14 @@ def test_the_main_job_names_the_extra_before_measuring(argv, missing, tmp_path):
 
 def test_require_names_the_purpose_and_the_extra(monkeypatch):
     assert extras.require("tqdm.auto", "the bar").tqdm is not None  # installed here ([test] pulls [bench])
+    extras.progress_bar(total=1, disable=True).close()
     for name in ("tqdm", "tqdm.auto"):
         monkeypatch.setitem(sys.modules, name, None)  # importing them now fails
     with pytest.raises(extras.MissingExtraError, match=r"the bar needs tqdm, not installed here: it is in") as e:
         extras.require("tqdm.auto", "the bar")
     assert extras.INSTALL in str(e.value) and isinstance(e.value, ImportError)
+    with pytest.raises(extras.MissingExtraError, match=r"the progress bar \(--no-progress: none\) needs tqdm"):
+        extras.progress_bar(total=1)
     with pytest.raises(extras.MissingExtraError, match=r"x needs tqdm, not installed here"):
         extras.check(["numpy", "tqdm"], "x")
     extras.check(["numpy"], "x")
