@@ -7,9 +7,11 @@ time and a C++ compiler is present, i.e. with
     pip install --no-build-isolation -e ".[test]"     (or: python setup.py build_ext --inplace)
 
 (pip's default build isolation hides the installed torch from this script).  Without torch,
-without a compiler, with ``SAO_KERNELS_NO_EXT=1``, or if the compilation fails, the package
-installs without it and the ops run their Python implementations (sao_kernels/_extension.py
-logs one line saying why).
+without a compiler, or if the compilation fails, the package still installs, without it: the
+ops run their Python implementations.  That is said loudly, not in passing: a warning block on
+stderr, copied to the terminal (/dev/tty) when there is one, because pip shows a build's own
+output only with -v or on failure; and ``import sao_kernels`` then warns
+(sao_kernels/_extension.py).  ``SAO_KERNELS_NO_EXT=1`` skips the build on purpose, quietly.
 """
 
 import os
@@ -36,8 +38,45 @@ EXT_NAME = "sao_kernels._C"
 EXT_SOURCES = ["csrc/python_module.cpp"]
 
 
+BUILD = 'pip install --no-build-isolation -e ".[test]"   (torch installed first)'
+
+
 def _note(msg: str) -> None:
     print(f"sao_kernels setup: {msg}", file=sys.stderr)
+
+
+# The commands that build (pip runs this script for metadata too: one block per install, not three).
+_BUILDING = bool({"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"} & set(sys.argv[1:]))
+_said: list[str] = []
+
+
+def _loud(reason: str) -> None:
+    """The warning block for an install without the native kernels: on stderr (pip -v, a failed
+    pip run, python setup.py) and on the terminal, where a plain pip install shows nothing else."""
+    if not _BUILDING or _said:  # a metadata step, or said already (the second library's failure)
+        _note(f"without the native CPU kernels: {reason}")
+        return
+    _said.append(reason)
+    rule = "!" * 88
+    block = "\n".join(
+        [
+            rule,
+            "WARNING: sao_kernels is being installed WITHOUT its native CPU kernels.",
+            f"  why: {reason}",
+            "  The ops will run their Python implementations (slower on CPU); import sao_kernels warns.",
+            f"  To build them: {BUILD}",
+            "  To go without them on purpose (and quietly): SAO_KERNELS_NO_EXT=1",
+            rule,
+        ]
+    )
+    print(block, file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        return
+    try:  # pip captures stderr: the terminal, when there is one, still sees the block
+        with open("/dev/tty", "w") as tty:
+            print("\n" + block, file=tty)  # (after pip's spinner)
+    except OSError:  # no controlling terminal (CI) or no /dev/tty (Windows)
+        pass
 
 
 def _find_cxx() -> str | None:
@@ -56,14 +95,22 @@ def _extension_kwargs() -> dict:
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
-        _note(
-            "torch is not importable here (pip build isolation?): installing without the native CPU kernels; "
-            "to build them: pip install --no-build-isolation -e ."
+        _loud(
+            "torch is not importable by this build: pip's build isolation hides the installed torch "
+            "(add --no-build-isolation), or torch is not installed yet"
         )
         return {}
     if _find_cxx() is None:
-        _note("no C++ compiler found: installing without the native CPU kernels")
+        _loud("no C++ compiler found (c++, g++, clang++ or $CXX)")
         return {}
+    import torch
+
+    if "pip-build-env" in torch.__file__:  # pip fetched a torch of its own into the isolated build
+        _loud(
+            f"this build sees torch {torch.__version__} from pip's isolated build environment "
+            f"({os.path.dirname(torch.__file__)}), not the torch you run with: the kernels built against "
+            "it may not load (add --no-build-isolation)"
+        )
 
     if sys.platform == "win32":
         cflags, lflags = ["/O2", "/openmp", "/std:c++17"], []
@@ -80,7 +127,7 @@ def _extension_kwargs() -> dict:
             try:
                 super().run()
             except Exception as err:  # noqa: BLE001 - any compiler / toolchain failure
-                _note(f"building {EXT_NAME} failed ({err}); installing without the native CPU kernels")
+                _loud(f"building {EXT_NAME} failed ({err})")
 
         def get_ext_filename(self, ext_name):
             # (called with the full name and with its last component)
@@ -98,7 +145,7 @@ def _extension_kwargs() -> dict:
             try:
                 super().build_extension(ext)
             except Exception as err:  # noqa: BLE001
-                _note(f"building {ext.name} failed ({err}); installing without the native CPU kernels")
+                _loud(f"building {ext.name} failed ({err})")
 
     if sys.platform == "win32":  # no rpath: one library, the Python module (C++ programs cannot load it)
         return {

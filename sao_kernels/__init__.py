@@ -18,6 +18,7 @@ from . import (
     pruning,
     sizes,
 )
+from ._extension import NativeExtensionWarning
 from .cli.layer_report import Report, report
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
@@ -40,6 +41,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "DisconnectedTilesWarning",
     "GroupedBlockFormat",
+    "NativeExtensionWarning",
     "ConversionRow",
     "ConversionSummary",
     "ReinitializedWarning",

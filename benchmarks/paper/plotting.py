@@ -66,8 +66,9 @@ def _panel(ax_loss, ax_acc, payload: dict, setting, methods, title: str) -> None
 
 
 def plots(out: pathlib.Path, payload: dict, plan: Plan) -> list[str]:
-    import matplotlib
+    from sao_kernels.bench.extras import require
 
+    matplotlib = require("matplotlib", "the paper's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

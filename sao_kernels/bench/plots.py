@@ -54,8 +54,9 @@ def plot_speedup(
     """Speed-up (y, log2) vs ``groups`` (x, log2), a line per (color_key, style_keys) value,
     a panel per ``panel_key`` value (listed first-key values in ``panel_order`` first, in that
     order); error bars = [speedup_lo, speedup_hi]."""
-    import matplotlib
+    from .extras import require
 
+    matplotlib = require("matplotlib", "the speed-up plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

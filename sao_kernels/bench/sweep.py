@@ -373,9 +373,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepResult:
     passes = (False, True) if cfg.contention else (False,)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .extras import progress_bar
 
-        bar = tqdm(total=len(jobs) * len(passes), desc="sao_kernels bench", unit="config")
+        bar = progress_bar(total=len(jobs) * len(passes), desc="sao_kernels bench", unit="config")
     rows: list[dict] = []
     try:
         for contention in passes:

@@ -318,6 +318,13 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
             err(f"--contention-core {core}: not a usable core here; usable: {cores}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from sao_kernels.bench import extras
+
+    try:  # the [bench] extra: speedup.png needs matplotlib, the progress bar tqdm; say so before measuring
+        extras.check(("matplotlib",) + (() if args.no_progress else ("tqdm",)), "this command")
+    except extras.MissingExtraError as e:
+        print(f"{prog} bench: {e}", file=sys.stderr)
+        return 1
     try:
         out = results.check_writable(args.out, "--out")
     except ValueError as e:
@@ -394,9 +401,9 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
     depth = cases.MLP_DEPTH if args.mlp_depth is None else args.mlp_depth
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from sao_kernels.bench.extras import progress_bar
 
-        bar = tqdm(
+        bar = progress_bar(
             total=cases.suite_progress_total(widths, tokens, dtypes, depth, cfg.contention),
             desc="sao_kernels bench small-width",
             unit="config",
@@ -439,9 +446,9 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     meta["size"] = dataclasses.asdict(size)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from sao_kernels.bench.extras import progress_bar
 
-        bar = tqdm(total=len(models), desc="sao_kernels bench models", unit="model")
+        bar = progress_bar(total=len(models), desc="sao_kernels bench models", unit="model")
     try:
         rows, skipped = model_suite.model_suite(
             cfg.timing(),

@@ -170,8 +170,9 @@ class Report:
     def plot(self, path: str | os.PathLike) -> None:
         """report.png: measured speed-up per layer (fwd and fwd+bwd, 95 % intervals, ideal G
         marked), labelled by module name; without latency, the FLOP reduction per layer."""
-        import matplotlib
+        from sao_kernels.bench.extras import require
 
+        matplotlib = require("matplotlib", "report.png")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.lines import Line2D

@@ -46,6 +46,13 @@ def run_report(args, argv: Sequence[str], prog: str) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         err("--device cuda: CUDA is not available (torch.cuda.is_available() is False)")
+    from sao_kernels.bench import extras
+
+    try:  # the [bench] extra: report.png needs matplotlib; say so before measuring
+        extras.check(("matplotlib",), "this command")
+    except extras.MissingExtraError as e:
+        print(f"{prog} report: {e}", file=sys.stderr)
+        return 1
     try:
         out = results.check_writable(args.out, "--out")
     except ValueError as e:

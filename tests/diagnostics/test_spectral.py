@@ -66,7 +66,7 @@ def test_stack_spectral_gap_mixes_with_depth():
     assert approx.sigma2[1:3] == pytest.approx(st.sigma2[1:3], rel=0.05)
 
 
-# ---------------------------------------------------------------------- spectral gap
+# ------------------------------------------- cost: closed form, one component at a time
 @pytest.fixture
 def no_dense_svd(monkeypatch):
     def refuse(*args, **kwargs):

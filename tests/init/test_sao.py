@@ -336,6 +336,7 @@ def test_eco_frequency_pairs():
             assert len(pairs) == (kh * kw + 1) // 2
 
 
+# ====================================================== tiles as wide as a group
 def test_tile_as_wide_as_the_group_side_warns_and_the_stack_never_mixes():
     """b = group side on both dimensions: layers are permutations of whole groups, so a stack of
     them splits into G chains (the paper reproduction measured the accuracy cost)."""
