@@ -42,8 +42,17 @@ HOW_TO_READ = (
     "call over the rounds, IQR = q3 - q1 of the per-round times. speed-up = dense median / SAO median; "
     "[lo-hi] is its 95% paired bootstrap interval (rounds resampled with replacement). ideal = G, the work "
     "ratio. Flags: noisy = an IQR or the interval's half-width above {limit:.0f}% of the median; "
-    "suspect = speed-up above the ideal (impossible from the work saved: check the baseline or the timing)."
+    "suspect = speed-up above the ideal (impossible from the work saved: check the baseline or the timing); "
+    "slow-median = a median above {slow:g}x its min (most rounds slowed by other processes or thread wake-up: "
+    "compare the ms_min columns, or re-run with --threads 1 on a quiet machine)."
 )
+
+
+def how_to_read(flag_spread: float) -> str:
+    """The paragraph under every results table (flags with this run's limits)."""
+    from .timing import MEDIAN_OVER_MIN
+
+    return HOW_TO_READ.format(limit=100 * flag_spread, slow=MEDIAN_OVER_MIN)
 
 
 # --------------------------------------------------------------------- atomic writes
@@ -234,7 +243,7 @@ def results_markdown(
     """Header (machine, load), how to read, the table with a flag column, flag reasons,
     and what was not measured."""
     flag_cell, flag_notes = flag_cells(rows)
-    lines = meta_header(meta, what) + [HOW_TO_READ.format(limit=100 * flag_spread), ""] + list(notes)
+    lines = meta_header(meta, what) + [how_to_read(flag_spread), ""] + list(notes)
     if notes:
         lines.append("")
     lines += markdown_table(rows, list(columns) + [("flag", flag_cell, False)])

@@ -205,6 +205,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seconds of timed calls per layer and mode before the spread is checked (default 0.1)",
     )
     r.add_argument("--flag-spread", type=fraction, default=0.10, help="flag rows whose spread exceeds this fraction")
+    r.add_argument(
+        "--threads",
+        type=threads,
+        help=f"torch.set_num_threads, in [1, {max_threads()}] (default: torch's; on a shared or 2-core machine "
+        "1 often times steadier)",
+    )
     r.add_argument("--no-latency", action="store_true", help="count FLOPs and parameters only")
     r.add_argument("--no-backward", action="store_true", help="forward only")
     r.add_argument("--out", default="sao_report", help="output folder (default: ./sao_report)")

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..bench.flop_count import flop_counter
-from ..bench.machine import machine_meta
+from ..bench.machine import machine_label, machine_meta, recording_load
 from ..bench.results import flag_cells, fmt_ms, fmt_speedup, json_file, meta_header, text_file, to_csv, write_outputs
 from ..bench.steps import forward_step, module_steps
-from ..bench.timing import TimingSettings, compare, interleave
+from ..bench.timing import MEDIAN_OVER_MIN, TimingSettings, compare, interleave
 from ..bench.twins import densify
 from ..layers import SAOConv2d, SAOLinear
 
@@ -135,8 +135,9 @@ class Report:
                 "Each layer was timed interleaved with its dense twin (same weights, nn.Linear / nn.Conv2d): "
                 "ms = median (IQR) per call; speed-up = dense median / SAO median with its 95% paired "
                 "bootstrap interval; ideal = G. Flags: noisy = spread above "
-                f"{100 * m.get('flag_spread', 0.1):.0f}% of the median; suspect = above the ideal. The "
-                "total row sums the medians (no interval).",
+                f"{100 * m.get('flag_spread', 0.1):.0f}% of the median; suspect = above the ideal; "
+                f"slow-median = a median above {MEDIAN_OVER_MIN:g}x its min (most rounds slowed by other "
+                "processes or thread wake-up; try --threads 1). The total row sums the medians (no interval).",
             ]
         lines += [
             "",
@@ -369,6 +370,19 @@ def report(
         timing = TimingSettings(
             min_run_time=0.1, max_run_time=max(0.5, 0.02 * repeats), min_rounds=repeats, max_rounds=max(1000, repeats)
         )
+    device = inputs[0].device if inputs else torch.device("cpu")
+    meta = machine_meta(device)  # threads, machine label and the load around the measuring: every report has them
+    meta["machine"] = machine_label(meta)
+    with recording_load(meta):
+        rows, totals, backward, forward_only = _measure(model, inputs, measure_latency, backward, timing)
+    meta.update(model=name or type(model).__name__, flag_spread=timing.flag_rel_spread, backward=backward)
+    if forward_only:
+        meta["forward_only"] = forward_only
+    return Report(rows=rows, totals=totals, meta=meta)
+
+
+def _measure(model, inputs, measure_latency: bool, backward: bool, timing: TimingSettings):
+    """(rows, totals, backward, forward_only reason) of :func:`report`."""
     dense = densify(model)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
     dense_layers = dict(dense.named_modules())
@@ -437,10 +451,4 @@ def report(
             totals[f"speedup_{mode}"] = totals[f"ms_{mode}_dense"] / totals[f"ms_{mode}"]
     totals["model_flops_fwd"] = fwd.get("", 0)
     totals["model_flops_fwd_dense"] = fwd_dense.get("", 0)
-    device = inputs[0].device if inputs else torch.device("cpu")
-    meta = dict(
-        machine_meta(device), model=name or type(model).__name__, flag_spread=timing.flag_rel_spread, backward=backward
-    )
-    if forward_only:
-        meta["forward_only"] = forward_only
-    return Report(rows=rows, totals=totals, meta=meta)
+    return rows, totals, backward, forward_only
