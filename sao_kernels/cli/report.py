@@ -106,7 +106,7 @@ def run_report(args, argv: Sequence[str], prog: str) -> int:
         )
         return 1
     rep.meta["command"] = " ".join([prog, *argv])  # (the load, threads and machine label: report() records them)
-    paths = rep.save(out)
+    paths = rep.save(out, keep_previous=True)  # a re-run into the same --out keeps the earlier report
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
