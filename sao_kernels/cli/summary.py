@@ -157,8 +157,13 @@ def bench_output(data: dict, paths: Mapping[str, pathlib.Path], verbosity: int) 
         "",
         f"* = flagged: {flag_counts(rows)}; the reasons, the medians with their IQR, the intervals and what "
         f"was not measured are in {paths['md'].name} (-v prints it).",
-        wrote_line(paths),
     ]
+    if any("slow-median" in (r.get("flag") or "") for r in rows):
+        lines.append(
+            "slow-median rows: most rounds were slowed by other processes or thread wake-up; compare ms_min in "
+            "results.csv, or re-run with --threads 1 on a quiet machine."
+        )
+    lines.append(wrote_line(paths))
     return lines
 
 
