@@ -92,6 +92,16 @@ def run_names(out_dir: str | os.PathLike, names: Iterable[str]) -> dict[str, str
     return {name: numbered(name, n) for name in names}
 
 
+def fresh_folder(path: str | os.PathLike) -> pathlib.Path:
+    """``path`` when it does not exist or is empty, else ``path-2``, ``path-3``, ... (the first
+    free one): a run's own folder, never one holding an earlier run's files."""
+    path = pathlib.Path(path)
+    n, candidate = 2, path
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return candidate
+
+
 def write_outputs(
     out_dir: str | os.PathLike,
     producers: Mapping[str, Callable[[pathlib.Path], None]],

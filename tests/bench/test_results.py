@@ -131,3 +131,18 @@ def test_keep_previous_numbers_the_new_set_and_never_replaces_an_old_file(tmp_pa
     # an empty folder: the plain names, as before
     fresh = tmp_path / "fresh"
     assert write_outputs(fresh, producers, keep_previous=True)["results.json"] == fresh / "results.json"
+
+
+def test_fresh_folder_never_reuses_a_folder_with_files(tmp_path):
+    """bench --suite tiers writes into tiers_<machine>_<date>: a second run that day gets -2."""
+    from sao_kernels.bench.results import fresh_folder
+
+    first = tmp_path / "tiers_box_2026-12-06"
+    assert fresh_folder(first) == first  # does not exist yet
+    first.mkdir()
+    assert fresh_folder(first) == first  # empty: nothing to keep
+    (first / "avx2.json").write_text("run 1")
+    assert fresh_folder(first) == tmp_path / "tiers_box_2026-12-06-2"
+    (tmp_path / "tiers_box_2026-12-06-2").mkdir()
+    (tmp_path / "tiers_box_2026-12-06-2" / "avx2.json").write_text("run 2")
+    assert fresh_folder(first) == tmp_path / "tiers_box_2026-12-06-3"
