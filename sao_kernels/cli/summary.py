@@ -118,7 +118,10 @@ def skipped_line(skipped: Sequence[dict], where: str) -> str | None:
     """One line: how many combinations were left out or failed, and why (reasons shortened)."""
     if not skipped:
         return None
-    reasons = collections.Counter(s["reason"].split(" (")[0] for s in skipped)
+    reasons = collections.Counter(
+        "G and block_size that do not fit the width" if s.get("backend") == "*" else s["reason"].split(" (")[0]
+        for s in skipped
+    )
     static = sum(1 for s in skipped if s.get("static"))
     what = (
         "can never run here and were left out before timing"

@@ -137,3 +137,17 @@ def test_compare_usage_errors_before_measuring(extra, message, tmp_path, capsys,
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", *extra])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_skipped_line_is_one_line_with_counts_and_short_reasons():
+    from sao_kernels.cli.summary import skipped_line
+
+    cfg = sweep.SweepConfig(
+        features=(30,), groups=(1, 4, 8), ops=("linear_fwd", "linear_grad_input"), backends=("torch", "bsr")
+    )
+    _, skipped = sweep.plan(cfg)
+    skipped.append(dict(what="x", reason="torch failed at warm-up (RuntimeError: boom)", backend="torch"))
+    line = skipped_line(skipped, "results.md")
+    assert "\n" not in line and line.startswith("note: 6 combinations were not measured (5 left out before timing")
+    assert "4 x G and block_size that do not fit the width" in line and "1 x bsr is forward-only" in line
+    assert "1 x torch failed at warm-up" in line and skipped_line([], "results.md") is None
