@@ -285,6 +285,7 @@ def write_case_results(
     skipped: Sequence[dict] = (),
     extra_columns: Sequence = (),
     fields: Sequence[str] = CASE_FIELDS,
+    keep_previous: bool = False,
 ) -> dict:
     """``{stem}.{json,csv,md}`` (the chosen formats) and optionally a speed-up plot, atomically."""
     from .plots import plot_speedup
@@ -329,4 +330,5 @@ def write_case_results(
         skipped=skipped,
         plot=plot,
         owned_plot=plot_name,
+        keep_previous=keep_previous,
     )

@@ -362,6 +362,7 @@ def write_model_results(
     skipped: Sequence[dict] = (),
     stem: str = "results",
     plot_name: str | None = "speedup.png",
+    keep_previous: bool = False,
 ) -> dict:
     """``{stem}.{json,csv,md}`` and the speed-up plot (a panel per mode, a line per model)."""
     from .plots import plot_speedup
@@ -403,4 +404,5 @@ def write_model_results(
         skipped=skipped,
         plot=plot,
         owned_plot=plot_name,
+        keep_previous=keep_previous,
     )

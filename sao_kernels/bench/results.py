@@ -32,8 +32,17 @@ HOW_TO_READ = (
     "call over the rounds, IQR = q3 - q1 of the per-round times. speed-up = dense median / SAO median; "
     "[lo-hi] is its 95% paired bootstrap interval (rounds resampled with replacement). ideal = G, the work "
     "ratio. Flags: noisy = an IQR or the interval's half-width above {limit:.0f}% of the median; "
-    "suspect = speed-up above the ideal (impossible from the work saved: check the baseline or the timing)."
+    "suspect = speed-up above the ideal (impossible from the work saved: check the baseline or the timing); "
+    "slow-median = a median above {slow:g}x its min (most rounds slowed by other processes or thread wake-up: "
+    "compare the ms_min columns, or re-run with --threads 1 on a quiet machine)."
 )
+
+
+def how_to_read(flag_spread: float) -> str:
+    """The paragraph under every results table (flags with this run's limits)."""
+    from .timing import MEDIAN_OVER_MIN
+
+    return HOW_TO_READ.format(limit=100 * flag_spread, slow=MEDIAN_OVER_MIN)
 
 
 # --------------------------------------------------------------------- atomic writes
@@ -54,10 +63,41 @@ def check_writable(out_dir: str | os.PathLike, what: str = "out") -> pathlib.Pat
     return out
 
 
+def run_names(out_dir: str | os.PathLike, names: Iterable[str]) -> dict[str, str]:
+    """{name: the name this run writes} so that no file of an earlier run in ``out_dir`` is
+    replaced: the names themselves when none of them exists there, else each with the
+    smallest suffix ``-N`` (N >= 2) free for the whole set (``results-2.json``,
+    ``speedup-2.png``), so the files of one run keep one number."""
+    out, names = pathlib.Path(out_dir), list(names)
+
+    def numbered(name: str, n: int) -> str:
+        stem, dot, ext = name.partition(".")
+        return f"{stem}-{n}{dot}{ext}"
+
+    if not any((out / name).exists() for name in names):
+        return {name: name for name in names}
+    n = 2
+    while any((out / numbered(name, n)).exists() for name in names):
+        n += 1
+    return {name: numbered(name, n) for name in names}
+
+
+def fresh_folder(path: str | os.PathLike) -> pathlib.Path:
+    """``path`` when it does not exist or is empty, else ``path-2``, ``path-3``, ... (the first
+    free one): a run's own folder, never one holding an earlier run's files."""
+    path = pathlib.Path(path)
+    n, candidate = 2, path
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return candidate
+
+
 def write_outputs(
     out_dir: str | os.PathLike,
     producers: Mapping[str, Callable[[pathlib.Path], None]],
     owned: Iterable[str] = (),
+    *,
+    keep_previous: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Write a set of files atomically; returns {file name: path}.
 
@@ -66,16 +106,25 @@ def write_outputs(
             temporary file with the same suffix, in ``out_dir``).
         owned: further names of this set; any of them not produced now is deleted, so a
             previous run's file never sits next to this run's (e.g. a stale speedup.png).
+        keep_previous: never replace an earlier run's files: when any name of the set
+            (produced or owned) exists, write the set under the numbered names of
+            :func:`run_names` instead (the returned paths say where); nothing is deleted.
 
     If any producer raises, every temporary file is removed, the old files are left as
     they were, and the exception propagates.
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if keep_previous:
+        actual = run_names(out, [*producers, *(set(owned) - set(producers))])
+        if any(actual[name] != name for name in actual):
+            owned = ()  # a new numbered set: nothing of it exists, nothing to delete
+    else:
+        actual = {name: name for name in producers}
     temps: dict[str, pathlib.Path] = {}
     try:
         for name, produce in producers.items():
-            target = out / name
+            target = out / actual[name]
             fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{target.stem}.", suffix=target.suffix)
             os.close(fd)
             temps[name] = pathlib.Path(tmp)
@@ -87,8 +136,8 @@ def write_outputs(
     paths = {}
     for name, tmp in temps.items():
         os.chmod(tmp, 0o644)
-        os.replace(tmp, out / name)
-        paths[name] = out / name
+        os.replace(tmp, out / actual[name])
+        paths[name] = out / actual[name]
     for name in set(owned) - set(producers):
         (out / name).unlink(missing_ok=True)
     return paths
@@ -193,16 +242,19 @@ def meta_header(meta: dict, what: str) -> list[str]:
 
 
 def skipped_lines(skipped: Sequence[dict]) -> list[str]:
-    """'Not measured' section: each distinct reason once, with what it applied to."""
-    if not skipped:
-        return []
-    by_reason: dict[str, list[str]] = collections.defaultdict(list)
-    for s in skipped:
-        by_reason[s["reason"]].append(s["what"])
-    lines = ["", "Not measured:", ""]
-    for reason, whats in by_reason.items():
-        shown = "; ".join(whats[:4]) + (f"; and {len(whats) - 4} more" if len(whats) > 4 else "")
-        lines.append(f"- {reason} ({len(whats)}: {shown})")
+    """'Left out before timing' (``static`` entries) and 'Not measured' sections: each
+    distinct reason once, with what it applied to."""
+    lines = []
+    for static, title in ((True, "Left out before timing (these can never run here):"), (False, "Not measured:")):
+        by_reason: dict[str, list[str]] = collections.defaultdict(list)
+        for s in skipped:
+            if bool(s.get("static")) == static:
+                by_reason[s["reason"]].append(s["what"])
+        if by_reason:
+            lines += ["", title, ""]
+        for reason, whats in by_reason.items():
+            shown = "; ".join(whats[:4]) + (f"; and {len(whats) - 4} more" if len(whats) > 4 else "")
+            lines.append(f"- {reason} ({len(whats)}: {shown})")
     return lines
 
 
@@ -224,7 +276,7 @@ def results_markdown(
     """Header (machine, load), how to read, the table with a flag column, flag reasons,
     and what was not measured."""
     flag_cell, flag_notes = flag_cells(rows)
-    lines = meta_header(meta, what) + [HOW_TO_READ.format(limit=100 * flag_spread), ""] + list(notes)
+    lines = meta_header(meta, what) + [how_to_read(flag_spread), ""] + list(notes)
     if notes:
         lines.append("")
     lines += markdown_table(rows, list(columns) + [("flag", flag_cell, False)])
@@ -246,10 +298,12 @@ def write_results(
     formats: Sequence[str] = ("json", "csv", "md"),
     plot: tuple[str, Callable[[pathlib.Path], None]] | None = None,
     owned_plot: str | None = None,
+    keep_previous: bool = False,
 ) -> dict[str, pathlib.Path]:
     """Write ``{stem}.json`` ({"meta", "results", "skipped"}), ``.csv``, ``.md`` and the plot
     (file name, producer) atomically into ``out_dir``; returns {suffix: path}.  A plot file
-    of this set (``owned_plot``) that is not produced this time is deleted."""
+    of this set (``owned_plot``) that is not produced this time is deleted; with
+    ``keep_previous`` an earlier run's set is kept and this one numbered (:func:`write_outputs`)."""
     producers: dict[str, Callable[[pathlib.Path], None]] = {}
     if "json" in formats:
         producers[f"{stem}.json"] = json_file({"meta": meta, "results": list(rows), "skipped": list(skipped)})
@@ -260,5 +314,5 @@ def write_results(
     if plot is not None:
         producers[plot[0]] = plot[1]
     owned = [f"{stem}.{s}" for s in ("json", "csv", "md")] + ([owned_plot] if owned_plot else [])
-    written = write_outputs(out_dir, producers, owned)
+    written = write_outputs(out_dir, producers, owned, keep_previous=keep_previous)
     return {name.rsplit(".", 1)[1]: path for name, path in written.items()}

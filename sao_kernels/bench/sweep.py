@@ -196,8 +196,9 @@ class Job:
 
 
 def plan(cfg: SweepConfig) -> tuple[list[tuple[Job, list[tuple[int, int, str]]]], list[dict]]:
-    """The jobs with their (G, block_size, backend) candidates, and what is skipped before
-    running anything (group counts that do not divide a width, backends that cannot run an op)."""
+    """The jobs with their (G, block_size, backend) candidates, and what is left out before
+    running anything (``static``: group counts that do not divide a width, backends that can
+    never run an op on this device): those are never scheduled."""
     from ..sizes import resolve_sizes
 
     jobs, skipped = [], []
@@ -215,12 +216,13 @@ def plan(cfg: SweepConfig) -> tuple[list[tuple[Job, list[tuple[int, int, str]]]]
                         try:
                             resolve_sizes(f, f, groups=G, block_size=b)
                         except ValueError as err:
-                            skipped.append(_skip(job, G, b, "*", f"G={G}, block_size={b} on width {f}: {err}"))
+                            why = f"G={G}, block_size={b} on width {f}: {err}"
+                            skipped.append(_skip(job, G, b, "*", why, static=True))
                             continue
                         for backend in cfg.backends:
                             reason = static_skip_reason(op, backend, cfg.device)
-                            if reason:
-                                skipped.append(_skip(job, G, b, backend, reason))
+                            if reason:  # never scheduled: listed once, as left out
+                                skipped.append(_skip(job, G, b, backend, reason, static=True))
                             else:
                                 cands.append((G, b, backend))
                 if cands:
@@ -228,7 +230,9 @@ def plan(cfg: SweepConfig) -> tuple[list[tuple[Job, list[tuple[int, int, str]]]]
     return jobs, skipped
 
 
-def _skip(job: Job, G: int, b: int, backend: str, reason: str) -> dict:
+def _skip(job: Job, G: int, b: int, backend: str, reason: str, static: bool = False) -> dict:
+    """A skipped combination; ``static``: known before timing (never scheduled), else it
+    failed its warm-up call."""
     return dict(
         what=f"{job.label()} G={G} b={b} {backend}",
         reason=reason,
@@ -239,6 +243,7 @@ def _skip(job: Job, G: int, b: int, backend: str, reason: str) -> dict:
         groups=G,
         block_size=b,
         backend=backend,
+        static=static,
     )
 
 
@@ -448,8 +453,11 @@ def sweep_markdown(result: SweepResult, meta: dict, flag_spread: float = 0.10) -
     )
 
 
-def write_sweep_results(result: SweepResult, meta: dict, out_dir, *, flag_spread: float = 0.10) -> dict:
-    """results.{json,csv,md} and speedup.png, written atomically into ``out_dir``."""
+def write_sweep_results(
+    result: SweepResult, meta: dict, out_dir, *, flag_spread: float = 0.10, keep_previous: bool = False
+) -> dict:
+    """results.{json,csv,md} and speedup.png, written atomically into ``out_dir`` (numbered
+    beside an earlier run's with ``keep_previous``: ``results.write_outputs``)."""
     from .plots import plot_speedup
     from .results import write_results
 
@@ -465,4 +473,5 @@ def write_sweep_results(result: SweepResult, meta: dict, out_dir, *, flag_spread
         skipped=result.skipped,
         plot=plot,
         owned_plot="speedup.png",
+        keep_previous=keep_previous,
     )

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .results import TIMING_FIELDS, fmt_ms, fmt_speedup, results_markdown, write_results
+from .results import TIMING_FIELDS, fmt_ms, fmt_speedup, fresh_folder, results_markdown, write_results
 from .steps import fwd_bwd_step
 from .timing import Stats, TimingSettings, compare, interleave
 
@@ -344,7 +344,9 @@ def bench_tiers(args, argv: Sequence[str], prog: str) -> int:
     meta["machine"] = args.machine or machine_label(meta)
     meta["command"] = " ".join([prog, *argv])
     meta["suite"] = "tiers"
-    folder = args.tiers_out or str(pathlib.Path(args.out) / f"tiers_{meta['machine']}_{meta['date'][:10]}")
+    # (a re-run the same day gets its own folder, ..._<date>-2: an earlier run's files are kept)
+    default = pathlib.Path(args.out) / f"tiers_{meta['machine']}_{meta['date'][:10]}"
+    folder = args.tiers_out or str(fresh_folder(default))
     try:
         out = check_writable(folder, "--out")
     except ValueError as e:

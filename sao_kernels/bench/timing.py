@@ -18,8 +18,12 @@ confidence interval: rounds are resampled with replacement (the baseline and can
 samples of one round stay together, since they were taken moments apart) and the ratio of
 medians is recomputed; the 2.5 / 97.5 percentiles are the interval.  :func:`row_flags`
 marks a row ``noisy`` when either side's IQR or the interval's half-width exceeds
-``flag_rel_spread`` of the median, and ``suspect`` when the speed-up exceeds the ideal
-(G, the work ratio; 1 at G = 1, where no work is saved).
+``flag_rel_spread`` of the median, ``suspect`` when the speed-up exceeds the ideal
+(G, the work ratio; 1 at G = 1, where no work is saved), and ``slow-median`` when either
+side's median is more than ``MEDIAN_OVER_MIN`` x its fastest round: most rounds were slowed
+by something outside the op (on a shared or 2-core machine, typically other processes or the
+thread pool waking up: medians stuck at multiples of a few ms), while the min is closer to
+the undisturbed time.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ import torch
 MAX_CALLS_PER_ROUND = 1_000_000
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
+# A median this far above the fastest round means most rounds were disturbed (issue 24: on a
+# busy 2-core machine, medians sat at multiples of ~8 ms, the thread pool's wake-up).
+MEDIAN_OVER_MIN = 1.5
 
 
 # ------------------------------------------------------------------------- settings
@@ -187,13 +194,15 @@ def row_flags(
     *,
     names: tuple[str, str] = ("SAO", "dense"),
 ) -> tuple[str, str]:
-    """(flag, reason): flag is "" (trusted), "noisy", "suspect" or "noisy,suspect".
+    """(flag, reason): flag is "" (trusted) or the comma-joined codes of "noisy", "suspect"
+    and "slow-median".
 
     noisy: either side's IQR / median, or the speed-up interval's half-width / speed-up,
     exceeds ``flag_rel_spread``.  suspect: the speed-up exceeds ``ideal`` (G: no sparse
     product saves more than G x the work; at G = 1 it saves none); the reason says whether
     the whole interval lies above the ideal (then the baseline or the timing is wrong) or
-    not (then it is likely noise).
+    not (then it is likely noise).  slow-median: either side's median exceeds
+    ``MEDIAN_OVER_MIN`` x its min (most rounds were slowed by something outside the op).
     """
     codes, reasons = [], []
     noisy = [
@@ -214,6 +223,17 @@ def row_flags(
         else:
             tail = f"the interval {sp.lo:.2f}-{sp.hi:.2f}x includes it: likely noise"
         reasons.append(f"suspect: speed-up {sp.value:.2f}x > ideal {ideal:g}x ({why}); {tail}")
+    slow = [
+        f"{name} median {s.median_ms / s.min_ms:.1f}x its min"
+        for name, s in zip(names, (candidate, baseline))
+        if s.min_ms > 0 and s.median_ms > MEDIAN_OVER_MIN * s.min_ms
+    ]
+    if slow:
+        codes.append("slow-median")
+        reasons.append(
+            f"slow-median: {', '.join(slow)} (limit {MEDIAN_OVER_MIN:g}x): most rounds were slowed by something "
+            "outside the op (other processes, thread wake-up); the min is closer to the undisturbed time"
+        )
     return ",".join(codes), "; ".join(reasons)
 
 

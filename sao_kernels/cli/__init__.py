@@ -3,7 +3,9 @@
 
 Exit status: 0 when results were written, 1 when nothing could be measured (what was
 skipped and why goes to stderr), 2 for a usage error (any bad flag value, an --out that
-cannot be written, a --model that does not load), always before any measuring.
+cannot be written, a --model that does not load, a --compare file that is not a results.json),
+always before any measuring, 3 when ``bench --compare OLD.json --fail-threshold t`` found a
+regression (the results are written all the same).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .arguments import (
     seconds,
     threads,
 )
+from .summary import add_output_arguments, check_output_arguments
 
 SUITES = ("sweep", "small-width", "models", "tiers")
 
@@ -170,8 +173,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS set for it (tiers suite: only this tier)",
     )
     b.add_argument("--tiers-out", help=argparse.SUPPRESS)  # tiers: the exact folder (set by the parent run)
-    b.add_argument("--out", default="sao_bench", help="output folder (default: ./sao_bench)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(b)  # --out, -q / -v, --compare, --fail-threshold
 
     r = sub.add_parser(
         "report",
@@ -207,6 +210,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seconds of timed calls per layer and mode before the spread is checked (default 0.1)",
     )
     r.add_argument("--flag-spread", type=fraction, default=0.10, help="flag rows whose spread exceeds this fraction")
+    r.add_argument(
+        "--threads",
+        type=threads,
+        help=f"torch.set_num_threads, in [1, {max_threads()}] (default: torch's; on a shared or 2-core machine "
+        "1 often times steadier)",
+    )
     r.add_argument("--no-latency", action="store_true", help="count FLOPs and parameters only")
     r.add_argument("--no-backward", action="store_true", help="forward only")
     r.add_argument("--out", default="sao_report", help="output folder (default: ./sao_report)")
@@ -291,6 +300,7 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
             err(f"{flag} does not apply to --suite {args.suite}: {flag} applies to --suite {' / '.join(suites)} only")
     if args.suite == "tiers" and args.contention:
         err("--contention does not apply to --suite tiers")
+    check_output_arguments(args, err)
     if args.cpu_tier:
         from ..bench import tiers
 
@@ -374,9 +384,16 @@ def _bench(args, argv: Sequence[str], prog: str) -> int:
         _print_skipped(e.skipped)
         print(f"{prog} bench: nothing was written to {out}", file=sys.stderr)
         return 1
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    from .summary import finish_bench
+
+    return finish_bench(args, paths)
+
+
+def _note_skipped(skipped: list[dict]) -> None:
+    from .summary import skipped_line
+
+    if skipped:
+        print(skipped_line(skipped, "results.md"), file=sys.stderr)
 
 
 def _run_sweep(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
@@ -385,10 +402,8 @@ def _run_sweep(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
         result = sweep.run_sweep(cfg, progress=progress)
-    if result.skipped:
-        print(f"note: {len(result.skipped)} combinations were not measured (reasons in results.md):", file=sys.stderr)
-        _print_skipped(result.skipped)
-    return lambda: sweep.write_sweep_results(result, meta, out, flag_spread=cfg.flag_spread)
+    _note_skipped(result.skipped)
+    return lambda: sweep.write_sweep_results(result, meta, out, flag_spread=cfg.flag_spread, keep_previous=True)
 
 
 def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict]:
@@ -424,8 +439,7 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
     finally:
         if bar is not None:
             bar.close()
-    if skipped:
-        _print_skipped(skipped)
+    _note_skipped(skipped)
     return lambda: cases.write_case_results(
         rows,
         meta,
@@ -435,6 +449,7 @@ def _run_small_width(cfg, args, meta: dict, out, progress: bool) -> Callable[[],
         settings=cfg.timing(),
         plot_name="speedup.png",
         skipped=skipped,
+        keep_previous=True,
     )
 
 
@@ -461,13 +476,14 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     finally:
         if bar is not None:
             bar.close()
-    if skipped:
-        _print_skipped(skipped)
+    _note_skipped(skipped)
     if not rows:
         from ..bench.sweep import NothingMeasured
 
         raise NothingMeasured(skipped)
-    return lambda: model_suite.write_model_results(rows, meta, out, settings=cfg.timing(), skipped=skipped)
+    return lambda: model_suite.write_model_results(
+        rows, meta, out, settings=cfg.timing(), skipped=skipped, keep_previous=True
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..bench.flop_count import flop_counter
-from ..bench.machine import machine_meta
+from ..bench.machine import machine_label, machine_meta, recording_load
 from ..bench.results import (
     FLAG_FIELDS,
     flag_cells,
@@ -34,7 +34,7 @@ from ..bench.results import (
     write_outputs,
 )
 from ..bench.steps import forward_step, module_steps
-from ..bench.timing import TimingSettings, compare, comparison_columns, interleave
+from ..bench.timing import MEDIAN_OVER_MIN, TimingSettings, compare, comparison_columns, interleave
 from ..bench.twins import densify
 from ..layers import SAOConv2d, SAOLinear
 
@@ -129,8 +129,9 @@ class Report:
                 "Each layer was timed interleaved with its dense twin (same weights, nn.Linear / nn.Conv2d): "
                 "ms = median (IQR) per call; speed-up = dense median / SAO median with its 95% paired "
                 "bootstrap interval; ideal = G. Flags: noisy = spread above "
-                f"{100 * m.get('flag_spread', 0.1):.0f}% of the median; suspect = above the ideal. The "
-                "total row sums the medians (no interval).",
+                f"{100 * m.get('flag_spread', 0.1):.0f}% of the median; suspect = above the ideal; "
+                f"slow-median = a median above {MEDIAN_OVER_MIN:g}x its min (most rounds slowed by other "
+                "processes or thread wake-up; try --threads 1). The total row sums the medians (no interval).",
             ]
         lines += [
             "",
@@ -168,76 +169,17 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | os.PathLike) -> None:
-        """report.png: measured speed-up per layer (fwd and fwd+bwd, 95 % intervals, ideal G
-        marked), labelled by module name; without latency, the FLOP reduction per layer."""
-        from sao_kernels.bench.extras import require
+        """report.png: the converted layers' and the whole model's speed-ups (log axis, 95 %
+        intervals, ideal G) and the whole model's time, dense vs SAO (``bench.plots.plot_report``);
+        without latency, the same with FLOPs."""
+        from ..bench.plots import plot_report
 
-        matplotlib = require("matplotlib", "report.png")
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import Patch
+        plot_report(self.rows, self.totals, self.meta, path)
 
-        names = [r["name"] for r in self.rows]
-        xs = range(len(names))
-        timed = any(r.get("speedup_fwd") is not None for r in self.rows)
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 3) + 3.5, 4.2))
-        w = 0.38
-        handles = []
-        modes = (("fwd", "forward", "C0"), ("fwd_bwd", "forward + backward", "C1"))
-        if not self.meta.get("backward", True):  # forward only: no fwd+bwd bars (nothing was measured)
-            modes = modes[:1]
-        for i, (mode, label, color) in enumerate(modes):
-            if timed:
-                vals = [r.get(f"speedup_{mode}") for r in self.rows]
-                if all(v is None for v in vals):
-                    continue
-                lo = [v - r[f"speedup_{mode}_lo"] if v is not None else 0 for v, r in zip(vals, self.rows)]
-                hi = [r[f"speedup_{mode}_hi"] - v if v is not None else 0 for v, r in zip(vals, self.rows)]
-                bars = ax.bar(
-                    [x + (i - 0.5) * w for x in xs],
-                    [v or 0 for v in vals],
-                    w,
-                    color=color,
-                    yerr=[lo, hi],
-                    capsize=2,
-                    ecolor="k",
-                )
-                for bar, r in zip(bars, self.rows):
-                    if r.get("flag"):
-                        bar.set_hatch("//")
-                handles.append(Patch(color=color, label=f"{label} (measured, 95% CI)"))
-            else:
-                vals = [r[f"flops_{mode}_dense"] / r[f"flops_{mode}"] if r[f"flops_{mode}"] else 0 for r in self.rows]
-                ax.bar([x + (i - 0.5) * w for x in xs], vals, w, color=color)
-                handles.append(Patch(color=color, label=f"{label} FLOP reduction (dense / SAO)"))
-        if timed:
-            ax.plot(list(xs), [r["groups"] for r in self.rows], ls="none", marker="_", ms=22, mew=2, color="k")
-            handles += [
-                Line2D([], [], ls="none", marker="_", ms=14, mew=2, color="k", label="ideal = G"),
-                Patch(facecolor="white", edgecolor="k", hatch="//", label="flagged (see report.md)"),
-            ]
-            ax.set_ylabel("speed-up over the dense twin")
-            ax.set_title("measured speed-up per layer (dense median / SAO median)", fontsize=10)
-        else:
-            ax.set_ylabel("dense FLOPs / SAO FLOPs")
-            ax.set_title("FLOP reduction per layer (latency not measured)", fontsize=10)
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        ax.set_xlabel("layer (module name)")
-        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.suptitle(
-            f"{self.meta['model']} on {self.meta.get('gpu') or self.meta.get('cpu')} ({self.meta['date'][:10]})",
-            fontsize=9,
-        )
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, format="png", bbox_inches="tight")
-        plt.close(fig)
-
-    def save(self, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+    def save(self, out_dir: str | os.PathLike, *, keep_previous: bool = False) -> dict[str, pathlib.Path]:
         """Write report.json, report.csv, report.md and report.png into ``out_dir``, atomically
-        (temporary files renamed over the old ones; nothing is replaced if one fails)."""
+        (temporary files renamed over the old ones; nothing is replaced if one fails); with
+        ``keep_previous`` an earlier report there is kept and this one numbered (report-2.*)."""
         written = write_outputs(
             out_dir,
             {
@@ -247,6 +189,7 @@ class Report:
                 "report.png": self.plot,
             },
             owned=REPORT_FILES,
+            keep_previous=keep_previous,
         )
         return {name.rsplit(".", 1)[1]: path for name, path in written.items()}
 
@@ -364,6 +307,19 @@ def report(
         timing = TimingSettings(
             min_run_time=0.1, max_run_time=max(0.5, 0.02 * repeats), min_rounds=repeats, max_rounds=max(1000, repeats)
         )
+    device = inputs[0].device if inputs else torch.device("cpu")
+    meta = machine_meta(device)  # threads, machine label and the load around the measuring: every report has them
+    meta["machine"] = machine_label(meta)
+    with recording_load(meta):
+        rows, totals, backward, forward_only = _measure(model, inputs, measure_latency, backward, timing)
+    meta.update(model=name or type(model).__name__, flag_spread=timing.flag_rel_spread, backward=backward)
+    if forward_only:
+        meta["forward_only"] = forward_only
+    return Report(rows=rows, totals=totals, meta=meta)
+
+
+def _measure(model, inputs, measure_latency: bool, backward: bool, timing: TimingSettings):
+    """(rows, totals, backward, forward_only reason) of :func:`report`."""
     dense = densify(model)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
     dense_layers = dict(dense.named_modules())
@@ -432,10 +388,4 @@ def report(
             totals[f"speedup_{mode}"] = totals[f"ms_{mode}_dense"] / totals[f"ms_{mode}"]
     totals["model_flops_fwd"] = fwd.get("", 0)
     totals["model_flops_fwd_dense"] = fwd_dense.get("", 0)
-    device = inputs[0].device if inputs else torch.device("cpu")
-    meta = dict(
-        machine_meta(device), model=name or type(model).__name__, flag_spread=timing.flag_rel_spread, backward=backward
-    )
-    if forward_only:
-        meta["forward_only"] = forward_only
-    return Report(rows=rows, totals=totals, meta=meta)
+    return rows, totals, backward, forward_only

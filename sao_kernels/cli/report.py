@@ -36,7 +36,7 @@ def _reported_types() -> tuple[type, ...]:
 
 def run_report(args, argv: Sequence[str], prog: str) -> int:
     """``python -m sao_kernels report``: returns the exit status."""
-    from ..bench import machine, results
+    from ..bench import results
     from ..bench.timing import TimingSettings
     from ..conversion import ReinitializedWarning, conversion_summary, convert
     from .demo_models import load_model
@@ -64,6 +64,8 @@ def run_report(args, argv: Sequence[str], prog: str) -> int:
     if not any(isinstance(m, _reported_types()) for m in model.modules()):
         print(f"{prog} report: nothing to report: {args.model} has no Linear / Conv2d layer", file=sys.stderr)
         return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     try:
         model = model.to(device=device, dtype=dtype)
@@ -94,16 +96,14 @@ def run_report(args, argv: Sequence[str], prog: str) -> int:
         max_rounds=max(1000, args.repeats),
         flag_rel_spread=args.flag_spread,
     )
-    meta_extra = {"command": " ".join([prog, *argv])}
-    with machine.recording_load(meta_extra):
-        rep = report(
-            model,
-            inputs,
-            measure_latency=not args.no_latency,
-            backward=not args.no_backward,
-            name=args.model,
-            timing=timing,
-        )
+    rep = report(
+        model,
+        inputs,
+        measure_latency=not args.no_latency,
+        backward=not args.no_backward,
+        name=args.model,
+        timing=timing,
+    )
     if rep.meta.get("forward_only"):
         print(f"note: forward-only report: {rep.meta['forward_only']}", file=sys.stderr)
     if not rep.rows:
@@ -112,8 +112,8 @@ def run_report(args, argv: Sequence[str], prog: str) -> int:
             file=sys.stderr,
         )
         return 1
-    rep.meta.update(meta_extra, machine=machine.machine_label(rep.meta))
-    paths = rep.save(out)
+    rep.meta["command"] = " ".join([prog, *argv])  # (the load, threads and machine label: report() records them)
+    paths = rep.save(out, keep_previous=True)  # a re-run into the same --out keeps the earlier report
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -115,3 +115,34 @@ def test_tables_show_spread_and_numbered_flag_reasons():
     assert lines[0] == "| name | flag |" and lines[3] == "| b | noisy [1] |"
     back = list(csv.DictReader(io.StringIO(to_csv(rows, ("name", "speedup_lo", "flag_reason", "missing")))))
     assert back[1] == {"name": "b", "speedup_lo": "2.0", "flag_reason": "noisy: SAO IQR 50%", "missing": ""}
+
+
+def test_keep_previous_numbers_the_new_set_and_never_replaces_an_old_file(tmp_path):
+    """Issue 24: re-running into the same --out silently overwrote the previous results."""
+    (tmp_path / "results.json").write_text("run 1")
+    (tmp_path / "speedup-2.png").write_text("a stray file of a second run")
+    producers = {"results.json": text_file("run 2"), "results.md": text_file("md 2")}
+    paths = write_outputs(tmp_path, producers, owned=["speedup.png"], keep_previous=True)
+    # -2 is taken by one file of the set, so the whole set moves on to -3 (one number per run)
+    assert paths == {"results.json": tmp_path / "results-3.json", "results.md": tmp_path / "results-3.md"}
+    assert (tmp_path / "results.json").read_text() == "run 1"
+    assert (tmp_path / "speedup-2.png").read_text() == "a stray file of a second run"
+    assert (tmp_path / "results-3.json").read_text() == "run 2"
+    # an empty folder: the plain names, as before
+    fresh = tmp_path / "fresh"
+    assert write_outputs(fresh, producers, keep_previous=True)["results.json"] == fresh / "results.json"
+
+
+def test_fresh_folder_never_reuses_a_folder_with_files(tmp_path):
+    """bench --suite tiers writes into tiers_<machine>_<date>: a second run that day gets -2."""
+    from sao_kernels.bench.results import fresh_folder
+
+    first = tmp_path / "tiers_box_2026-12-06"
+    assert fresh_folder(first) == first  # does not exist yet
+    first.mkdir()
+    assert fresh_folder(first) == first  # empty: nothing to keep
+    (first / "avx2.json").write_text("run 1")
+    assert fresh_folder(first) == tmp_path / "tiers_box_2026-12-06-2"
+    (tmp_path / "tiers_box_2026-12-06-2").mkdir()
+    (tmp_path / "tiers_box_2026-12-06-2" / "avx2.json").write_text("run 2")
+    assert fresh_folder(first) == tmp_path / "tiers_box_2026-12-06-3"

@@ -169,7 +169,7 @@ def test_write_results_files(tiny, tmp_path):
         assert float(got["speedup_lo"]) == pytest.approx(want["speedup_lo"])
     md = paths["md"].read_text()
     assert md.count("\n| linear_fwd |") == sum(r["op"] == "linear_fwd" for r in tiny.rows)
-    assert "95% paired bootstrap interval" in md and "Not measured:" in md and "test-machine" in md
+    assert "95% paired bootstrap interval" in md and "Left out before timing" in md and "test-machine" in md
     assert "[0.1, 0.1, 0.1]" in md  # load average before the run
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the stale plot was replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(sweep.SWEEP_FILES)

@@ -170,3 +170,16 @@ def test_settings_meta_records_the_resolved_budget():
         min_run_time=0.2, max_run_time=1.0, min_rounds=4, max_rounds=50, target_rel_iqr=0.03, flag_rel_spread=0.2
     )
     assert TimingSettings(min_run_time=0.2, max_run_time=0.7).meta()["max_run_time"] == 0.7
+
+
+def test_slow_median_flag_when_the_median_is_far_above_the_min():
+    """Issue 24: on a busy machine medians sat at multiples of the thread wake-up time while
+    the min stayed low; such rows are flagged, whichever side was slowed."""
+    quiet = Stats((1.0,) * 11)
+    stuck = Stats((1.0,) + (2.0, 2.01, 1.99, 2.0, 2.0) * 2)  # median 2x the min, IQR tiny: not "noisy"
+    flag, reason = row_flags(stuck, quiet, speedup(quiet, stuck), 4.0, 0.10)
+    assert flag == "slow-median" and "SAO median 2.0x its min" in reason and "limit 1.5x" in reason
+    flag, reason = row_flags(quiet, stuck, speedup(stuck, quiet), 4.0, 0.10)
+    assert flag == "slow-median" and "dense median 2.0x its min" in reason and "SAO median" not in reason
+    below = Stats((1.0,) + (1.45, 1.45, 1.46, 1.44, 1.45) * 2)  # 1.45x: under the limit
+    assert "slow-median" not in row_flags(below, quiet, speedup(quiet, below), 4.0, 0.5)[0]

@@ -77,7 +77,8 @@ def test_bench_writes_the_four_files_with_spread(tmp_path, capsys):
     meta = data["meta"]
     assert meta["load_before"] and meta["load_after"] and meta["command"].endswith(str(out))
     assert {"bsr has no convolution (conv ops run on: torch, masked_dense)"} == {s["reason"] for s in data["skipped"]}
-    assert "| linear_fwd |" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "\n| linear_fwd torch T=8 " in out_text and "Flags:" not in out_text  # the summary; the table: in the files
 
 
 @pytest.mark.parametrize(
@@ -280,3 +281,20 @@ def test_report_builtin_mlp_without_latency(tmp_path):
     assert len(data["layers"]) == 4 and all(r["groups"] == 4 for r in data["layers"])
     assert all("ms_fwd" not in r for r in data["layers"])
     assert (out / "report.png").exists() and (out / "report.csv").exists() and (out / "report.md").exists()
+
+
+def test_report_threads_and_reruns_kept(tmp_path, capsys):
+    """report --threads sets torch's threads and records them; a re-run keeps the first report."""
+    out = tmp_path / "rep"
+    argv = ["report", "--model", "test_cli:tiny_mlp", "--sparsity", "0.75", "--repeats", "3"]
+    argv += ["--min-run-time", "0.003", "--no-backward", "--out", str(out)]
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(argv + ["--threads", "1"]) == 0
+        assert json.loads((out / "report.json").read_text())["meta"]["threads"] == 1
+        assert "1 torch threads" in (out / "report.md").read_text()
+    finally:
+        torch.set_num_threads(before)
+    assert cli.main(argv) == 0
+    assert json.loads((out / "report.json").read_text())["meta"]["threads"] == 1  # kept
+    assert (out / "report-2.json").exists() and f"{out}/report-2.json" in capsys.readouterr().out
