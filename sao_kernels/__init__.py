@@ -19,7 +19,6 @@ from . import (
     sizes,
 )
 from ._extension import NativeExtensionWarning
-from .cli.layer_report import Report, report
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
@@ -32,6 +31,18 @@ from .layers import SAOConv2d, SAOLinear
 from .parametrizations import orthogonal_blocks
 from .serialization import from_pretrained, load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
+
+
+def __getattr__(name: str):
+    """``sk.report`` / ``sk.Report`` live in the tooling (sao_kernels.cli.layer_report, which
+    pulls in the benchmark harness): imported on first use, so ``import sao_kernels`` loads the
+    runtime only."""
+    if name in ("report", "Report"):
+        from .cli import layer_report
+
+        return getattr(layer_report, name)
+    raise AttributeError(f"module 'sao_kernels' has no attribute {name!r}")
+
 
 try:  # the one version number is pyproject.toml's, read from the installed metadata
     __version__ = _metadata.version("sao_kernels")

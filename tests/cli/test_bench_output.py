@@ -8,6 +8,7 @@ import pytest
 
 from sao_kernels import cli
 from sao_kernels.bench import sweep
+from sao_kernels.cli import bench as cli_bench
 
 TINY = [
     "bench",
@@ -133,7 +134,7 @@ def test_compare_with_a_fail_threshold(tmp_path, capsys):
 def test_compare_usage_errors_before_measuring(extra, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.json").write_text('{"results": []}')
-    monkeypatch.setattr(cli, "_run_sweep", lambda *a, **k: pytest.fail("measured despite a bad flag"))
+    monkeypatch.setattr(cli_bench, "_run_sweep", lambda *a, **k: pytest.fail("measured despite a bad flag"))
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", *extra])
     assert exc.value.code == 2 and message in capsys.readouterr().err

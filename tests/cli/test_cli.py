@@ -11,6 +11,7 @@ from torch import nn
 
 import sao_kernels
 from sao_kernels import cli
+from sao_kernels.cli import bench as cli_bench
 
 TINY_BENCH = [
     "bench",
@@ -122,7 +123,7 @@ def test_bench_writes_the_four_files_with_spread(tmp_path, capsys):
 )
 def test_bad_flags_give_a_usage_error(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the default --out folders land here, never in the project
-    monkeypatch.setattr(cli, "_run_sweep", lambda *a, **k: pytest.fail("measured despite a bad flag"))
+    monkeypatch.setattr(cli_bench, "_run_sweep", lambda *a, **k: pytest.fail("measured despite a bad flag"))
     with pytest.raises(SystemExit) as exc:
         cli.main(argv, prog="sao-kernels")
     assert exc.value.code == 2
@@ -149,7 +150,7 @@ def test_nan_run_time_exits_quickly_in_a_subprocess():
 def test_unwritable_out_fails_before_measuring(command, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    monkeypatch.setattr(cli, "_run_sweep", lambda *a, **k: pytest.fail("measured before checking --out"))
+    monkeypatch.setattr(cli_bench, "_run_sweep", lambda *a, **k: pytest.fail("measured before checking --out"))
     monkeypatch.setattr(sao_kernels.cli.layer_report, "report", lambda *a, **k: pytest.fail("measured"))
     with pytest.raises(SystemExit) as exc:
         cli.main(command + ["--out", str(blocker / "sub")])

@@ -15,6 +15,7 @@ from torch import nn
 
 from sao_kernels import cli
 from sao_kernels.bench import memory, sweep
+from sao_kernels.cli import bench as cli_bench
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -91,7 +92,7 @@ def test_huge_thread_count_is_a_usage_error_not_a_crash(tmp_path):
 )
 def test_out_of_range_flags_are_usage_errors(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "_run_sweep", lambda *a, **k: pytest.fail("measured despite a bad flag"))
+    monkeypatch.setattr(cli_bench, "_run_sweep", lambda *a, **k: pytest.fail("measured despite a bad flag"))
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", *argv], prog="sao-kernels")
     err = capsys.readouterr().err
@@ -119,7 +120,7 @@ def test_a_selection_too_large_for_memory_exits_2_before_allocating(tmp_path):
 
 def test_the_memory_check_runs_before_the_sweep(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": (4096, "a test's 4 KiB"))
-    monkeypatch.setattr(cli, "_run_sweep", lambda *a, **k: pytest.fail("measured despite the memory limit"))
+    monkeypatch.setattr(cli_bench, "_run_sweep", lambda *a, **k: pytest.fail("measured despite the memory limit"))
     argv = ["bench", "--device", "cpu", "--tokens", "8", "--features", "32", "--no-progress"]
     with pytest.raises(SystemExit) as exc:
         cli.main([*argv, "--out", str(tmp_path / "o")], prog="sao-kernels")

@@ -8,6 +8,8 @@ import ast
 import importlib
 import pathlib
 import pkgutil
+import subprocess
+import sys
 
 import sao_kernels
 
@@ -224,3 +226,17 @@ def test_no_module_uses_another_modules_private_names():
     assert not found, "private names used across modules (make them public where they are defined):\n" + "\n".join(
         found
     )
+
+
+def test_import_loads_the_runtime_only():
+    """``import sao_kernels`` loads no tooling (the command line, the benchmark harness,
+    matplotlib); ``sk.report`` imports it on first use."""
+    code = (
+        "import sys, sao_kernels as sk\n"
+        "prefixes = ('sao_kernels.cli', 'sao_kernels.bench', 'matplotlib')\n"
+        "tooling = sorted(m for m in sys.modules if m.startswith(prefixes))\n"
+        "assert not tooling, tooling\n"
+        "assert callable(sk.report) and 'sao_kernels.cli.layer_report' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
