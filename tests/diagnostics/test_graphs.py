@@ -4,8 +4,6 @@ breadth-first search on the dense masks.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -108,16 +106,13 @@ def test_block_diagonal_stack_never_connects():
     assert got.fractions == pytest.approx([0.25] * 5)
 
 
-def test_connectivity_is_fast_at_width_4096():
+def test_connectivity_at_width_4096():
     g = gen(11)
     sizes = sk.resolve_sizes(4096, 4096, sparsity=0.875)
     layers = []
     for _ in range(10):  # the SAO topology only (no QR of the values): what connectivity reads
         out_index, in_index = sk.init.sao_topology(sizes, smaller_groups="contiguous", generator=g)
         layers.append(sk.GroupedBlockFormat(torch.zeros(8, 512, 512), in_index, out_index))
-    t = time.perf_counter()
-    got = dg.connectivity(layers)
-    elapsed = time.perf_counter() - t
+    got = dg.connectivity(layers)  # group-level reachability: no 4096 x 4096 mask (no timing bound in tests)
     assert got.fractions[0] == pytest.approx(0.125)
     assert got.full_depth == 2  # each input reaches 512 outputs, spread over all 8 groups of layer 2
-    assert elapsed < 30.0  # ~0.3 s on 2 cores; a loose bound against pathological regressions
