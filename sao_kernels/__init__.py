@@ -24,7 +24,8 @@ from .convert_registry import SAOSettings, register_conversion
 from .cpu import cpu_info, cpu_tier
 from .dispatch import backend
 from .format import GroupedBlockFormat
-from .functional import sao_conv2d, sao_linear
+from .chains import FusedSAOLinear, fuse_chains
+from .functional import sao_conv2d, sao_linear, sao_linear_act
 from .hf import from_pretrained
 from .init import DisconnectedTilesWarning, sao_blocks
 from .layer_report import Report, report
@@ -68,6 +69,9 @@ __all__ = [
     "sao_blocks",
     "sao_conv2d",
     "sao_linear",
+    "sao_linear_act",
+    "FusedSAOLinear",
+    "fuse_chains",
     "sizes",
     "resolve_sizes",
     "valid_groups",
