@@ -18,13 +18,13 @@ from . import (
     pruning,
     sizes,
 )
+from .chains import FusedSAOLinear, fuse_chains
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
 from .cpu import cpu_info, cpu_tier
 from .dispatch import backend
 from .format import GroupedBlockFormat
-from .chains import FusedSAOLinear, fuse_chains
 from .functional import sao_conv2d, sao_linear, sao_linear_act
 from .hf import from_pretrained
 from .init import DisconnectedTilesWarning, sao_blocks

@@ -176,7 +176,7 @@ def _fuse_sequential(seq_name: str, seq: nn.Sequential, uses: dict, fold: str, s
         return
     # 2. folding between consecutive SAO layers (identities between them skipped)
     layers = [(i, m) for i, m in enumerate(seq._modules.values()) if not isinstance(m, nn.Identity)]
-    for (i, first), (j, second) in zip(layers, layers[1:]):
+    for (_, first), (j, second) in zip(layers, layers[1:]):
         if not isinstance(first, FusedSAOLinear) or not isinstance(second, SAOLinear):
             continue
         if first.fold_next is not None or first.out_features != second.in_features:

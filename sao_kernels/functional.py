@@ -20,8 +20,8 @@ from . import (
 )
 from . import dispatch as _dispatch
 from .ops._library import autocast_eligible
-from .ops.linear_act import activate, check_activation
 from .ops._validate import check_block_size, check_index
+from .ops.linear_act import activate, check_activation
 
 _linear_op = torch.ops.sao_kernels.linear.default
 # The same op without torch.ops' Python layer (see csrc/ops.cpp, py_linear): for plain tensors
