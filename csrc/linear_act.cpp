@@ -193,6 +193,7 @@ struct NodeFactory<T, false> {
 
 struct LinearActBackward : public torch::autograd::TraceableFunction {
   SavedVariable x, values, in_index, out_index, act_saved;  // act_saved: the output, or GELU's pre
+  SavedVariable bias;  // GELU only: its pre-activation is recomputed, differentiably, for create_graph
   int64_t block_size = 1;
   Act act = Act::kTanh;
   bool has_bias = false;
@@ -203,6 +204,7 @@ struct LinearActBackward : public torch::autograd::TraceableFunction {
     in_index.reset_data();
     out_index.reset_data();
     act_saved.reset_data();
+    bias.reset_data();
   }
   variable_list apply(variable_list&& grads) override {
     static const auto grad_input = find_op<GradInputSig>("sao_kernels::linear_grad_input");
@@ -213,9 +215,13 @@ struct LinearActBackward : public torch::autograd::TraceableFunction {
     const bool dx = task_should_compute_output(0), dv = task_should_compute_output(1);
     const bool dbias = has_bias && task_should_compute_output(2);
     auto self = getptr();
-    const Tensor s = act_saved.unpack(self), v = values.unpack(self);
-    const Tensor xs = dv ? x.unpack(self) : Tensor();
+    // (GELU's saved pre-activation was computed below autograd: with create_graph it is
+    // recomputed through the ops so that the second derivative sees its inputs)
+    const bool regrad = act == Act::kGelu && at::GradMode::is_enabled();
+    const Tensor v = values.unpack(self);
+    const Tensor xs = (dv || regrad) ? x.unpack(self) : Tensor();
     const optional<Tensor> ii = opt(in_index.unpack(self)), oi = opt(out_index.unpack(self));
+    const Tensor s = regrad ? linear(xs, v, ii, oi, opt(bias.unpack(self)), block_size) : act_saved.unpack(self);
     auto [dpre, db] = act_backward(dy, s, act, dbias);
     if (dx) out[0] = grad_input.call(dpre, v, ii, oi, block_size);
     if (dv) out[1] = grad_values.call(dpre, xs, ii, oi, v.size(0), block_size);
@@ -241,6 +247,7 @@ Tensor linear_act_autograd(const Tensor& x, const Tensor& values, const optional
     node->block_size = block_size;
     node->act = act;
     node->has_bias = bias.has_value() && bias->defined();
+    if (act == Act::kGelu && node->has_bias) node->bias = SavedVariable(*bias, false);
   }
   Tensor y, pre;
   {

@@ -104,6 +104,9 @@ def sao_linear(
 
 
 _linear_act_op = torch.ops.sao_kernels.linear_act.default
+_linear_act_fast = (
+    getattr(importlib.import_module("sao_kernels._C"), "linear_act", None) if _extension.available() else None
+)
 
 
 def sao_linear_act(
@@ -119,6 +122,16 @@ def sao_linear_act(
     ``activation`` "tanh", "relu" or "gelu"), on any leading dims: y (*, m) from x (*, n).
     Nested and sparse inputs take the two steps."""
     check_activation(activation)
+    if (
+        type(x) is Tensor
+        and _linear_act_fast is not None
+        and not _any_autocast()
+        and not _is_compiling()
+        and x.dim() == 2
+    ):
+        y = _linear_act_fast(x, values, in_index, out_index, bias, block_size, activation)
+        if y is not NotImplemented:
+            return y
     if not isinstance(x, Tensor) or x.is_nested or x.layout is not _strided or x.dim() == 0:
         return activate(sao_linear(x, values, in_index, out_index, bias, block_size), activation)
     _refuse_jit_trace("sao_linear_act")

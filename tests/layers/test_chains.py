@@ -157,6 +157,7 @@ def test_bad_arguments():
         sk.fuse_chains(model, strict="yes")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_fused_model():
     torch._dynamo.reset()
     widths, acts = CHAINS["ffn gelu"]

@@ -12,11 +12,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import TOL, make_case, reference_weight
 
 import sao_kernels as sk
 from sao_kernels import _extension
-
-from ._reference import TOL, make_case, reference_weight
 
 ACTS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
 op = torch.ops.sao_kernels.linear_act
