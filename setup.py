@@ -33,6 +33,7 @@ OPS_LIB_SOURCES = [
     "csrc/lowp_bmm.cpp",
     "csrc/decode.cpp",
     "csrc/cpu_tier.cpp",
+    "csrc/linear_act.cpp",
 ]
 EXT_NAME = "sao_kernels._C"
 EXT_SOURCES = ["csrc/python_module.cpp"]

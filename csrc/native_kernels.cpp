@@ -36,6 +36,7 @@
 // results are bitwise identical for any number of threads; there are no atomics.
 #include "sao_kernels.h"
 #include "native_util.h"
+#include "activation.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -331,6 +332,7 @@ struct Grouped {
   const T* bias;         // (G*N,) feature order, or null
   T* out;                // (T, G*N) contiguous
   int64_t T_, G, K, N;
+  Act act = Act::kNone;  // applied to the accumulator before the store (csrc/activation.h)
 };
 
 // Items: (token block, chunk of groups).  The number of chunks grows only when there are too
@@ -431,8 +433,10 @@ void grouped_gemm(const Grouped<T>& p, const Engine<T>& eng) {
         for (int64_t r = 1; r < rows; ++r) std::memcpy(C + r * ldc, C, sizeof(Acc) * p.N);
       }
       eng.gemm(rows, p.N, p.K, A0 + (g - g0) * p.K, lda, p.b + g * p.sgb, p.ldb, C, ldc, p.bias != nullptr);
+      if (!p.oidx) act_rows(C, ldc, rows, p.N, p.act);  // (the tile is still in cache)
       if (!direct && !p.oidx) store_cols(C, ldc, nullptr, 1, rows, p.N, p.out + t0 * ldo + g * p.N, ldo);
     }
+    if (p.oidx) act_rows(cbuf, ldcb, rows, gn * p.N, p.act);
     if (p.oidx) unpermute_rows(cbuf, ldcb, inv, p.o_run, rows, ldo, p.out + t0 * ldo, ldo);
     eng.release();
   });
@@ -471,7 +475,7 @@ const T* prepare_groups(const T* v, int64_t G, int64_t R, int64_t C, bool transp
 // computes its Y^T block in a thread-local buffer initialised with the bias and writes it out
 // transposed (or scattered through out_index).
 void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, const float* v, const IndexArg& out,
-                           const float* bias, float* y, int64_t T, int64_t G, int64_t a, int64_t c) {
+                           const float* bias, float* y, int64_t T, int64_t G, int64_t a, int64_t c, Act act) {
   const Engine<float> eng(c);
   const int64_t n = G * c, ldo = G * a, ldt = pad_ld<float>(T);
   Scratch big_xt;
@@ -508,6 +512,7 @@ void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, cons
       std::fill(C + i * ldt, C + i * ldt + T, b0);
     }
     eng.gemm(jw, T, c, v + (g * a + j0) * c, c, xt + g * c * ldt, ldt, C, ldt, true);
+    act_rows(C, ldt, jw, T, act);
     if (cols) {
       for (int64_t i = 0; i < jw; ++i)
         for (int64_t t = 0; t < T; ++t) y[t * ldo + cols[i]] = C[i * ldt + t];
@@ -587,7 +592,7 @@ void grad_values(const T* dy, int64_t ldy, const T* x, int64_t ldx, const IndexA
 // ----------------------------------------------------------------------- dispatchers
 template <typename T>
 Tensor linear_typed(const Tensor& x, const Tensor& values, const IndexArg& in, const IndexArg& out,
-                    const Tensor& bias) {
+                    const Tensor& bias, Act act) {
   const int64_t Tn = x.size(0), G = values.size(0), a = values.size(1), c = values.size(2);
   Tensor y = new_output({Tn, G * a}, x.options());
   if (Tn == 0) return y;
@@ -598,7 +603,7 @@ Tensor linear_typed(const Tensor& x, const Tensor& values, const IndexArg& in, c
     // smaller (few tokens -> the transposed formulation, V read in place).
     if (Tn * G * (a + c) < G * a * c) {
       linear_few_tokens_f32(x.data_ptr<float>(), x.stride(0), in, v.data_ptr<float>(), out, bp, y.data_ptr<float>(),
-                            Tn, G, a, c);
+                            Tn, G, a, c, act);
       return y;
     }
   }
@@ -607,7 +612,7 @@ Tensor linear_typed(const Tensor& x, const Tensor& values, const IndexArg& in, c
   int64_t ldb, sgb;
   const T* b = prepare_groups(v.data_ptr<T>(), G, a, c, /*transposed=*/true, eng, ldb, sgb, big);  // B_g = V_g^T
   grouped_gemm(Grouped<T>{x.data_ptr<T>(), x.stride(0), in.data(), in.run, b, ldb, sgb, out.data(), out.run, bp,
-                          y.data_ptr<T>(), Tn, G, c, a},
+                          y.data_ptr<T>(), Tn, G, c, a, act},
                eng);
   return y;
 }
@@ -654,15 +659,23 @@ Tensor grad_values_typed(const Tensor& dy_, const Tensor& x_, const IndexArg& in
 
 // ------------------------------------------------------------------------- the ops
 // The kernels detach their inputs (the public ops call them below autograd).
+// With `act` tanh / ReLU, the activation of the output: in the epilogue of the brgemm kernels,
+// after the product in the decode and bf16 / fp16 bmm engines (their outputs are rounded to the
+// dtype first, as the unfused layers round them).
 Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in, const IndexArg& out,
-                     const std::optional<Tensor>& bias) {
+                     const std::optional<Tensor>& bias, Act act) {
   const Tensor x = rows_major(x_.detach()), values = values_.detach();
   const Tensor b = (bias.has_value() && bias->defined()) ? bias->detach().contiguous() : Tensor();
   const int64_t Tn = x.size(0);
-  if (decode_applies(Tn, x.scalar_type())) return linear_decode(x, values.contiguous(), in, out, b);
-  if (Tn > 0 && lowp_uses_bmm(x.scalar_type())) return linear_bmm(x, values.contiguous(), in, out, b);
+  const auto after = [act](Tensor y) {
+    if (act == Act::kTanh) y.tanh_();
+    if (act == Act::kRelu) y.relu_();
+    return y;
+  };
+  if (decode_applies(Tn, x.scalar_type())) return after(linear_decode(x, values.contiguous(), in, out, b));
+  if (Tn > 0 && lowp_uses_bmm(x.scalar_type())) return after(linear_bmm(x, values.contiguous(), in, out, b));
   Tensor y;
-  SAO_DISPATCH(x.scalar_type(), "sao_linear_native", [&] { y = linear_typed<scalar_t>(x, values, in, out, b); });
+  SAO_DISPATCH(x.scalar_type(), "sao_linear_native", [&] { y = linear_typed<scalar_t>(x, values, in, out, b, act); });
   return y;
 }
 

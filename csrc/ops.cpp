@@ -561,6 +561,14 @@ Tensor linear_grad_values_autograd(const Tensor& grad_out, const Tensor& x, cons
 }
 
 }  // namespace
+
+LinearArgs check_linear_args(const Tensor& x, const Tensor& values, const optional<Tensor>& in_index,
+                             const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size) {
+  const Problem p = check_linear(x, values, in_index, out_index, bias, block_size);
+  return {p.in, p.out};
+}
+bool cpu_runs_native(ScalarType dtype, int64_t tokens, double flops) { return runs_native(dtype, tokens, flops); }
+
 }  // namespace sao
 
 // The schemas of the three ops are in schemas.cpp; these are this library's own helpers.

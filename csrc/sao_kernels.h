@@ -29,17 +29,32 @@ struct IndexArg {
   const int64_t* data() const { return index.defined() ? index.data_ptr<int64_t>() : nullptr; }
 };
 
+// The activation a forward applies to its output (linear_act, csrc/linear_act.cpp): tanh and
+// ReLU run in the native kernels' epilogue; GELU is applied after the product (through ATen).
+enum class Act : int { kNone = 0, kTanh = 1, kRelu = 2, kGelu = 3 };
+
 // The native CPU kernels (native_kernels.cpp).  Arguments are checked by the caller (ops.cpp):
 // shapes agree, dtypes are one of float32 / bfloat16 / float16 / float64 and match, every
 // tensor is on the CPU, T may be 0.  Activations may have any strides.
 Tensor linear_native(const Tensor& x, const Tensor& values, const IndexArg& in, const IndexArg& out,
-                     const std::optional<Tensor>& bias);
+                     const std::optional<Tensor>& bias, Act act = Act::kNone);
 Tensor linear_grad_input_native(const Tensor& grad_out, const Tensor& values, const IndexArg& in,
                                 const IndexArg& out);
 Tensor linear_grad_values_native(const Tensor& grad_out, const Tensor& x, const IndexArg& in, const IndexArg& out,
                                  int64_t groups);
 
 std::string native_build_info();
+
+// From ops.cpp, for the ops defined in other files (linear_act.cpp): linear's argument checks
+// (its messages, op name "linear") and whether the CPU kernel runs native for a product of
+// `tokens` rows and `flops` in `dtype` (the dispatch policy).
+struct LinearArgs {
+  IndexArg in, out;
+};
+LinearArgs check_linear_args(const Tensor& x, const Tensor& values, const std::optional<Tensor>& in_index,
+                             const std::optional<Tensor>& out_index, const std::optional<Tensor>& bias,
+                             int64_t block_size);
+bool cpu_runs_native(at::ScalarType dtype, int64_t tokens, double flops);
 
 // The CPU tier the native kernels use (cpu_tier.cpp): the hardware's, capped by
 // SAO_KERNELS_CPU_ISA.  Every ISA decision of the kernels asks isa_at_least / amx_packs.

@@ -35,3 +35,12 @@ TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
   m.def("linear_grad_values" SAO_GRAD_VALUES_ARGS);
   m.def("_linear_grad_values_python" SAO_GRAD_VALUES_ARGS);
 }
+
+// linear followed by an elementwise activation, with one autograd node (csrc/linear_act.cpp;
+// its torch composite, used on other devices and without the extension: sao_kernels/ops/
+// linear_act.py).
+TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
+  m.def(
+      "linear_act(Tensor x, Tensor values, Tensor? in_index, Tensor? out_index, Tensor? bias, int block_size=1, "
+      "str activation=\"tanh\") -> Tensor");
+}

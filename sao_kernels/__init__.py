@@ -19,13 +19,14 @@ from . import (
     sizes,
 )
 from ._extension import NativeExtensionWarning
+from .chains import FusedSAOLinear, fuse_chains
 from .conversion import ReinitializedWarning, conversion_summary, convert
 from .convert_plan import ConversionRow, ConversionSummary
 from .convert_registry import SAOSettings, register_conversion
 from .cpu import cpu_info, cpu_tier
 from .dispatch import backend
 from .format import GroupedBlockFormat
-from .functional import sao_conv2d, sao_linear
+from .functional import sao_conv2d, sao_linear, sao_linear_act
 from .init import DisconnectedTilesWarning, sao_blocks
 from .layers import SAOConv2d, SAOLinear
 from .parametrizations import orthogonal_blocks
@@ -80,6 +81,9 @@ __all__ = [
     "sao_blocks",
     "sao_conv2d",
     "sao_linear",
+    "sao_linear_act",
+    "FusedSAOLinear",
+    "fuse_chains",
     "sizes",
     "resolve_sizes",
     "valid_groups",

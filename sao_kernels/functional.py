@@ -17,6 +17,7 @@ from torch import Tensor
 from . import _extension
 from . import dispatch as _dispatch
 from .ops import autocast_eligible, check_block_size, check_index  # (importing ops registers the ops)
+from .ops.linear_act import activate, check_activation
 
 _linear_op = torch.ops.sao_kernels.linear.default
 # The same op without torch.ops' Python layer (see csrc/ops.cpp, py_linear): for plain tensors
@@ -95,6 +96,45 @@ def sao_linear(
         return op(x, values, in_index, out_index, bias, block_size)
     lead = x.shape[:-1]
     y = op(x.reshape(-1, n), values, in_index, out_index, bias, block_size)
+    return y.view(*lead, y.shape[-1])
+
+
+_linear_act_op = torch.ops.sao_kernels.linear_act.default
+_linear_act_fast = (
+    getattr(importlib.import_module("sao_kernels._C"), "linear_act", None) if _extension.available() else None
+)
+
+
+def sao_linear_act(
+    x: Tensor,
+    values: Tensor,
+    in_index: Optional[Tensor] = None,
+    out_index: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    block_size: int = 1,
+    activation: str = "tanh",
+) -> Tensor:
+    """``activation(sao_linear(x, ...))`` as one op (``torch.ops.sao_kernels.linear_act``:
+    ``activation`` "tanh", "relu" or "gelu"), on any leading dims: y (*, m) from x (*, n).
+    Nested and sparse inputs take the two steps."""
+    check_activation(activation)
+    if (
+        type(x) is Tensor
+        and _linear_act_fast is not None
+        and not _any_autocast()
+        and not _is_compiling()
+        and x.dim() == 2
+    ):
+        y = _linear_act_fast(x, values, in_index, out_index, bias, block_size, activation)
+        if y is not NotImplemented:
+            return y
+    if not isinstance(x, Tensor) or x.is_nested or x.layout is not _strided or x.dim() == 0:
+        return activate(sao_linear(x, values, in_index, out_index, bias, block_size), activation)
+    _refuse_jit_trace("sao_linear_act")
+    if x.dim() == 2:
+        return _linear_act_op(x, values, in_index, out_index, bias, block_size, activation)
+    lead = x.shape[:-1]
+    y = _linear_act_op(x.reshape(-1, x.shape[-1]), values, in_index, out_index, bias, block_size, activation)
     return y.view(*lead, y.shape[-1])
 
 

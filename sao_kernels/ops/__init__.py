@@ -3,6 +3,7 @@
 * ``linear(x, values, in_index, out_index, bias, block_size)``                   forward  (``linear.py``)
 * ``linear_grad_input(grad_out, values, in_index, out_index, block_size)``        dX       (``linear_grad_input.py``)
 * ``linear_grad_values(grad_out, x, in_index, out_index, groups, block_size)``    dV       (``linear_grad_values.py``)
+* ``linear_act(x, values, in_index, out_index, bias, block_size, activation)``    act(forward)  (``linear_act.py``)
 
 Glossary, used in every module here and in csrc/: T tokens (rows of an activation), m = G*a
 output features, n = G*c input features, G groups (blocks), a = m/G and c = n/G the block
@@ -16,7 +17,7 @@ Argument checks: ``_validate.py``.  Triton kernels: ``triton/``.  Native CPU ker
 """
 
 from .._extension import LIBRARY
-from . import linear, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
+from . import linear, linear_act, linear_grad_input, linear_grad_values  # noqa: F401  (register the ops)
 from ._library import NATIVE, autocast_eligible
 from ._validate import check_block_size, check_index
 
