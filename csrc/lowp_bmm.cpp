@@ -11,9 +11,10 @@
 //
 // A pack is the gather into group order; with an identity map there is none in the forward and
 // grad-input: the operand is a strided view (T, G*W) -> (G, T, W) of the activation itself, and
-// the result is written straight into the output through such a view (no unpack).  oneDNN
-// reads and writes these strided views at full speed, and V^T is a view too.  (Not so for
-// grad-values' transposed dY: it is always packed.)  Every product accumulates in float and
+// the result is written straight into the output through such a view (no unpack; oneDNN writes
+// it at full speed).  V^T is a view too.  (torch's mkldnn_matmul copies an input operand that
+// is neither contiguous nor transposed, so the strided input view costs that copy instead of
+// our pack; grad-values' transposed dY is always packed.)  Every product accumulates in float and
 // is rounded once (the bias is the GEMM's initial C: oneDNN adds it to the float accumulator,
 // as the brgemm path does).
 // Buffers are per-thread scratch (see native_util.h).
@@ -38,8 +39,8 @@ namespace {
 namespace cpublas = at::native::cpublas;
 
 // The group-ordered blocks (G, Tn, W) of a (Tn, G*W) activation with unit column stride: a
-// strided view of it when idx is the identity (oneDNN reads strided operands at full speed:
-// measured on the Zen 4), else packed (the gather) into scratch `slot`.
+// strided view of it when idx is the identity (which torch's mkldnn_matmul copies to contiguous
+// blocks itself), else packed (the gather) into scratch `slot`.
 template <typename T>
 Tensor blocks_of(const Tensor& src, int64_t G, int64_t W, const IndexArg& idx, int slot, Scratch& big,
                  bool view_ok = true) {
