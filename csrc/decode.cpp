@@ -35,7 +35,8 @@ constexpr int64_t kPadK = 32;         // xs rows are zero-padded to a multiple o
 // layers between two calls of this one do).  Measured at 4096 x 4096, G = 8, one thread, thread
 // CPU time, a dense layer called between calls (Zen 4, 2026-12-06), speed-up over nn.Linear
 // without -> with 8 rows ahead: bf16 T = 1 6.3x -> 8.4x (0.55 -> 0.75 of the bmm bound), T = 16
-// 4.0x -> 5.2x; fp32 T = 1 3.9x -> 5.1x, T = 16 6.8x either way.  16 rows ahead: bf16 T = 1 7.5x.
+// 4.0x -> 5.2x; fp32 T = 1 3.9x -> 5.1x, but T = 16 6.8x -> 6.2-6.8x in three runs (float32 with
+// two token chunks is compute-bound: not prefetched).  16 rows ahead: bf16 T = 1 7.5x.
 constexpr int64_t kPrefetchAhead = 8;
 
 // Prefetch `rows` rows of c elements from p into L1.
@@ -265,6 +266,8 @@ void decode_typed(const T* x, int64_t ldx, const IndexArg& in, const T* v, const
   });
   const int64_t* oi = out.data();
   const int64_t n_rb = ceil_div(a, kRowsPerItem);
+  // (not for float32 over two token chunks: compute-bound, and the prefetches cost ~8 %)
+  const bool prefetch = sizeof(T) == 2 || Tn <= kTokChunk;
   run_items(G * n_rb, 2.0 * Tn * m * c, [&](int64_t it) {
     const int64_t g = it / n_rb, i0 = (it % n_rb) * kRowsPerItem, i1 = std::min(a, i0 + kRowsPerItem);
     float res[16 * kTokChunk];
@@ -272,7 +275,7 @@ void decode_typed(const T* x, int64_t ldx, const IndexArg& in, const T* v, const
       const int tt = int(std::min(kTokChunk, Tn - t0));
       const int R = rows_of(kern, isa, tt);
       for (int64_t i = i0; i < i1;) {
-        if (t0 == 0) {  // V from memory: fetch the rows kPrefetchAhead ahead (within the item)
+        if (t0 == 0 && prefetch) {  // V from memory: fetch the rows kPrefetchAhead ahead (in the item)
           const int64_t p0 = std::min(i1, i + kPrefetchAhead);
           prefetch_rows(v + (g * a + p0) * c, c, std::min<int64_t>(R, i1 - p0));
         }
