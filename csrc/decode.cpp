@@ -33,10 +33,11 @@ constexpr int64_t kPadK = 32;         // xs rows are zero-padded to a multiple o
 // bf16, c = 512) on which the hardware prefetcher barely ramps up, so without this V came from
 // memory at half the speed oneDNN's bmm reads it whenever another call evicted it (as the
 // layers between two calls of this one do).  Measured at 4096 x 4096, G = 8, one thread, thread
-// CPU time, a dense layer called between calls (Zen 4, 2026-12-06), speed-up over nn.Linear
-// without -> with 8 rows ahead: bf16 T = 1 6.3x -> 8.4x (0.55 -> 0.75 of the bmm bound), T = 16
-// 4.0x -> 5.2x; fp32 T = 1 3.9x -> 5.1x, but T = 16 6.8x -> 6.2-6.8x in three runs (float32 with
-// two token chunks is compute-bound: not prefetched).  16 rows ahead: bf16 T = 1 7.5x.
+// CPU time, a dense layer called between calls (Zen 4, 2026-12-06, loaded: +-10 % run to run),
+// speed-up over nn.Linear without -> with 8 rows ahead, ranges over 2-4 runs: bf16 T = 1
+// 6.1-6.5x -> 6.6-8.4x, T = 16 4.0-4.5x -> 5.2-5.7x; fp32 T = 1 3.8-4.2x -> 5.1-6.9x, but fp32
+// T = 16 6.8x -> 6.2-6.8x (float32 with two token chunks is compute-bound: not prefetched).
+// 16 rows ahead: bf16 T = 1 7.5x, fp32 T = 16 lower.
 constexpr int64_t kPrefetchAhead = 8;
 
 // Prefetch `rows` rows of c elements from p into L1.
