@@ -473,7 +473,10 @@ const T* prepare_groups(const T* v, int64_t G, int64_t R, int64_t C, bool transp
 // V is read in place (no V^T copy, which dominates when T is small); X^T in group order is
 // built once (gather + transpose of a (T, n) activation), each item (group, block of outputs)
 // computes its Y^T block in a thread-local buffer initialised with the bias and writes it out
-// transposed (or scattered through out_index).
+// transposed.  Scattered outputs (out_index) go through a group-ordered Y in scratch and one
+// row-wise scatter pass: writing the Y^T block straight through out_index touched a new cache
+// line per element (BERT FFN 768 -> 3072, T = 128, G = 4, 1 thread on the Zen 4: 4.5 ms
+// against 1.7 ms for the bmm bound; with the extra pass 1.9 ms).
 void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, const float* v, const IndexArg& out,
                            const float* bias, float* y, int64_t T, int64_t G, int64_t a, int64_t c, Act act) {
   const Engine<float> eng(c);
@@ -499,6 +502,10 @@ void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, cons
     }
   });
   const int64_t* oidx = out.data();
+  Scratch big_y;
+  // Y in group order (rows padded off multiples of 1 KiB, as the transposed writes need)
+  const int64_t ldg = oidx ? pad_ld<float>(ldo) : ldo;
+  float* yg = oidx ? scratch<float>(kSlotDY, T * ldg, big_y) : y;
   const int64_t n_rb = std::max<int64_t>(1, std::min(ceil_div(kMinItems, G), a / 64));
   const int64_t RB = ceil_div(a, n_rb);
   run_items(G * n_rb, 2.0 * T * G * a * c, [&](int64_t it) {
@@ -513,13 +520,15 @@ void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, cons
     }
     eng.gemm(jw, T, c, v + (g * a + j0) * c, c, xt + g * c * ldt, ldt, C, ldt, true);
     act_rows(C, ldt, jw, T, act);
-    if (cols) {
-      for (int64_t i = 0; i < jw; ++i)
-        for (int64_t t = 0; t < T; ++t) y[t * ldo + cols[i]] = C[i * ldt + t];
-    } else {
-      transpose_f32(C, ldt, y + g * a + j0, ldo, jw, T);
-    }
+    transpose_f32(C, ldt, yg + g * a + j0, ldg, jw, T);
     eng.release();
+  });
+  if (!oidx) return;
+  const std::vector<int64_t> inv = inverse_runs(oidx, ldo, out.run);
+  constexpr int64_t RBT = 16;
+  run_items(ceil_div(T, RBT), 2.0 * T * ldo * 8, [&](int64_t it) {
+    const int64_t t0 = it * RBT;
+    unpermute_rows(yg + t0 * ldg, ldg, inv, out.run, std::min(RBT, T - t0), ldo, y + t0 * ldo, ldo);
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -127,6 +128,41 @@ void gather_cols(const T* src, int64_t lds, const int64_t* cols, int64_t rows, i
   }
   // four rows per index load (the rows stay in L1 / L2; fewer loads per gathered element)
   int64_t r = 0;
+  if constexpr (sizeof(T) == 2) {
+    // 16-bit elements: 64 bits per store (4 elements assembled in a register).  The narrow
+    // stores were the limit when the destination is not in cache (the group-ordered copy of a
+    // 4 MiB bf16 activation, 4096 wide, G = 8, 512 tokens, one thread on the Zen 4, caches
+    // flushed: 1.40 ms with 16-bit stores, 0.95 ms with 64-bit ones; 0.72 / 0.56 ms warm).
+    // (float32, two per store: 1.88 -> 1.62 ms cold but 1.00 -> 1.12 ms warm, and its gathers
+    // fill an L2-resident panel: kept at one element per store.)
+    using U = uint16_t;
+    constexpr int64_t E = 8 / sizeof(T);
+    constexpr int S = 8 * sizeof(T);
+    const int64_t wE = width - width % E;
+    auto word = [&](const T* s, const int64_t* j) {  // E elements of s at columns j[0..E)
+      uint64_t w = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        U u;
+        std::memcpy(&u, s + j[e], sizeof(U));
+        w |= uint64_t(u) << (S * e);
+      }
+      return w;
+    };
+    for (; r + 4 <= rows; r += 4) {
+      const T* s0 = src + r * lds;
+      T* d0 = dst + r * ldd;
+      for (int64_t k = 0; k < wE; k += E) {
+        int64_t j[E];
+        for (int64_t e = 0; e < E; ++e) j[e] = cols[k + e];
+        for (int64_t q = 0; q < 4; ++q) {
+          const uint64_t w = word(s0 + q * lds, j);
+          std::memcpy(d0 + q * ldd + k, &w, sizeof(w));
+        }
+      }
+      for (int64_t k = wE; k < width; ++k)
+        for (int64_t q = 0; q < 4; ++q) d0[q * ldd + k] = s0[q * lds + cols[k]];
+    }
+  }
   for (; r + 4 <= rows; r += 4) {
     const T *s0 = src + r * lds, *s1 = s0 + lds, *s2 = s1 + lds, *s3 = s2 + lds;
     T *d0 = dst + r * ldd, *d1 = d0 + ldd, *d2 = d1 + ldd, *d3 = d2 + ldd;

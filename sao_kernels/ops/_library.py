@@ -58,13 +58,13 @@ def register(name: str, python_impl: Callable, autograd_impl: Callable) -> None:
     if not NATIVE:
         LIB.impl(name, autograd_impl, "Autograd", with_keyset=True)
     for device_type in AUTOCAST_DEVICES:
-        _register_autocast(name, device_type)
+        register_autocast(name, device_type)
 
 
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
-def _register_autocast(name: str, device_type: str) -> None:
+def register_autocast(name: str, device_type: str) -> None:
     """The op's kernel under ``torch.autocast(device_type)``: autocast's rule for
     lower-precision ops (as ``F.linear`` / ``F.conv2d`` follow it), with the autocast dtype
     current at the call: floating tensors on ``device_type`` that are not float64 are cast

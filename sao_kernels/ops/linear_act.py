@@ -67,4 +67,4 @@ if not _library.NATIVE:
 # (with the extension, its CPU and AutogradCPU kernels take precedence over this one there)
 _library.LIB.impl(NAME, linear_act_composite, "CompositeImplicitAutograd")
 for _device_type in _library.AUTOCAST_DEVICES:
-    _library._register_autocast(NAME, _device_type)
+    _library.register_autocast(NAME, _device_type)
