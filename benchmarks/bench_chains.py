@@ -29,7 +29,7 @@ from sao_kernels.bench import cases
 from sao_kernels.bench.machine import recording_load, results_stem
 from sao_kernels.bench.steps import module_steps
 from sao_kernels.bench.timing import compare, interleave
-from sao_kernels.cli import add_timing_arguments, script_setup
+from sao_kernels.cli.arguments import add_timing_arguments, script_setup
 
 G = 4
 
