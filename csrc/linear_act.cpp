@@ -18,6 +18,7 @@
 // op's CompositeImplicitAutograd kernel (sao_kernels/ops/linear_act.py): linear, then the
 // activation, each with its own autograd.
 #include "activation.h"
+#include "autograd_util.h"
 #include "sao_kernels.h"
 
 #include <ATen/ATen.h>
@@ -195,26 +196,6 @@ Tensor tangent(const Tensor& t) { return has_tangent(t) ? t._fw_grad(0) : Tensor
 Tensor tangent(const optional<Tensor>& t) { return t.has_value() ? tangent(*t) : Tensor(); }
 Tensor primal(const Tensor& t) { return has_tangent(t) ? t._fw_primal(0) : t; }
 optional<Tensor> opt(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; }
-Tensor saved_index(const optional<Tensor>& t) {  // inference tensors cannot be saved: copied
-  if (!t.has_value() || !t->defined()) return Tensor();
-  return t->is_inference() ? t->clone() : *t;
-}
-
-// Nodes are c10::intrusive_ptr-owned from torch 2.12 on, std::shared_ptr-owned before (as in
-// ops.cpp's NodeFactory).
-template <typename T, bool intrusive = std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>>
-struct NodeFactory;
-template <typename T>
-struct NodeFactory<T, true> {
-  static auto make() { return c10::make_intrusive<T>(); }
-};
-template <typename T>
-struct NodeFactory<T, false> {
-  static auto make() {
-    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
-  }
-};
-
 struct LinearActBackward : public torch::autograd::TraceableFunction {
   SavedVariable x, values, in_index, out_index, act_saved;  // act_saved: the output, or GELU's pre
   SavedVariable bias;  // GELU only: its pre-activation is recomputed, differentiably, for create_graph

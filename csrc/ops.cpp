@@ -18,6 +18,7 @@
 // So the default CPU path never enters Python, and this file needs none: it is part of the
 // ops library (sao_kernels/lib/libsao_kernels_ops.so) that C++ programs load.  The Python
 // module sao_kernels._C (python_module.cpp) links it.
+#include "autograd_util.h"
 #include "sao_kernels.h"
 
 #include <ATen/ATen.h>
@@ -382,30 +383,6 @@ optional<Tensor> primal(const optional<Tensor>& t) {
 }
 optional<Tensor> opt(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; }
 Tensor sum_defined(const Tensor& a, const Tensor& b) { return !a.defined() ? b : (!b.defined() ? a : a + b); }
-// An index map to save for backward.  Inference tensors cannot be saved (nor version-checked):
-// those are copied (O(n), never differentiated).
-Tensor saved(const optional<Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return Tensor();
-  return t->is_inference() ? t->clone() : *t;
-}
-
-// Nodes are c10::intrusive_ptr-owned from torch 2.12/2.13 on, std::shared_ptr-owned before
-// (torch 2.11, the GPU machine): make one either way.  (The shared_ptr branch is only
-// instantiated on old torch; deleteNode, found by argument-dependent lookup, frees deep
-// graphs iteratively.)
-template <typename T, bool intrusive = std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>>
-struct NodeFactory;
-template <typename T>
-struct NodeFactory<T, true> {
-  static auto make() { return c10::make_intrusive<T>(); }
-};
-template <typename T>
-struct NodeFactory<T, false> {
-  static auto make() {
-    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
-  }
-};
-
 // A backward node of one of the three ops: its two saved operands (an op is bilinear in
 // them), index maps and block size.  Each op's node adds only its name and its formulas.
 struct SaoBackward : public torch::autograd::TraceableFunction {
@@ -444,8 +421,8 @@ auto make_node(const Tensor& first, const Tensor& second, const optional<Tensor>
   node->set_next_edges(torch::autograd::collect_next_edges(edges...));
   node->first = SavedVariable(first, false);
   node->second = SavedVariable(second, false);
-  node->in_index = SavedVariable(saved(in_index), false);
-  node->out_index = SavedVariable(saved(out_index), false);
+  node->in_index = SavedVariable(saved_index(in_index), false);
+  node->out_index = SavedVariable(saved_index(out_index), false);
   node->block_size = block_size;
   return node;
 }
