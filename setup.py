@@ -31,6 +31,7 @@ OPS_LIB_SOURCES = [
     "csrc/ops.cpp",
     "csrc/native_kernels.cpp",
     "csrc/lowp_bmm.cpp",
+    "csrc/bf16_dot.cpp",
     "csrc/decode.cpp",
     "csrc/cpu_tier.cpp",
     "csrc/linear_act.cpp",

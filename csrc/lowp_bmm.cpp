@@ -51,67 +51,12 @@ Tensor blocks_of(const Tensor& src, int64_t G, int64_t W, const IndexArg& idx, i
 }
 
 // Where a product's group-ordered result (G, Tn, W) goes: a strided view of the output dst (Tn,
-// G*W) when idx is the identity, else a scratch buffer that unpack() scatters afterwards.
+// G*W) when idx is the identity, else a scratch buffer that unpack_groups() scatters afterwards.
 template <typename T>
 Tensor result_blocks(const Tensor& dst, int64_t G, int64_t W, const IndexArg& idx, Scratch& big) {
   const int64_t Tn = dst.size(0);
   if (!idx.index.defined()) return dst.view({Tn, G, W}).transpose(0, 1);
   return at::from_blob(scratch<T>(kSlotC, G * Tn * W, big), {G, Tn, W}, dst.options());
-}
-
-// d_q[cols[k]] = s_q[k] for the four rows q < 4 (s_q = s + q * lds, d_q = d + q * ldd), k < W:
-// four 16-bit elements per load, each index read once for the four rows.  Against one row at a
-// time (scalar loads): 0.59 vs 0.88 ms with the source in cache, 0.69 vs 1.03 ms with caches
-// flushed at G = 2, 1.38 vs 1.31 ms flushed at G = 8 (bf16, 512 x 4096, one thread, Zen 4).
-template <typename T>
-void scatter_4rows(const T* s, int64_t lds, const int64_t* cols, int64_t W, T* d, int64_t ldd) {
-  static_assert(sizeof(T) == 2, "16-bit elements");
-  const int64_t W4 = W - W % 4;
-  for (int64_t k = 0; k < W4; k += 4) {
-    const int64_t j0 = cols[k], j1 = cols[k + 1], j2 = cols[k + 2], j3 = cols[k + 3];
-    for (int64_t q = 0; q < 4; ++q) {
-      uint64_t w;
-      std::memcpy(&w, s + q * lds + k, sizeof(w));
-      T* dq = d + q * ldd;
-      const uint16_t e0 = uint16_t(w), e1 = uint16_t(w >> 16), e2 = uint16_t(w >> 32), e3 = uint16_t(w >> 48);
-      std::memcpy(dq + j0, &e0, 2);
-      std::memcpy(dq + j1, &e1, 2);
-      std::memcpy(dq + j2, &e2, 2);
-      std::memcpy(dq + j3, &e3, 2);
-    }
-  }
-  for (int64_t k = W4; k < W; ++k)
-    for (int64_t q = 0; q < 4; ++q) d[q * ldd + cols[k]] = s[q * lds + k];
-}
-
-// dst (Tn, G*W)[t, idx(g*W + k)] = src (G, Tn, W)[g, t, k]: each output row written by one item.
-template <typename T>
-void unpack(const Tensor& blocks, const IndexArg& idx, Tensor& dst) {
-  if (!idx.index.defined()) return;  // written in place
-  const int64_t G = blocks.size(0), Tn = blocks.size(1), W = blocks.size(2);
-  const T* src = blocks.data_ptr<T>();
-  T* out = dst.data_ptr<T>();
-  const int64_t* ip = idx.data();
-  const int64_t run = idx.run, ldd = G * W, RB = 16;
-  run_items(ceil_div(Tn, RB), 2.0 * Tn * ldd * 8, [&](int64_t it) {
-    const int64_t r0 = it * RB, r1 = std::min(Tn, r0 + RB);
-    int64_t r = r0;
-    if (run == 1)
-      for (; r + 4 <= r1; r += 4)
-        for (int64_t g = 0; g < G; ++g) scatter_4rows(src + (g * Tn + r) * W, W, ip + g * W, W, out + r * ldd, ldd);
-    for (; r < r1; ++r) {
-      T* d = out + r * ldd;
-      for (int64_t g = 0; g < G; ++g) {
-        const T* s = src + (g * Tn + r) * W;
-        const int64_t* cols = ip + g * W;
-        if (run > 1) {
-          for (int64_t k = 0; k < W; k += run) std::memcpy(d + cols[k], s + k, sizeof(T) * std::min(run, W - k));
-        } else {
-          for (int64_t k = 0; k < W; ++k) d[cols[k]] = s[k];
-        }
-      }
-    }
-  });
 }
 
 template <typename T>
@@ -149,7 +94,7 @@ Tensor linear_typed(const Tensor& x, const Tensor& v, const IndexArg& in, const 
   } else {
     at::bmm_out(yg, xg, v.transpose(1, 2));
   }
-  unpack<T>(yg, out, y);
+  if (out.index.defined()) unpack_groups<T>(yg.data_ptr<T>(), G, Tn, a, out, y);
   return y;
 }
 
@@ -161,7 +106,7 @@ Tensor grad_input_typed(const Tensor& dy, const Tensor& v, const IndexArg& in, c
   const Tensor dyg = blocks_of<T>(dy, G, a, out, kSlotDY, big_dy);
   Tensor dxg = result_blocks<T>(dx, G, c, in, big_x);
   at::bmm_out(dxg, dyg, v);
-  unpack<T>(dxg, in, dx);
+  if (in.index.defined()) unpack_groups<T>(dxg.data_ptr<T>(), G, Tn, c, in, dx);
   return dx;
 }
 
@@ -187,19 +132,39 @@ std::string forced_engine() {  // SAO_KERNELS_LOWP_GEMM, lower-cased ("" = autom
 
 }  // namespace
 
+// The engine SAO_KERNELS_LOWP_GEMM forces: "" (automatic), "bmm", "brgemm" or "dpbf16" (the
+// bfloat16 forward through bf16_dot.cpp; the other products and float16 choose automatically).
+std::string lowp_forced_engine() {
+  const std::string forced = forced_engine();
+  TORCH_CHECK_VALUE(forced.empty() || forced == "bmm" || forced == "brgemm" || forced == "dpbf16",
+                    "SAO_KERNELS_LOWP_GEMM=", forced,
+                    " is not an engine; allowed: 'bmm', 'brgemm', 'dpbf16' or unset (automatic)");
+  return forced;
+}
+
 bool lowp_uses_bmm(at::ScalarType dtype) {
   if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
-  const std::string forced = forced_engine();
+  const std::string forced = lowp_forced_engine();
   if (forced == "bmm") return true;
   if (forced == "brgemm") return false;
-  TORCH_CHECK_VALUE(forced.empty(), "SAO_KERNELS_LOWP_GEMM=", forced,
-                    " is not an engine; allowed: 'bmm', 'brgemm' or unset (automatic)");
   if (amx_packs(dtype)) return false;  // AMX (allowed by the tier): brgemm with VNNI-packed B
 #if SAO_X86
   return dtype == at::kBFloat16 ? has_avx512_bf16() : has_avx512_fp16();
 #else
   return false;
 #endif
+}
+
+bool lowp_forward_uses_dot(at::ScalarType dtype) {
+  if (dtype != at::kBFloat16) return false;
+  const std::string forced = lowp_forced_engine();
+  if (forced == "dpbf16") {
+    TORCH_CHECK_VALUE(bf16_dot_usable(), "SAO_KERNELS_LOWP_GEMM=dpbf16 needs AVX512_BF16; the native kernels use tier '",
+                      isa_name(cpu_isa()), "' (hardware '", isa_name(hardware_isa()),
+                      "'); allowed here: 'bmm', 'brgemm' or unset");
+    return true;
+  }
+  return forced.empty() && !amx_packs(dtype) && bf16_dot_usable();
 }
 
 Tensor linear_bmm(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias) {

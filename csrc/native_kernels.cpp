@@ -72,7 +72,6 @@ constexpr int64_t kVnniTokBlock = 256;     // tokens per item with AMX (bigger M
 constexpr int64_t kSmallTokBlock = 512;    // tokens per item of a problem run on one thread
 constexpr int64_t kKBlock = 256;           // float32 brgemm: K block of one call
 constexpr int64_t kNBlock = 64;            // float32 brgemm: N block of one call
-constexpr int64_t kMinItems = 16;          // split groups / dV rows until there are this many items
 constexpr int64_t kTokChunk = 256;         // float32 grad-values: tokens per brgemm call
 constexpr int64_t kMinRows = 128;          // grad-values: smallest block of dV rows per item
 constexpr int64_t kMinBrgemmTokens = 16;   // float32 forward below this: the gemm engine
@@ -682,6 +681,8 @@ Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in
     return y;
   };
   if (decode_applies(Tn, x.scalar_type())) return after(linear_decode(x, values.contiguous(), in, out, b));
+  if (Tn > 0 && lowp_forward_uses_dot(x.scalar_type()))
+    return after(linear_bf16_dot(x, values.contiguous(), in, out, b));
   if (Tn > 0 && lowp_uses_bmm(x.scalar_type())) return after(linear_bmm(x, values.contiguous(), in, out, b));
   Tensor y;
   SAO_DISPATCH(x.scalar_type(), "sao_linear_native", [&] { y = linear_typed<scalar_t>(x, values, in, out, b, act); });
@@ -714,6 +715,7 @@ std::string native_build_info() {
   s += "at::native::cpublas::brgemm (oneDNN ukernel or BLAS fallback)";
   for (const auto& [dt, name] : {std::pair{at::kBFloat16, "bfloat16"}, std::pair{at::kHalf, "float16"}}) {
     s += std::string("; ") + name + ": ";
+    if (lowp_forward_uses_dot(dt)) s += "forward: AVX512_BF16 micro-kernel (T > 16), the rest: ";
     if (lowp_uses_bmm(dt)) {
       s += "oneDNN at::bmm on packed group blocks";
     } else if (amx_packs(dt)) {

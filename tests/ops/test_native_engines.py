@@ -5,8 +5,10 @@
   bias and index maps, outputs poisoned (SAO_KERNELS_POISON=1) so an unwritten element shows;
   identical bits for any thread count.
 * bfloat16 / float16 through oneDNN's at::bmm (the automatic choice without AMX where the CPU
-  has AVX512_BF16 / AVX512_FP16) and through brgemm, both forced with SAO_KERNELS_LOWP_GEMM:
-  reference, poison, 1 vs 2 vs 3 threads; a bad value is refused.
+  has AVX512_BF16 / AVX512_FP16), through brgemm, and the bfloat16 forward through the
+  AVX512_BF16 micro-kernel (csrc/bf16_dot.cpp, where the tier has it), each forced with
+  SAO_KERNELS_LOWP_GEMM: reference, poison, odd block sides (the pair tail), partial panels,
+  1 vs 2 vs 3 threads; a bad value is refused, and so is dpbf16 below the avx512_bf16 tier.
 * No stale weights: the kernels keep no packed copy of ``values`` between calls (see
   docs/cpu_engines.md), so every way of changing the weights (optimizer step, ``.data.mul_``,
   ``copy_`` under no_grad, a dtype change, a new tensor at a reused address) shows in the next
@@ -92,7 +94,11 @@ if NATIVE:
         assert torch.equal(one, two) and torch.equal(one, three)
 
     # ------------------------------------------------------------------- low-precision engines
-    @pytest.mark.parametrize("engine", ["bmm", "brgemm"])
+    # the engines this machine (under its tier cap) can force
+    DOT = sk.cpu_tier() in ("avx512_bf16", "amx")
+    LOWP_ENGINES = ["bmm", "brgemm"] + (["dpbf16"] if DOT else [])
+
+    @pytest.mark.parametrize("engine", LOWP_ENGINES)
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
     @pytest.mark.parametrize(
         "T,m,n,G,block_size,in_perm,out_perm",
@@ -102,6 +108,8 @@ if NATIVE:
             (64, 256, 128, 2, 8, True, True),
             (33, 80, 80, 1, 1, False, False),
             (129, 128, 128, 4, 1, False, True),
+            (41, 3 * 50, 3 * 37, 3, 1, False, False),  # odd c (pair tail) in place, panel of 50
+            (23, 2 * 97, 2 * 33, 2, 1, True, True),  # odd c gathered; 97 = 48 + 48 + 1 columns
         ],
         ids=str,
     )
@@ -121,6 +129,35 @@ if NATIVE:
         one, two, three = (products_with_threads(case, k) for k in (1, 2, 3))
         for name, a, b, c in zip(("y", "dx", "dv"), one, two, three):
             assert torch.equal(a, b) and torch.equal(a, c), name
+
+    @pytest.mark.parametrize("T,m,n,G,bias", [(512, 1024, 1024, 4, True), (100, 96, 2 * 513, 2, False)], ids=str)
+    def test_dot_forward_same_bits_for_any_thread_count(T, m, n, G, bias, monkeypatch):
+        """The bfloat16 forward as this machine runs it (the micro-kernel where the tier has
+        AVX512_BF16): each output element is one item's, in a fixed order."""
+        case = make_case(T, m, n, G, in_perm=True, out_perm=True, bias=bias, dtype=torch.bfloat16, seed=2)
+        one, two, three = (products_with_threads(case, k)[0] for k in (1, 2, 3))
+        assert torch.equal(one, two) and torch.equal(one, three)
+
+    def test_dot_forward_flushes_what_vdpbf16ps_flushes(monkeypatch):
+        """Inf and NaN propagate; an odd c never reads the element past a row (the pair tail)."""
+        for engine in LOWP_ENGINES:
+            monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", engine)
+            x, v, ii, oi, b, _ = make_case(40, 2 * 48, 2 * 33, 2, in_perm=False, out_perm=False, dtype=torch.bfloat16)
+            x = x.clone()
+            x[:, 33] = float("inf")  # group 1's first column: must not leak into group 0 (c = 33)
+            with sk.backend("native"):
+                y = OPS.linear(x, v, ii, oi, b, 1)
+            assert torch.isfinite(y[:, :48]).all(), engine
+            assert not torch.isfinite(y[:, 48:]).all(), engine
+
+    if not DOT:
+
+        def test_dpbf16_below_its_tier_is_refused(monkeypatch):
+            monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", "dpbf16")
+            x, v, ii, oi, b, _ = make_case(32, 16, 16, 2, dtype=torch.bfloat16)
+            with pytest.raises(ValueError, match="SAO_KERNELS_LOWP_GEMM=dpbf16 needs AVX512_BF16"):
+                with sk.backend("native"):
+                    OPS.linear(x, v, ii, oi, b, 1)
 
     def test_bad_engine_name_is_refused(monkeypatch):
         monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", "fast")

@@ -79,7 +79,9 @@ if NATIVE:
         assert T > 16 and T * G * (a + c) < G * a * c  # the transposed few-token forward
         check_permutation_exact(T, m, n, G, block_size, torch.float32, forward_only=True)
 
-    @pytest.mark.parametrize("engine", ["bmm", "brgemm"])
+    @pytest.mark.parametrize(
+        "engine", ["bmm", "brgemm"] + (["dpbf16"] if sk.cpu_tier() in ("avx512_bf16", "amx") else [])
+    )
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
     @pytest.mark.parametrize("T,m,n,G,block_size", LOWP_SHAPES, ids=str)
     def test_low_precision_maps_are_exact_permutations(T, m, n, G, block_size, dtype, engine, monkeypatch):
