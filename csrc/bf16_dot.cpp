@@ -1,31 +1,32 @@
-// The bfloat16 forward (T > kDecodeMaxTokens) on CPUs with AVX512_BF16 and no AMX: our own
-// micro-kernel on VDPBF16PS, which takes X where it lies (or as the gather leaves it) and writes
-// Y with the bias already in, so that the forward costs the GEMM and nothing else where the
-// maps are the identity.  oneDNN's at::bmm (csrc/lowp_bmm.cpp) runs the products at the same
-// speed but needs X packed, the bias pre-filled into its output and read back (its sum
-// post-op) and a strided output: at 4096 x 4096, T = 512, G = 8 those passes cost ~0.25 of
-// the GEMM (docs/cpu_engines.md).
+// The bfloat16 products on CPUs with AVX512_BF16 and no AMX: our own micro-kernel on
+// VDPBF16PS, which reads its broadcast operand where it lies (or as the gather leaves it) and
+// writes its result with the bias (and tanh / ReLU) already applied, so that a product costs
+// the GEMM and little else.  oneDNN's at::bmm (csrc/lowp_bmm.cpp) runs the GEMMs at the same
+// speed but needs its operands packed, the bias pre-filled into its output and read back (its
+// sum post-op), a strided output, and ~60 us per call to set up: at 4096 x 4096, T = 512, G = 8
+// those passes cost ~0.25 of the GEMM, and a 512-wide layer's products are mostly set-up.
 //
-//   Y[t, g*a + n] = bias[..] + sum_k X_g[t, k] V_g[n, k]      (group order; out_index scatters)
+//   out[t, j] = init[j] + sum_k A[t, k] B[k, j]      (per group; A pairs along k, B packed)
 //
-// Register tile: kMR = 8 tokens x kNR = 3 vectors of 16 output features = 24 float accumulators;
-// each step k (a pair of input features: VDPBF16PS multiplies pairs) loads 3 vectors of packed V
-// and broadcasts one 32-bit pair of X per token.  Measured as a standalone kernel against
-// oneDNN's bmm on the same pre-gathered blocks (4096 x 4096, T = 504, G = 8, Zen 4, 2026-12-07):
-// 179 vs 177 GFLOP/s on one thread, 373 vs 352 on two; 6 x 4 tiles 172 / 355, 14 x 2 tiles
-// 166 / 345.  In place (SAOLinear, in_index gathered, bias, 2 threads, T = 512, against the
-// pre-gathered bmm): 1.01 / 0.98 / 0.89 of it at G = 2 / 4 / 8, where the bmm engine reached
-// 0.96 / 0.92 / 0.86 in the same process; the rest at G = 8 is the gather of X (~5 %) and the
-// pack of V (~2 %).
+//   forward      A = X_g (T x c)      B = V_g^T  (pack_transposed: pairs within V's rows)
+//   grad input   A = dY_g (T x a)     B = V_g    (interleave_pairs: rows 2k, 2k+1 of V_g)
+//   grad values  A = dY_g^T (a x T)   B = X_g    (both interleave_pairs over token pairs)
 //
-// V is packed per item (one group, one panel of kPanel = 48 output features) into the pair
-// layout Vp[k][j] = (V_g[n0 + j, 2k], V_g[n0 + j, 2k + 1]), zero-padded past the panel's last
-// feature and past an odd c, in thread-local scratch (48 x c bf16, in L1 / L2): a pass over V
-// per call, no copy kept between calls (docs/cpu_engines.md says why).  The items are (group,
-// panel[, token chunk]); each output element is computed by one item in a fixed order, so the
+// Register tile: kMR = 8 rows x kNR = 3 vectors of 16 columns = 24 float accumulators; each step
+// k (a pair of reduction indices: VDPBF16PS multiplies pairs) loads 3 vectors of packed B and
+// broadcasts one 32-bit pair of A per row.  Measured as a standalone kernel against oneDNN's
+// bmm on the same pre-gathered blocks (4096 x 4096, T = 504, G = 8, Zen 4, 2026-12-07): 179 vs
+// 177 GFLOP/s on one thread, 373 vs 352 on two; 6 x 4 tiles 172 / 355, 14 x 2 tiles 166 / 345.
+//
+// B is packed per item (one group, one panel of kPanel = 48 output columns) in thread-local
+// scratch (48 x K bf16, in L1 / L2 for the layers' K): a pass over B per call, no copy kept
+// between calls (docs/cpu_engines.md says why).  Items are (group, panel[, row chunk]); every
+// output element is computed by one item, reducing over all of K in a fixed order, so the
 // results do not depend on the thread count.  VDPBF16PS treats denormal inputs as zero and
 // flushes denormal results, as oneDNN's bf16 kernels do; VCVTNEPS2BF16 rounds to nearest even.
 #include "native_util.h"
+
+#include "activation.h"
 
 #include <array>
 
@@ -38,7 +39,7 @@ namespace {
 using bf16 = at::BFloat16;
 constexpr int kMR = 8, kNR = 3;
 constexpr int64_t kPanel = 16 * kNR;
-constexpr int64_t kMinChunk = 64;  // tokens per item at least, when items are split over T
+constexpr int64_t kMinChunk = 64;  // rows per item at least, when items are split over rows
 
 #define SAO_DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
@@ -81,11 +82,12 @@ SAO_DOT_TARGET inline void transpose16(__m512i (&r)[16], __m512i (&out)[16]) {
   }
 }
 
-// Vp (ceil(c/2) x kPanel pairs) from the w <= kPanel rows of V_g starting at v (row length c).
+// B for the forward: Bp[k][j] (k < ceil(c/2), j < kPanel) = the pair (V[j, 2k], V[j, 2k+1]) of
+// the w <= kPanel rows of V_g starting at v (row length c); zero past w and past an odd c.
 // Even c: 16 x 16 blocks of pairs transposed in registers (0.14 ms for all of V at 4096 x 4096,
 // G = 8, one thread, Zen 4; a VPGATHERDD per 16 pairs took 0.61 ms).  Odd c (rows not aligned
 // to pairs): gathers, and the last feature alone (its pair partner would be the next row's).
-SAO_DOT_TARGET void pack_panel(const bf16* v, int64_t c, int64_t w, uint32_t* vp) {
+SAO_DOT_TARGET void pack_transposed(const bf16* v, int64_t c, int64_t w, uint32_t* bp) {
   const int64_t kfull = c / 2;
   for (int64_t j0 = 0; j0 < kPanel; j0 += 16) {
     const int64_t wj = std::max<int64_t>(0, std::min<int64_t>(16, w - j0));
@@ -97,52 +99,130 @@ SAO_DOT_TARGET void pack_panel(const bf16* v, int64_t c, int64_t w, uint32_t* vp
         __m512i r[16], out[16];
         for (int i = 0; i < 16; ++i) r[i] = i < wj ? _mm512_loadu_si512(rows + i * kfull + k) : _mm512_setzero_si512();
         transpose16(r, out);
-        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(vp + (k + i) * kPanel + j0, out[i]);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(bp + (k + i) * kPanel + j0, out[i]);
       }
     }
-    // byte offsets of the 16 rows (c < 2^26 is checked by the caller)
+    // byte offsets of the 16 rows (c < 2^26 is checked by the callers)
     const __m512i offs = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                             _mm512_set1_epi32(int32_t(2 * c)));
     const __mmask16 m = __mmask16((1u << wj) - 1);
     for (; k < kfull; ++k)
-      _mm512_storeu_si512(vp + k * kPanel + j0, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, offs, base + 2 * k, 1));
+      _mm512_storeu_si512(bp + k * kPanel + j0,
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, offs, base + 2 * k, 1));
     if (c % 2) {
-      uint32_t* d = vp + kfull * kPanel + j0;
+      uint32_t* d = bp + kfull * kPanel + j0;
       for (int64_t j = 0; j < 16; ++j) d[j] = j < wj ? load_single(base + j * c + c - 1) : 0u;
     }
   }
 }
 
-// y[r, 16 j + i] (r < MR, j < NR, i < 16; the last vector masked by `last`) = bf16(bias[16 j + i]
-// + sum_k x[r, k] V[16 j + i, k]), from the packed panel vp.
-template <int MR, int NR>
-SAO_DOT_TARGET void tile(const bf16* x, int64_t ldx, const uint32_t* vp, int64_t c, const float* bias, bf16* y,
-                         int64_t ldy, __mmask16 last) {
-  __m512 acc[MR][NR];
-  for (int j = 0; j < NR; ++j) {
-    const __m512 b0 = _mm512_loadu_ps(bias + 16 * j);  // the bias is the initial accumulator
-    for (int r = 0; r < MR; ++r) acc[r][j] = b0;
-  }
-  const int64_t kfull = c / 2;
-  for (int64_t k = 0; k < kfull; ++k) {
-    __m512bh b[NR];
-    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(vp + k * kPanel + 16 * j);
-    for (int r = 0; r < MR; ++r) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(int32_t(load_pair(x + r * ldx + 2 * k)));
-      for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xv, b[j]);
+// dst[k][j] (k < ceil(K/2), j < ldd) = the pair (src[2k, j], src[2k+1, j]) for j < w, zero
+// beyond w and in the high half past an odd K (src: K rows of at least w elements, ld apart).
+SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst, int64_t ldd) {
+  for (int64_t k = 0; 2 * k < K; ++k) {
+    const bf16* r0 = src + 2 * k * ld;
+    const bf16* r1 = 2 * k + 1 < K ? r0 + ld : nullptr;
+    uint32_t* d = dst + k * ldd;
+    for (int64_t j = 0; j < ldd; j += 16) {
+      const int64_t wj = std::max<int64_t>(0, std::min<int64_t>(16, w - j));
+      const __mmask16 m = __mmask16((1u << wj) - 1);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + j));
+      const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + j)), 16)
+                            : _mm512_setzero_si512();
+      const __m512i p = _mm512_or_si512(lo, hi);
+      if (j + 16 <= ldd) {
+        _mm512_storeu_si512(d + j, p);
+      } else {
+        _mm512_mask_storeu_epi32(d + j, __mmask16((1u << (ldd - j)) - 1), p);
+      }
     }
   }
-  if (c % 2) {
+}
+
+// The same pairs for all w columns, in blocks of kMR = 8 columns: dst[i * sblk + k * 8 + q] =
+// (src[2k, 8i + q], src[2k+1, 8i + q]) (zero past w and in the high half past an odd K); 16
+// columns per load, their halves to two blocks.
+SAO_DOT_TARGET void interleave_pairs_blocked(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst,
+                                             int64_t sblk) {
+  static_assert(kMR == 8, "two blocks per 16 columns");
+  for (int64_t k = 0; 2 * k < K; ++k) {
+    const bf16* r0 = src + 2 * k * ld;
+    const bf16* r1 = 2 * k + 1 < K ? r0 + ld : nullptr;
+    for (int64_t j = 0; j < w; j += 16) {
+      const int64_t wj = std::min<int64_t>(16, w - j);
+      const __mmask16 m = __mmask16((1u << wj) - 1);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + j));
+      const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + j)), 16)
+                            : _mm512_setzero_si512();
+      const __m512i p = _mm512_or_si512(lo, hi);
+      uint32_t* d = dst + (j / 8) * sblk + k * 8;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm512_castsi512_si256(p));
+      if (wj > 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + sblk), _mm512_extracti64x4_epi64(p, 1));
+    }
+  }
+}
+
+// fast_tanh (csrc/activation.h), 16 lanes, for a bfloat16 result; NaN propagates (the NaN operand of max / min is the
+// second one, which these intrinsics return).
+SAO_DOT_TARGET inline __m512 tanh16(__m512 x) {
+  const __m512 lim = _mm512_set1_ps(7.90531110763549805f);
+  const __m512 c = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), x));
+  const __m512 x2 = _mm512_mul_ps(c, c);
+  __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
+  p = _mm512_mul_ps(p, c);
+  __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
+  const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.0004f), _CMP_LT_OQ);
+  // p / q as p * (1/q): VRCP14PS and one Newton step (relative error ~2^-28, below the bf16
+  // rounding this feeds; VDIVPS cost more than the GEMM's tail per tile at width 512)
+  const __m512 r0 = _mm512_rcp14_ps(q);
+  const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(q, r0, _mm512_set1_ps(2.f)));
+  return _mm512_mask_blend_ps(tiny, _mm512_mul_ps(p, r1), x);
+}
+
+// y[r, 16 j + i] (r < MR, j < NR, i < 16; the last vector masked by `last`) =
+// bf16(act(init[16 j + i] + sum_k A[r, k] B[k, 16 j + i])), with the pair k of row r of A at
+// a + r * lda + k * ka (elements; an odd K's last index alone, its partner not read) and B
+// packed (bp[k][kPanel]).
+template <int MR, int NR>
+SAO_DOT_TARGET void tile(const bf16* a, int64_t lda, int64_t ka, const uint32_t* bp, int64_t K, const float* init,
+                         Act act, bf16* y, int64_t ldy, __mmask16 last) {
+  __m512 acc[MR][NR];
+  for (int j = 0; j < NR; ++j) {
+    const __m512 b0 = init ? _mm512_loadu_ps(init + 16 * j) : _mm512_setzero_ps();  // the bias: one rounding
+    for (int r = 0; r < MR; ++r) acc[r][j] = b0;
+  }
+  const int64_t kfull = K / 2;
+  for (int64_t k = 0; k < kfull; ++k) {
     __m512bh b[NR];
-    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(vp + kfull * kPanel + 16 * j);
+    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + k * kPanel + 16 * j);
     for (int r = 0; r < MR; ++r) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(int32_t(load_single(x + r * ldx + c - 1)));
-      for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xv, b[j]);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int32_t(load_pair(a + r * lda + k * ka)));
+      for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, b[j]);
+    }
+  }
+  if (K % 2) {
+    __m512bh b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + kfull * kPanel + 16 * j);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int32_t(load_single(a + r * lda + kfull * ka)));
+      for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, b[j]);
     }
   }
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NR; ++j) {
-      const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[r][j]);
+      __m512 v = acc[r][j];
+      if (act == Act::kTanh) v = tanh16(v);
+      if (act == Act::kRelu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+      const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
       bf16* d = y + r * ldy + 16 * j;
       if (j + 1 < NR) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), h);
@@ -152,7 +232,8 @@ SAO_DOT_TARGET void tile(const bf16* x, int64_t ldx, const uint32_t* vp, int64_t
     }
 }
 
-using TileFn = void (*)(const bf16*, int64_t, const uint32_t*, int64_t, const float*, bf16*, int64_t, __mmask16);
+using TileFn = void (*)(const bf16*, int64_t, int64_t, const uint32_t*, int64_t, const float*, Act, bf16*, int64_t,
+                        __mmask16);
 
 template <int MR, int... NRs>
 constexpr std::array<TileFn, kNR> tiles_for(std::integer_sequence<int, NRs...>) {
@@ -162,70 +243,174 @@ template <int... MRs>
 constexpr std::array<std::array<TileFn, kNR>, kMR> all_tiles(std::integer_sequence<int, MRs...>) {
   return {tiles_for<MRs + 1>(std::make_integer_sequence<int, kNR>())...};
 }
-// kTiles[rows - 1][vectors - 1]
-constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kMR>());
+constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kMR>());  // [rows - 1][vectors - 1]
+
+// One product: for each group g, out_g (R x N) = [init +] A_g (R x K) @ B_g, with A_g's pair k
+// of row r = kMR * i + q at a + g * sga + i * sblk + q * lda + k * ka (rows in blocks of kMR:
+// sblk = kMR * lda for a row-major A), B_g's panels packed by pack(g, n0, w, bp), and out_g at
+// out + g * sgo (rows ldo apart).
+struct Product {
+  const bf16* a;
+  int64_t sga, sblk, lda, ka;
+  bf16* out;
+  int64_t sgo, ldo;
+  int64_t G, R, N, K;
+  Act act = Act::kNone;
+};
+
+template <typename Pack, typename Init>
+void run_product(const Product& p, const Pack& pack, const Init& init) {
+  const int64_t n_panels = ceil_div(p.N, kPanel);
+  const int64_t n_chunks =
+      std::max<int64_t>(1, std::min(ceil_div(kMinItems, p.G * n_panels), ceil_div(p.R, kMinChunk)));
+  const int64_t chunk = ceil_div(ceil_div(p.R, n_chunks), kMR) * kMR;
+  run_items(p.G * n_panels * n_chunks, 2.0 * p.G * p.R * p.N * p.K, [&](int64_t it) {
+    Scratch big;
+    const int64_t g = it / (n_panels * n_chunks), q = it % n_chunks;
+    const int64_t n0 = ((it / n_chunks) % n_panels) * kPanel, w = std::min(kPanel, p.N - n0);
+    const int64_t r0 = q * chunk, r1 = std::min(p.R, r0 + chunk);
+    if (r0 >= r1) return;
+    uint32_t* bp = scratch<uint32_t>(kSlotPanel, ceil_div(p.K, 2) * kPanel, big);
+    pack(g, n0, w, bp);
+    float init_f[kPanel] = {};
+    const bool has_init = init(g, n0, w, init_f);
+    const int64_t nvec = ceil_div(w, 16);
+    const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
+    const bf16* ag = p.a + g * p.sga;
+    bf16* og = p.out + g * p.sgo + n0;
+    for (int64_t r = r0; r < r1; r += kMR) {
+      const int64_t rows = std::min<int64_t>(kMR, r1 - r);
+      kTiles[rows - 1][nvec - 1](ag + (r / kMR) * p.sblk, p.lda, p.ka, bp, p.K, has_init ? init_f : nullptr, p.act,
+                                 og + r * p.ldo, p.ldo, last);
+    }
+  });
+}
+
+const auto kNoInit = [](int64_t, int64_t, int64_t, float*) { return false; };
+
+// An activation (Tn, G*W) in group order: itself when idx is the identity (group g at column
+// g*W, rows ld apart), else gathered into scratch (G, Tn, ldp).
+struct Grouped {
+  const bf16* p;
+  int64_t sg, ld;
+};
+Grouped grouped(const Tensor& t, int64_t G, int64_t W, const IndexArg& idx, int slot, Scratch& big) {
+  const int64_t Tn = t.size(0);
+  if (!idx.index.defined()) return {t.data_ptr<bf16>(), W, t.stride(0)};
+  const int64_t ldp = pad_ld<bf16>(W);
+  return {pack_groups(t.data_ptr<bf16>(), t.stride(0), Tn, G, W, idx, ldp, slot, big), Tn * ldp, ldp};
+}
+
+// Where a product's rows (Tn, G*W) go: the output itself for an identity map, else group
+// blocks (G, Tn, W) in scratch that unpack_groups scatters (writing through the map from every
+// item would touch every cache line of the output per item).
+struct Target {
+  bf16* p;
+  int64_t sg, ld;
+};
+Target target(const Tensor& dst, int64_t G, int64_t W, const IndexArg& idx, Scratch& big) {
+  const int64_t Tn = dst.size(0);
+  if (!idx.index.defined()) return {dst.data_ptr<bf16>(), W, G * W};
+  return {scratch<bf16>(kSlotC, G * Tn * W, big), Tn * W, W};
+}
+
+void check_dot(const Tensor& t, const Tensor& v) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && v.is_contiguous() && bf16_dot_usable(),
+              "bf16_dot: bfloat16, contiguous values and an AVX512_BF16 CPU");
+  TORCH_CHECK(v.size(1) < (int64_t(1) << 26) && v.size(2) < (int64_t(1) << 26),
+              "bf16_dot: block sides below 2^26 (32-bit offsets)");
+}
 
 }  // namespace
 
 bool bf16_dot_usable() { return has_avx512_bf16(); }
 
-Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias) {
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && v.is_contiguous() && bf16_dot_usable(),
-              "linear_bf16_dot: bfloat16, contiguous values and an AVX512_BF16 CPU");
-  const int64_t Tn = x.size(0), G = v.size(0), a = v.size(1), c = v.size(2), ldo = G * a;
-  TORCH_CHECK(c < (int64_t(1) << 26), "linear_bf16_dot: block side c = ", c, " too large for 32-bit gathers");
-  Tensor y = new_output({Tn, ldo}, x.options());
+Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias,
+                       Act act) {
+  check_dot(x, v);
+  const int64_t Tn = x.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
+  Tensor y = new_output({Tn, G * a}, x.options());
   if (Tn == 0) return y;
-  // X in group order: read in place for an identity in_index, else gathered once (G, T, ldp)
   Scratch big_x, big_y;
-  const bf16* xs = x.data_ptr<bf16>();
-  int64_t ldx = x.stride(0), sgx = c;  // X_g at xs + g * sgx, rows ldx apart
-  if (in.index.defined()) {
-    const int64_t ldp = pad_ld<bf16>(c);
-    xs = pack_groups(xs, ldx, Tn, G, c, in, ldp, kSlotX, big_x);
-    ldx = ldp;
-    sgx = Tn * ldp;
-  }
-  // Y in group order: the output itself for an identity out_index, else blocks (G, T, a) that
-  // one row-wise pass scatters (writing through out_index from every item would touch every
-  // cache line of the output per item).
-  const int64_t* oi = out.data();
-  bf16* yb = oi ? scratch<bf16>(kSlotC, G * Tn * a, big_y) : y.data_ptr<bf16>();
-  const int64_t ldy = oi ? a : ldo, sgy = oi ? Tn * a : a;
+  const Grouped xg = grouped(x, G, c, in, kSlotX, big_x);
+  const Target yg = target(y, G, a, out, big_y);
   const bf16* vs = v.data_ptr<bf16>();
   const bf16* bs = bias.defined() ? bias.data_ptr<bf16>() : nullptr;
-  const int64_t n_panels = ceil_div(a, kPanel);
-  const int64_t n_chunks = std::max<int64_t>(
-      1, std::min(ceil_div(kMinItems, G * n_panels), ceil_div(Tn, kMinChunk)));
-  const int64_t chunk = ceil_div(Tn, n_chunks);
-  run_items(G * n_panels * n_chunks, 2.0 * Tn * G * a * c, [&](int64_t it) {
-    Scratch big_p;
-    const int64_t g = it / (n_panels * n_chunks), p = (it / n_chunks) % n_panels, q = it % n_chunks;
-    const int64_t n0 = p * kPanel, w = std::min(kPanel, a - n0), t0 = q * chunk, t1 = std::min(Tn, t0 + chunk);
-    if (t0 >= t1) return;
-    uint32_t* vp = scratch<uint32_t>(kSlotPanel, ceil_div(c, 2) * kPanel, big_p);
-    pack_panel(vs + (g * a + n0) * c, c, w, vp);
-    float bias_f[kPanel] = {};
-    if (bs)
-      for (int64_t j = 0; j < w; ++j) bias_f[j] = static_cast<float>(bs[oi ? oi[g * a + n0 + j] : g * a + n0 + j]);
-    const int64_t nvec = ceil_div(w, 16);
-    const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
-    const bf16* xg = xs + g * sgx;
-    bf16* yg = yb + g * sgy + n0;
-    for (int64_t t = t0; t < t1; t += kMR) {
-      const int64_t rows = std::min<int64_t>(kMR, t1 - t);
-      kTiles[rows - 1][nvec - 1](xg + t * ldx, ldx, vp, c, bias_f, yg + t * ldy, ldy, last);
-    }
-  });
-  if (oi) unpack_groups<bf16>(yb, G, Tn, a, out, y);
+  const int64_t* oi = out.data();
+  const Product p{xg.p, xg.sg, kMR * xg.ld, xg.ld, 2, yg.p, yg.sg, yg.ld, G, Tn, a, c, act};
+  run_product(
+      p, [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) { pack_transposed(vs + (g * a + n0) * c, c, w, bp); },
+      [&](int64_t g, int64_t n0, int64_t w, float* f) {
+        if (!bs) return false;
+        for (int64_t j = 0; j < w; ++j) f[j] = static_cast<float>(bs[oi ? oi[g * a + n0 + j] : g * a + n0 + j]);
+        return true;
+      });
+  if (out.index.defined()) unpack_groups<bf16>(yg.p, G, Tn, a, out, y);
   return y;
+}
+
+Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out) {
+  check_dot(dy, v);
+  const int64_t Tn = dy.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
+  Tensor dx = new_output({Tn, G * c}, dy.options());
+  if (Tn == 0) return dx;
+  Scratch big_dy, big_x;
+  const Grouped dyg = grouped(dy, G, a, out, kSlotDY, big_dy);
+  const Target dxg = target(dx, G, c, in, big_x);
+  const bf16* vs = v.data_ptr<bf16>();
+  const Product p{dyg.p, dyg.sg, kMR * dyg.ld, dyg.ld, 2, dxg.p, dxg.sg, dxg.ld, G, Tn, c, a};
+  run_product(
+      p,
+      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
+        interleave_pairs(vs + g * a * c + n0, c, a, w, bp, kPanel);
+      },
+      kNoInit);
+  if (in.index.defined()) unpack_groups<bf16>(dxg.p, G, Tn, c, in, dx);
+  return dx;
+}
+
+Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G) {
+  const int64_t Tn = dy.size(0), a = dy.size(1) / G, c = x.size(1) / G;
+  Tensor dv = new_output({G, a, c}, x.options());
+  check_dot(x, dv);
+  if (Tn == 0) return dv.zero_();
+  Scratch big_dy, big_x, big_t;
+  const Grouped dyg = grouped(dy, G, a, out, kSlotDY, big_dy);
+  const Grouped xg = grouped(x, G, c, in, kSlotX, big_x);
+  // A_g = dY_g^T as token pairs, in blocks of kMR features: At[g][i][k][q] = (dY_g[2k, n],
+  // dY_g[2k+1, n]) for n = kMR * i + q, so that a tile's broadcasts for one k are one 32-byte
+  // run (with features as rows of a row-major At, each k stepped a whole row: 4 KiB or more
+  // apart, a new page every step, 0.89 of the bmm bound at G = 4 against 0.92 for bmm).
+  const int64_t kp = ceil_div(Tn, 2), nblk = ceil_div(a, kMR);
+  uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
+  constexpr int64_t KB = 64;  // token pairs per item
+  run_items(G * ceil_div(kp, KB), 2.0 * G * Tn * a * 8, [&](int64_t it) {
+    const int64_t nb = ceil_div(kp, KB), g = it / nb, k0 = (it % nb) * KB, k1 = std::min(kp, k0 + KB);
+    interleave_pairs_blocked(dyg.p + g * dyg.sg + 2 * k0 * dyg.ld, dyg.ld, std::min(Tn, 2 * k1) - 2 * k0, a,
+                             at + (g * nblk * kp + k0) * kMR, kp * kMR);
+  });
+  const Product p{reinterpret_cast<const bf16*>(at), 2 * nblk * kp * kMR, 2 * kp * kMR, 2, 2 * kMR,
+                  dv.data_ptr<bf16>(), a * c, c, G, a, c, Tn};
+  run_product(
+      p,
+      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
+        interleave_pairs(xg.p + g * xg.sg + n0, xg.ld, Tn, w, bp, kPanel);
+      },
+      kNoInit);
+  return dv;
 }
 
 #else  // not x86: never chosen
 
 bool bf16_dot_usable() { return false; }
-Tensor linear_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&, const Tensor&) {
-  TORCH_CHECK(false, "linear_bf16_dot: needs an x86 CPU with AVX512_BF16");
+Tensor linear_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&, const Tensor&, Act) {
+  TORCH_CHECK(false, "bf16_dot: needs an x86 CPU with AVX512_BF16");
+}
+Tensor grad_input_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&) {
+  TORCH_CHECK(false, "bf16_dot: needs an x86 CPU with AVX512_BF16");
+}
+Tensor grad_values_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&, int64_t) {
+  TORCH_CHECK(false, "bf16_dot: needs an x86 CPU with AVX512_BF16");
 }
 
 #endif

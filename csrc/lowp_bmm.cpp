@@ -133,7 +133,7 @@ std::string forced_engine() {  // SAO_KERNELS_LOWP_GEMM, lower-cased ("" = autom
 }  // namespace
 
 // The engine SAO_KERNELS_LOWP_GEMM forces: "" (automatic), "bmm", "brgemm" or "dpbf16" (the
-// bfloat16 forward through bf16_dot.cpp; the other products and float16 choose automatically).
+// bfloat16 products through bf16_dot.cpp; float16 then chooses automatically).
 std::string lowp_forced_engine() {
   const std::string forced = forced_engine();
   TORCH_CHECK_VALUE(forced.empty() || forced == "bmm" || forced == "brgemm" || forced == "dpbf16",
@@ -155,7 +155,7 @@ bool lowp_uses_bmm(at::ScalarType dtype) {
 #endif
 }
 
-bool lowp_forward_uses_dot(at::ScalarType dtype) {
+bool lowp_uses_dot(at::ScalarType dtype) {
   if (dtype != at::kBFloat16) return false;
   const std::string forced = lowp_forced_engine();
   if (forced == "dpbf16") {

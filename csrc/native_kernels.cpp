@@ -667,9 +667,10 @@ Tensor grad_values_typed(const Tensor& dy_, const Tensor& x_, const IndexArg& in
 
 // ------------------------------------------------------------------------- the ops
 // The kernels detach their inputs (the public ops call them below autograd).
-// With `act` tanh / ReLU, the activation of the output: in the epilogue of the brgemm kernels,
-// after the product in the decode and bf16 / fp16 bmm engines (their outputs are rounded to the
-// dtype first, as the unfused layers round them).
+// With `act` tanh / ReLU, the activation of the output: in the epilogue of the brgemm kernels
+// and the bf16 micro-kernel (on the float accumulator, before the one rounding), after the
+// product in the decode and fp16 bmm engines (their outputs are rounded to the dtype first, as
+// the unfused layers round them).
 Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in, const IndexArg& out,
                      const std::optional<Tensor>& bias, Act act) {
   const Tensor x = rows_major(x_.detach()), values = values_.detach();
@@ -681,8 +682,7 @@ Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in
     return y;
   };
   if (decode_applies(Tn, x.scalar_type())) return after(linear_decode(x, values.contiguous(), in, out, b));
-  if (Tn > 0 && lowp_forward_uses_dot(x.scalar_type()))
-    return after(linear_bf16_dot(x, values.contiguous(), in, out, b));
+  if (Tn > 0 && lowp_uses_dot(x.scalar_type())) return linear_bf16_dot(x, values.contiguous(), in, out, b, act);
   if (Tn > 0 && lowp_uses_bmm(x.scalar_type())) return after(linear_bmm(x, values.contiguous(), in, out, b));
   Tensor y;
   SAO_DISPATCH(x.scalar_type(), "sao_linear_native", [&] { y = linear_typed<scalar_t>(x, values, in, out, b, act); });
@@ -692,6 +692,7 @@ Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in
 Tensor linear_grad_input_native(const Tensor& grad_out_, const Tensor& values_, const IndexArg& in,
                                 const IndexArg& out) {
   const Tensor dy = rows_major(grad_out_.detach()), values = values_.detach();
+  if (dy.size(0) > 0 && lowp_uses_dot(dy.scalar_type())) return grad_input_bf16_dot(dy, values.contiguous(), in, out);
   if (dy.size(0) > 0 && lowp_uses_bmm(dy.scalar_type())) return grad_input_bmm(dy, values.contiguous(), in, out);
   Tensor dx;
   SAO_DISPATCH(dy.scalar_type(), "sao_linear_grad_input_native",
@@ -702,6 +703,8 @@ Tensor linear_grad_input_native(const Tensor& grad_out_, const Tensor& values_, 
 Tensor linear_grad_values_native(const Tensor& grad_out_, const Tensor& x_, const IndexArg& in, const IndexArg& out,
                                  int64_t groups) {
   const Tensor dy = grad_out_.detach(), x = x_.detach();
+  if (x.size(0) > 0 && lowp_uses_dot(x.scalar_type()))
+    return grad_values_bf16_dot(rows_major(dy), rows_major(x), in, out, groups);
   if (x.size(0) > 0 && lowp_uses_bmm(x.scalar_type()))
     return grad_values_bmm(rows_major(dy), rows_major(x), in, out, groups);
   Tensor dv;
@@ -715,8 +718,9 @@ std::string native_build_info() {
   s += "at::native::cpublas::brgemm (oneDNN ukernel or BLAS fallback)";
   for (const auto& [dt, name] : {std::pair{at::kBFloat16, "bfloat16"}, std::pair{at::kHalf, "float16"}}) {
     s += std::string("; ") + name + ": ";
-    if (lowp_forward_uses_dot(dt)) s += "forward: AVX512_BF16 micro-kernel (T > 16), the rest: ";
-    if (lowp_uses_bmm(dt)) {
+    if (lowp_uses_dot(dt)) {
+      s += "AVX512_BF16 micro-kernel (forward at T > 16)";
+    } else if (lowp_uses_bmm(dt)) {
       s += "oneDNN at::bmm on packed group blocks";
     } else if (amx_packs(dt)) {
       s += "brgemm, VNNI-packed B (AMX)";

@@ -303,14 +303,17 @@ bool lowp_uses_bmm(at::ScalarType dtype);
 Tensor linear_bmm(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias);
 Tensor grad_input_bmm(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out);
 Tensor grad_values_bmm(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G);
-// The bfloat16 forward's engine (T > kDecodeMaxTokens): our AVX512_BF16 micro-kernel
-// (bf16_dot.cpp) where the CPU has AVX512_BF16 and no AMX, unless SAO_KERNELS_LOWP_GEMM forces
-// another.
-bool lowp_forward_uses_dot(at::ScalarType dtype);
+// The bfloat16 products' engine (the forward: T > kDecodeMaxTokens): our AVX512_BF16
+// micro-kernel (bf16_dot.cpp) where the CPU has AVX512_BF16 and no AMX, unless
+// SAO_KERNELS_LOWP_GEMM forces another.
+bool lowp_uses_dot(at::ScalarType dtype);
 
 // bf16_dot.cpp: that micro-kernel (bf16_dot_usable: the CPU, under the tier cap, has it).
 bool bf16_dot_usable();
-Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias);
+Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias,
+                       Act act);
+Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out);
+Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G);
 
 }  // namespace detail
 }  // namespace sao

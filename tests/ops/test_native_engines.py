@@ -4,9 +4,9 @@
   reference at every T in 1..16, odd block sides (vector tails), block_size > 1, with and without
   bias and index maps, outputs poisoned (SAO_KERNELS_POISON=1) so an unwritten element shows;
   identical bits for any thread count.
-* bfloat16 / float16 through oneDNN's at::bmm (the automatic choice without AMX where the CPU
-  has AVX512_BF16 / AVX512_FP16), through brgemm, and the bfloat16 forward through the
-  AVX512_BF16 micro-kernel (csrc/bf16_dot.cpp, where the tier has it), each forced with
+* bfloat16 through the AVX512_BF16 micro-kernel (csrc/bf16_dot.cpp: the automatic choice
+  without AMX where the tier has AVX512_BF16), bfloat16 / float16 through oneDNN's at::bmm (the
+  automatic choice for float16 where the CPU has AVX512_FP16) and through brgemm, each forced with
   SAO_KERNELS_LOWP_GEMM: reference, poison, odd block sides (the pair tail), partial panels,
   1 vs 2 vs 3 threads; a bad value is refused, and so is dpbf16 below the avx512_bf16 tier.
 * No stale weights: the kernels keep no packed copy of ``values`` between calls (see
