@@ -1,8 +1,11 @@
 // Pieces the C++ autograd nodes of the ops share (csrc/ops.cpp: the three products;
-// csrc/linear_act.cpp: the fused linear + activation).
+// csrc/linear_act.cpp: the fused linear + activation): the saved index, the node factory and
+// the calls of the public ops through the dispatcher.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/string_view.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
@@ -35,5 +38,38 @@ struct NodeFactory<T, false> {
     return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
   }
 };
+
+// The public ops through the dispatcher: the autograd kernels' calls, which go on to autograd
+// when a derivative is differentiated (create_graph).
+using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t);
+using LinearActSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
+                                c10::string_view);
+using GradInputSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                const std::optional<at::Tensor>&, int64_t);
+using GradValuesSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                 const std::optional<at::Tensor>&, int64_t, int64_t);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+inline at::Tensor linear(const at::Tensor& x, const at::Tensor& v, const std::optional<at::Tensor>& ii,
+                         const std::optional<at::Tensor>& oi, const std::optional<at::Tensor>& b, int64_t bs) {
+  static const auto op = find_op<LinearSig>("sao_kernels::linear");
+  return op.call(x, v, ii, oi, b, bs);
+}
+inline at::Tensor linear_grad_input(const at::Tensor& dy, const at::Tensor& v, const std::optional<at::Tensor>& ii,
+                                    const std::optional<at::Tensor>& oi, int64_t bs) {
+  static const auto op = find_op<GradInputSig>("sao_kernels::linear_grad_input");
+  return op.call(dy, v, ii, oi, bs);
+}
+inline at::Tensor linear_grad_values(const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& ii,
+                                     const std::optional<at::Tensor>& oi, int64_t groups, int64_t bs) {
+  static const auto op = find_op<GradValuesSig>("sao_kernels::linear_grad_values");
+  return op.call(dy, x, ii, oi, groups, bs);
+}
 
 }  // namespace sao

@@ -49,25 +49,6 @@ Act parse_act(const std::string& name) {
   TORCH_CHECK_VALUE(false, "linear_act: activation='", name, "' is not supported; allowed: 'tanh', 'relu', 'gelu'");
 }
 
-using LinearSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
-                         const optional<Tensor>&, int64_t);
-using LinearActSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
-                            const optional<Tensor>&, int64_t, c10::string_view);
-using GradInputSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, int64_t);
-using GradValuesSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, int64_t,
-                             int64_t);
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-Tensor linear(const Tensor& x, const Tensor& v, const optional<Tensor>& ii, const optional<Tensor>& oi,
-              const optional<Tensor>& b, int64_t bs) {
-  static const auto op = find_op<LinearSig>("sao_kernels::linear");
-  return op.call(x, v, ii, oi, b, bs);
-}
-
 Tensor apply_act(const Tensor& pre, Act act) {
   switch (act) {
     case Act::kTanh: return at::tanh(pre);
@@ -212,8 +193,6 @@ struct LinearActBackward : public torch::autograd::TraceableFunction {
     bias.reset_data();
   }
   variable_list apply(variable_list&& grads) override {
-    static const auto grad_input = find_op<GradInputSig>("sao_kernels::linear_grad_input");
-    static const auto grad_values = find_op<GradValuesSig>("sao_kernels::linear_grad_values");
     variable_list out(3);
     const Tensor& dy = grads[0];
     if (!dy.defined()) return out;
@@ -228,8 +207,8 @@ struct LinearActBackward : public torch::autograd::TraceableFunction {
     const optional<Tensor> ii = opt(in_index.unpack(self)), oi = opt(out_index.unpack(self));
     const Tensor s = regrad ? linear(xs, v, ii, oi, opt(bias.unpack(self)), block_size) : act_saved.unpack(self);
     auto [dpre, db] = act_backward(dy, s, act, dbias);
-    if (dx) out[0] = grad_input.call(dpre, v, ii, oi, block_size);
-    if (dv) out[1] = grad_values.call(dpre, xs, ii, oi, v.size(0), block_size);
+    if (dx) out[0] = linear_grad_input(dpre, v, ii, oi, block_size);
+    if (dv) out[1] = linear_grad_values(dpre, xs, ii, oi, v.size(0), block_size);
     if (dbias) out[2] = db;
     return out;
   }

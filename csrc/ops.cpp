@@ -292,34 +292,7 @@ Problem check_linear_grad_values(const Tensor& grad_out, const Tensor& x, const 
 }
 
 // ----------------------------------------------------------------------------- the ops
-using LinearSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&,
-                         const optional<Tensor>&, int64_t);
-using GradInputSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, int64_t);
-using GradValuesSig = Tensor(const Tensor&, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, int64_t,
-                             int64_t);
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-// Calls through the dispatcher (the public ops: used by the autograd kernels, whose calls
-// go on to autograd when differentiating a derivative).
-Tensor linear(const Tensor& x, const Tensor& v, const optional<Tensor>& ii, const optional<Tensor>& oi,
-              const optional<Tensor>& b, int64_t bs) {
-  static const auto op = find_op<LinearSig>("sao_kernels::linear");
-  return op.call(x, v, ii, oi, b, bs);
-}
-Tensor linear_grad_input(const Tensor& dy, const Tensor& v, const optional<Tensor>& ii, const optional<Tensor>& oi,
-                         int64_t bs) {
-  static const auto op = find_op<GradInputSig>("sao_kernels::linear_grad_input");
-  return op.call(dy, v, ii, oi, bs);
-}
-Tensor linear_grad_values(const Tensor& dy, const Tensor& x, const optional<Tensor>& ii, const optional<Tensor>& oi,
-                          int64_t groups, int64_t bs) {
-  static const auto op = find_op<GradValuesSig>("sao_kernels::linear_grad_values");
-  return op.call(dy, x, ii, oi, groups, bs);
-}
+// (the calls through the dispatcher, LinearSig and the other signatures: csrc/autograd_util.h)
 
 // ------------------------------------------------------------------------ CPU kernels
 // The CPU kernels' fallback is the op's Python implementation (its twin), registered when
