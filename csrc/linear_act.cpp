@@ -2,11 +2,12 @@
 // tanh / relu / gelu, one op with one autograd node: what sao_kernels.fuse_chains puts in place
 // of an SAO layer followed by its activation.
 //
-//  * CPU kernel: tanh and ReLU run in the native kernels' epilogue (csrc/activation.h), on the
-//    accumulator tile while it is in cache, on the calling thread's items (no separate
+//  * CPU kernel: tanh, ReLU and GELU run in the native kernels' epilogue (csrc/activation.h),
+//    on the accumulator tile while it is in cache, on the calling thread's items (no separate
 //    elementwise pass, which under load waits on a descheduled OpenMP thread: profiled at
-//    0.65 ms per 128 x 512 tanh on a loaded 2-core EPYC).  GELU, and every case the policy
-//    does not run native, is linear (the op, any backend) followed by the ATen activation.
+//    0.65 ms per 128 x 512 tanh on a loaded 2-core EPYC).  Every case the policy does not run
+//    native is linear (the op, any backend) followed by the ATen activation.  A GELU whose
+//    gradient is needed keeps its pre-activation: linear, then ATen's GELU (below).
 //  * Autograd kernel (CPU): saves the output (tanh: 1 - y^2, ReLU: y > 0) or, for GELU, the
 //    pre-activation; backward forms dPre = dY * act' and the bias gradient sum_t dPre in one
 //    pass (float32 / float64; other dtypes: ATen's tanh_backward / threshold_backward and
@@ -63,7 +64,7 @@ Tensor linear_act_cpu(const Tensor& x, const Tensor& values, const optional<Tens
                       const optional<Tensor>& out_index, const optional<Tensor>& bias, int64_t block_size,
                       c10::string_view activation) {
   const Act act = parse_act(std::string(activation));
-  if (act != Act::kGelu && x.dim() == 2 && values.dim() == 3) {
+  if (x.dim() == 2 && values.dim() == 3) {
     const int64_t T = x.size(0);
     const double flops = 2.0 * T * values.size(0) * values.size(1) * values.size(2);
     if (cpu_runs_native(x.scalar_type(), T, flops)) {

@@ -667,7 +667,7 @@ Tensor grad_values_typed(const Tensor& dy_, const Tensor& x_, const IndexArg& in
 
 // ------------------------------------------------------------------------- the ops
 // The kernels detach their inputs (the public ops call them below autograd).
-// With `act` tanh / ReLU, the activation of the output: in the epilogue of the brgemm kernels
+// With `act` tanh / ReLU / GELU, the activation of the output: in the epilogue of the brgemm kernels
 // and the bf16 micro-kernel (on the float accumulator, before the one rounding), after the
 // product in the decode and fp16 bmm engines (their outputs are rounded to the dtype first, as
 // the unfused layers round them).
@@ -679,6 +679,7 @@ Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in
   const auto after = [act](Tensor y) {
     if (act == Act::kTanh) y.tanh_();
     if (act == Act::kRelu) y.relu_();
+    if (act == Act::kGelu) at::gelu_(y);
     return y;
   };
   if (decode_applies(Tn, x.scalar_type())) return after(linear_decode(x, values.contiguous(), in, out, b));

@@ -29,8 +29,8 @@ struct IndexArg {
   const int64_t* data() const { return index.defined() ? index.data_ptr<int64_t>() : nullptr; }
 };
 
-// The activation a forward applies to its output (linear_act, csrc/linear_act.cpp): tanh and
-// ReLU run in the native kernels' epilogue; GELU is applied after the product (through ATen).
+// The activation a forward applies to its output (linear_act, csrc/linear_act.cpp), in the
+// native kernels' epilogue (GELU: where no gradient needs its pre-activation).
 enum class Act : int { kNone = 0, kTanh = 1, kRelu = 2, kGelu = 3 };
 
 // The native CPU kernels (native_kernels.cpp).  Arguments are checked by the caller (ops.cpp):

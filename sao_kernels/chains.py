@@ -6,8 +6,8 @@ the next module only, so both are safe):
 
 * **Activation fusion.**  ``SAOLinear`` followed by ``nn.Tanh`` / ``nn.ReLU`` / ``nn.GELU()``
   (``approximate="none"``) becomes one ``FusedSAOLinear`` running
-  ``torch.ops.sao_kernels.linear_act`` (tanh and ReLU in the native kernels' epilogue, one
-  autograd node; see ``ops/linear_act.py``), and the activation module becomes ``nn.Identity``.
+  ``torch.ops.sao_kernels.linear_act`` (tanh, ReLU and, without a gradient, GELU in the native
+  kernels' epilogue; one autograd node; see ``ops/linear_act.py``), and the activation module becomes ``nn.Identity``.
 * **Permutation folding.**  Between consecutive SAO layers i and i+1, layer i's ``out_index``
   (where its group-ordered results go) and layer i+1's ``in_index`` (where its groups read)
   compose into one permutation: layer i writes its output straight into layer i+1's group

@@ -61,6 +61,22 @@ def test_matches_reference(act, dtype, T, out_perm, bias, backend):
         check(got, w, dtype, f"{act} {dtype} T={T} {backend} {name}")
 
 
+# inference: no pre-activation is kept, so every activation (GELU too) runs in the kernels'
+# epilogue (the float32 few-token / brgemm paths, the bfloat16 micro-kernel) or right after the
+# product (decode, float16)
+@pytest.mark.parametrize("act", sorted(ACTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize(("T", "out_perm", "bias"), [(3, True, True), (40, False, True), (130, True, False)])
+def test_inference_matches_reference(act, dtype, T, out_perm, bias, monkeypatch):
+    monkeypatch.setenv("SAO_KERNELS_POISON", "1")
+    x, v, ii, oi, b, dy = make_case(T, 96, 2 * 4 * 33, 4, out_perm=out_perm, bias=bias, dtype=dtype, seed=T)
+    x, b = x * 4, None if b is None else b * 4  # pre-activations over +-4 and beyond
+    want = reference(x, v, ii, oi, b, dy, act)[0]
+    with torch.inference_mode():
+        y = op(x, v, ii, oi, b, 1, act)
+    check(y, want, dtype, f"{act} {dtype} T={T} inference")
+
+
 @pytest.mark.parametrize("act", sorted(ACTS))
 def test_native_equals_unfused_layer(act):
     """The fused op against SAOLinear + the activation module (float32, default path)."""
