@@ -7,9 +7,10 @@ block_size=1, activation="tanh") -> y (T, m)``
 What ``sao_kernels.fuse_chains`` runs in place of an ``SAOLinear`` and the activation after it.
 
 * CPU with the native extension (csrc/linear_act.cpp): tanh, ReLU and GELU in the native
-  kernels' epilogue (GELU where no gradient needs its pre-activation); one autograd node whose backward forms ``dPre = dY * act'`` and the bias gradient
-  in one pass (tanh' from the saved output, the ReLU mask from the output, GELU from the saved
-  pre-activation), then the grad-input and grad-values ops.
+  kernels' epilogue (GELU where no gradient needs its pre-activation); one autograd node whose
+  backward forms ``dPre = dY * act'`` and the bias gradient in one pass (tanh' from the saved
+  output, the ReLU mask from the output, GELU from the saved pre-activation), then the
+  grad-input and grad-values ops.
 * Everywhere else (CUDA, other devices, no extension, tracing under torch.compile): the torch
   composite below, registered as the op's CompositeImplicitAutograd kernel: ``linear`` then the
   activation, each differentiated by its own autograd (the unfused computation).
