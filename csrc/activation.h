@@ -22,88 +22,66 @@ namespace sao {
 
 namespace detail {
 
+// The two rational approximations, c * P(c^2) / Q(c^2) with c = clamp(x, -lim, lim),
+// coefficients highest degree first (the scalar, AVX2 and AVX-512 forms all read these).
+constexpr float kTanhLim = 7.90531110763549805f;
+constexpr float kTanhP[] = {-2.76076847742355e-16f, 2.00018790482477e-13f, -8.60467152213735e-11f,
+                            5.12229709037114e-08f,  1.48572235717979e-05f, 6.37261928875436e-04f,
+                            4.89352455891786e-03f};
+constexpr float kTanhQ[] = {1.19825839466702e-06f, 1.18534705686654e-04f, 2.26843463243900e-03f,
+                            4.89352518554385e-03f};
+constexpr float kTanhTiny = 0.0004f;  // below: tanh(x) = x
+constexpr float kErfLim = 4.f;
+constexpr float kErfP[] = {-2.72614225801306e-10f, 2.77068142495902e-08f,  -2.10102402082508e-06f,
+                           -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                           -1.60960333262415e-02f};
+constexpr float kErfQ[] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                           -7.37332916720468e-03f, -1.42647390514189e-02f};
+constexpr float kSqrtHalf = 0.70710678118654752f;
+
+template <size_t N>
+inline float poly(const float (&k)[N], float x2) {
+  float r = k[0];
+  for (size_t i = 1; i < N; ++i) r = r * x2 + k[i];
+  return r;
+}
+
 inline float fast_tanh(float x) {
-  const float c = std::min(std::max(x, -7.90531110763549805f), 7.90531110763549805f);
-  const float x2 = c * c;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * c;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return std::abs(x) < 0.0004f ? x : p / q;
+  const float c = std::min(std::max(x, -kTanhLim), kTanhLim), x2 = c * c;
+  return std::abs(x) < kTanhTiny ? x : c * poly(kTanhP, x2) / poly(kTanhQ, x2);
 }
 
 inline float fast_erf(float x) {
-  const float c = std::min(std::max(x, -4.f), 4.f);
-  const float x2 = c * c;
-  float p = -2.72614225801306e-10f;
-  p = p * x2 + 2.77068142495902e-08f;
-  p = p * x2 + -2.10102402082508e-06f;
-  p = p * x2 + -5.69250639462346e-05f;
-  p = p * x2 + -7.34990630326855e-04f;
-  p = p * x2 + -2.95459980854025e-03f;
-  p = p * x2 + -1.60960333262415e-02f;
-  p = p * c;
-  float q = -1.45660718464996e-05f;
-  q = q * x2 + -2.13374055278905e-04f;
-  q = q * x2 + -1.68282697438203e-03f;
-  q = q * x2 + -7.37332916720468e-03f;
-  q = q * x2 + -1.42647390514189e-02f;
-  return p / q;
+  const float c = std::min(std::max(x, -kErfLim), kErfLim), x2 = c * c;
+  return c * poly(kErfP, x2) / poly(kErfQ, x2);
 }
 
-inline float fast_gelu(float x) { return 0.5f * x * (1.f + fast_erf(x * 0.70710678118654752f)); }
+inline float fast_gelu(float x) { return 0.5f * x * (1.f + fast_erf(x * kSqrtHalf)); }
 
 #if SAO_X86
 // fast_tanh / fast_gelu / ReLU on 8 lanes, written with intrinsics: GCC does not vectorise the
 // scalar forms (their compares may trap, so the selects stay branches: -fopt-info-vec "control
 // flow in loop"; a fused float32 GELU ran at ~1.2 ns per element).  NaN propagates (the NaN
 // operand of max / min is the second one, which these return), as torch's activations do.
+template <size_t N>
+__attribute__((target("avx2,fma"))) inline __m256 poly8(const float (&k)[N], __m256 x2) {
+  __m256 r = _mm256_set1_ps(k[0]);
+  for (size_t i = 1; i < N; ++i) r = _mm256_fmadd_ps(r, x2, _mm256_set1_ps(k[i]));
+  return r;
+}
+
 __attribute__((target("avx2,fma"))) inline __m256 act8(__m256 x, Act act) {
   if (act == Act::kRelu) return _mm256_max_ps(_mm256_setzero_ps(), x);
   const bool gelu = act == Act::kGelu;
-  const __m256 lim = _mm256_set1_ps(gelu ? 4.f : 7.90531110763549805f);
-  const __m256 u = gelu ? _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f)) : x;
+  const __m256 lim = _mm256_set1_ps(gelu ? kErfLim : kTanhLim);
+  const __m256 u = gelu ? _mm256_mul_ps(x, _mm256_set1_ps(kSqrtHalf)) : x;
   const __m256 c = _mm256_min_ps(lim, _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), lim), u));
   const __m256 x2 = _mm256_mul_ps(c, c);
-  __m256 p, q;
-  if (gelu) {  // erf(c)
-    p = _mm256_set1_ps(-2.72614225801306e-10f);
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.77068142495902e-08f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.10102402082508e-06f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-5.69250639462346e-05f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-7.34990630326855e-04f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.95459980854025e-03f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.60960333262415e-02f));
-    q = _mm256_set1_ps(-1.45660718464996e-05f);
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-2.13374055278905e-04f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-1.68282697438203e-03f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-7.37332916720468e-03f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-1.42647390514189e-02f));
-  } else {  // tanh(c)
-    p = _mm256_set1_ps(-2.76076847742355e-16f);
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
-    q = _mm256_set1_ps(1.19825839466702e-06f);
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
-  }
-  const __m256 r = _mm256_div_ps(_mm256_mul_ps(p, c), q);
+  const __m256 r = gelu ? _mm256_div_ps(_mm256_mul_ps(poly8(kErfP, x2), c), poly8(kErfQ, x2))
+                        : _mm256_div_ps(_mm256_mul_ps(poly8(kTanhP, x2), c), poly8(kTanhQ, x2));
   if (gelu) return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.f), r));
   const __m256 absx = _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
-  return _mm256_blendv_ps(r, x, _mm256_cmp_ps(absx, _mm256_set1_ps(0.0004f), _CMP_LT_OQ));
+  return _mm256_blendv_ps(r, x, _mm256_cmp_ps(absx, _mm256_set1_ps(kTanhTiny), _CMP_LT_OQ));
 }
 
 __attribute__((target("avx2,fma"))) inline void act_rows_avx2(float* c, int64_t ldc, int64_t rows, int64_t width,

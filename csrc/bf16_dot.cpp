@@ -162,53 +162,33 @@ SAO_DOT_TARGET void interleave_pairs_blocked(const bf16* src, int64_t ld, int64_
   }
 }
 
-// fast_tanh (csrc/activation.h), 16 lanes, for a bfloat16 result; NaN propagates (the NaN operand of max / min is the
-// second one, which these intrinsics return).
-SAO_DOT_TARGET inline __m512 tanh16(__m512 x) {
-  const __m512 lim = _mm512_set1_ps(7.90531110763549805f);
-  const __m512 c = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), x));
-  const __m512 x2 = _mm512_mul_ps(c, c);
-  __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
-  p = _mm512_mul_ps(p, c);
-  __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
-  const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.0004f), _CMP_LT_OQ);
-  // p / q as p * (1/q): VRCP14PS and one Newton step (relative error ~2^-28, below the bf16
-  // rounding this feeds; VDIVPS cost more than the GEMM's tail per tile at width 512)
-  const __m512 r0 = _mm512_rcp14_ps(q);
-  const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(q, r0, _mm512_set1_ps(2.f)));
-  return _mm512_mask_blend_ps(tiny, _mm512_mul_ps(p, r1), x);
+template <size_t N>
+SAO_DOT_TARGET inline __m512 poly16(const float (&k)[N], __m512 x2) {
+  __m512 r = _mm512_set1_ps(k[0]);
+  for (size_t i = 1; i < N; ++i) r = _mm512_fmadd_ps(r, x2, _mm512_set1_ps(k[i]));
+  return r;
 }
 
-// fast_gelu (csrc/activation.h), 16 lanes, for a bfloat16 result; NaN propagates.
-SAO_DOT_TARGET inline __m512 gelu16(__m512 x) {
-  const __m512 four = _mm512_set1_ps(4.f);
-  const __m512 c = _mm512_min_ps(four, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), four),
-                                                     _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f))));
+// c * P(c^2) / Q(c^2), c = clamp(u, -lim, lim) (csrc/activation.h), for a bfloat16 result: the
+// division as VRCP14PS and one Newton step (relative error ~2^-28; VDIVPS cost more than the
+// GEMM's tail per tile at width 512).  NaN propagates (max / min return their second operand).
+template <size_t NP, size_t NQ>
+SAO_DOT_TARGET inline __m512 rational16(__m512 u, float lim, const float (&P)[NP], const float (&Q)[NQ]) {
+  const __m512 l = _mm512_set1_ps(lim);
+  const __m512 c = _mm512_min_ps(l, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), l), u));
   const __m512 x2 = _mm512_mul_ps(c, c);
-  __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
-  p = _mm512_mul_ps(p, c);
-  __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
-  const __m512 r0 = _mm512_rcp14_ps(q);  // as in tanh16
-  const __m512 erf = _mm512_mul_ps(p, _mm512_mul_ps(r0, _mm512_fnmadd_ps(q, r0, _mm512_set1_ps(2.f))));
+  const __m512 q = poly16(Q, x2), r0 = _mm512_rcp14_ps(q);
+  return _mm512_mul_ps(_mm512_mul_ps(poly16(P, x2), c),
+                       _mm512_mul_ps(r0, _mm512_fnmadd_ps(q, r0, _mm512_set1_ps(2.f))));
+}
+
+SAO_DOT_TARGET inline __m512 tanh16(__m512 x) {  // fast_tanh
+  const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(kTanhTiny), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(tiny, rational16(x, kTanhLim, kTanhP, kTanhQ), x);
+}
+
+SAO_DOT_TARGET inline __m512 gelu16(__m512 x) {  // fast_gelu
+  const __m512 erf = rational16(_mm512_mul_ps(x, _mm512_set1_ps(kSqrtHalf)), kErfLim, kErfP, kErfQ);
   return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.f), erf));
 }
 
@@ -350,48 +330,54 @@ void check_dot(const Tensor& t, const Tensor& v) {
 
 bool bf16_dot_usable() { return has_avx512_bf16(); }
 
+namespace {
+
+// Forward and grad-input: dst (Tn, G*wo)[:, D_g] = [init +] src (Tn, G*wi)[:, S_g] @ B_g, src
+// gathered through src_idx (or read in place), dst scattered through dst_idx (or written in
+// place), B_g packed by pack(g, n0, w, bp).
+template <typename Pack, typename Init>
+Tensor grouped_product(const Tensor& src, const IndexArg& src_idx, int64_t wi, const IndexArg& dst_idx, int64_t wo,
+                       int64_t G, Act act, const Pack& pack, const Init& init) {
+  const int64_t Tn = src.size(0);
+  Tensor dst = new_output({Tn, G * wo}, src.options());
+  if (Tn == 0) return dst;
+  Scratch big_src, big_dst;
+  const Grouped a = grouped(src, G, wi, src_idx, kSlotX, big_src);
+  const Target t = target(dst, G, wo, dst_idx, big_dst);
+  run_product(Product{a.p, a.sg, kMR * a.ld, a.ld, 2, t.p, t.sg, t.ld, G, Tn, wo, wi, act}, pack, init);
+  if (dst_idx.index.defined()) unpack_groups<bf16>(t.p, G, Tn, wo, dst_idx, dst);
+  return dst;
+}
+
+}  // namespace
+
 Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias,
                        Act act) {
   check_dot(x, v);
-  const int64_t Tn = x.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
-  Tensor y = new_output({Tn, G * a}, x.options());
-  if (Tn == 0) return y;
-  Scratch big_x, big_y;
-  const Grouped xg = grouped(x, G, c, in, kSlotX, big_x);
-  const Target yg = target(y, G, a, out, big_y);
+  const int64_t G = v.size(0), a = v.size(1), c = v.size(2);
   const bf16* vs = v.data_ptr<bf16>();
   const bf16* bs = bias.defined() ? bias.data_ptr<bf16>() : nullptr;
   const int64_t* oi = out.data();
-  const Product p{xg.p, xg.sg, kMR * xg.ld, xg.ld, 2, yg.p, yg.sg, yg.ld, G, Tn, a, c, act};
-  run_product(
-      p, [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) { pack_transposed(vs + (g * a + n0) * c, c, w, bp); },
+  return grouped_product(
+      x, in, c, out, a, G, act,
+      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) { pack_transposed(vs + (g * a + n0) * c, c, w, bp); },
       [&](int64_t g, int64_t n0, int64_t w, float* f) {
         if (!bs) return false;
         for (int64_t j = 0; j < w; ++j) f[j] = static_cast<float>(bs[oi ? oi[g * a + n0 + j] : g * a + n0 + j]);
         return true;
       });
-  if (out.index.defined()) unpack_groups<bf16>(yg.p, G, Tn, a, out, y);
-  return y;
 }
 
 Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out) {
   check_dot(dy, v);
-  const int64_t Tn = dy.size(0), G = v.size(0), a = v.size(1), c = v.size(2);
-  Tensor dx = new_output({Tn, G * c}, dy.options());
-  if (Tn == 0) return dx;
-  Scratch big_dy, big_x;
-  const Grouped dyg = grouped(dy, G, a, out, kSlotDY, big_dy);
-  const Target dxg = target(dx, G, c, in, big_x);
+  const int64_t G = v.size(0), a = v.size(1), c = v.size(2);
   const bf16* vs = v.data_ptr<bf16>();
-  const Product p{dyg.p, dyg.sg, kMR * dyg.ld, dyg.ld, 2, dxg.p, dxg.sg, dxg.ld, G, Tn, c, a};
-  run_product(
-      p,
+  return grouped_product(
+      dy, out, a, in, c, G, Act::kNone,
       [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
         interleave_pairs(vs + g * a * c + n0, c, a, w, bp, kPanel);
       },
       kNoInit);
-  if (in.index.defined()) unpack_groups<bf16>(dxg.p, G, Tn, c, in, dx);
-  return dx;
 }
 
 Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G) {
