@@ -3,8 +3,9 @@
 // writes its result with the bias (and tanh / ReLU / GELU) already applied, so that a product costs
 // the GEMM and little else.  oneDNN's at::bmm (csrc/lowp_bmm.cpp) runs the GEMMs at the same
 // speed but needs its operands packed, the bias pre-filled into its output and read back (its
-// sum post-op), a strided output, and ~60 us per call to set up: at 4096 x 4096, T = 512, G = 8
-// those passes cost ~0.25 of the GEMM, and a 512-wide layer's products are mostly set-up.
+// sum post-op) and a strided output: at 4096 x 4096, T = 512, G = 8 those passes cost ~0.25 of
+// the GEMM, and on a 512-wide layer (T = 128, G = 4) its products reached 0.61-0.67 of the
+// pre-gathered bmm against 0.74-0.85 here (docs/cpu_engines.md has the table).
 //
 //   out[t, j] = init[j] + sum_k A[t, k] B[k, j]      (per group; A pairs along k, B packed)
 //
