@@ -71,7 +71,12 @@ constexpr int64_t kTokBlock = 64;          // tokens per item (float32 brgemm: i
 constexpr int64_t kVnniTokBlock = 256;     // tokens per item with AMX (bigger M per B block: 1.26 vs 1.57 ms at 64, Xeon)
 constexpr int64_t kSmallTokBlock = 512;    // tokens per item of a problem run on one thread
 constexpr int64_t kKBlock = 256;           // float32 brgemm: K block of one call
-constexpr int64_t kNBlock = 64;            // float32 brgemm: N block of one call
+// float32 brgemm: N block of one call.  64 from the AVX-512 tier up (chosen on a 2-core EPYC and
+// a Xeon); 16 below it: oneDNN's AVX2 brgemm ran the 4096 x 4096, T = 512 forward at 0.76-0.82
+// (G = 4) / 0.83-0.92 (G = 8) of MKL's batched sgemm with 64, 0.90-0.96 / 0.90-1.00 with 16
+// (24: 0.85-0.88 / 0.81-1.00; 8: 0.76-0.78 / 0.71-0.79; three runs each, Zen 4 under the avx2
+// caps, 2026-12-07).  Per-element summation order does not depend on it (K blocks are fixed).
+inline int64_t f32_n_block() { return isa_at_least(Isa::kAvx512) ? 64 : 16; }
 constexpr int64_t kTokChunk = 256;         // float32 grad-values: tokens per brgemm call
 constexpr int64_t kMinRows = 128;          // grad-values: smallest block of dV rows per item
 constexpr int64_t kMinBrgemmTokens = 16;   // float32 forward below this: the gemm engine
@@ -294,11 +299,11 @@ struct Engine {
       }
     } else if constexpr (std::is_same_v<T, float>) {
       // Blocked over K and N (tiles chosen on a 2-core EPYC and Xeon at 4096 x 4096).
-      const int64_t KB = std::min(kKBlock, K);
+      const int64_t KB = std::min(kKBlock, K), nb = f32_n_block();
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         const int64_t kw = std::min(KB, K - k0);
-        for (int64_t n0 = 0; n0 < N; n0 += kNBlock)
-          cpublas::brgemm(M, std::min(kNBlock, N - n0), kw, lda, ldb, ldc, add || k0 > 0, A + k0, B + k0 * ldb + n0,
+        for (int64_t n0 = 0; n0 < N; n0 += nb)
+          cpublas::brgemm(M, std::min(nb, N - n0), kw, lda, ldb, ldc, add || k0 > 0, A + k0, B + k0 * ldb + n0,
                           C + n0, false);
       }
     } else if (vnni) {
