@@ -117,6 +117,13 @@ SAO_DOT_TARGET void pack_transposed(const bf16* v, int64_t c, int64_t w, uint32_
   }
 }
 
+// The 16 pairs (r0[i], r1[i]) for the lanes i in m (zero elsewhere; r1 null: high halves zero).
+SAO_DOT_TARGET inline __m512i pairs16(const bf16* r0, const bf16* r1, __mmask16 m) {
+  const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0));
+  if (!r1) return lo;
+  return _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1)), 16));
+}
+
 // dst[k][j] (k < ceil(K/2), j < ldd) = the pair (src[2k, j], src[2k+1, j]) for j < w, zero
 // beyond w and in the high half past an odd K (src: K rows of at least w elements, ld apart).
 SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst, int64_t ldd) {
@@ -127,10 +134,7 @@ SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int
     for (int64_t j = 0; j < ldd; j += 16) {
       const int64_t wj = std::max<int64_t>(0, std::min<int64_t>(16, w - j));
       const __mmask16 m = __mmask16((1u << wj) - 1);
-      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + j));
-      const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + j)), 16)
-                            : _mm512_setzero_si512();
-      const __m512i p = _mm512_or_si512(lo, hi);
+      const __m512i p = pairs16(r0 + j, r1 ? r1 + j : nullptr, m);
       if (j + 16 <= ldd) {
         _mm512_storeu_si512(d + j, p);
       } else {
@@ -152,10 +156,7 @@ SAO_DOT_TARGET void interleave_pairs_blocked(const bf16* src, int64_t ld, int64_
     for (int64_t j = 0; j < w; j += 16) {
       const int64_t wj = std::min<int64_t>(16, w - j);
       const __mmask16 m = __mmask16((1u << wj) - 1);
-      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + j));
-      const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + j)), 16)
-                            : _mm512_setzero_si512();
-      const __m512i p = _mm512_or_si512(lo, hi);
+      const __m512i p = pairs16(r0 + j, r1 ? r1 + j : nullptr, m);
       uint32_t* d = dst + (j / 8) * sblk + k * 8;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm512_castsi512_si256(p));
       if (wj > 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + sblk), _mm512_extracti64x4_epi64(p, 1));
