@@ -25,7 +25,7 @@
 // output, where a K-split would show), and tests/ops/test_native.py checks 1 vs 2 threads.
 // This rests on oneDNN's choice of kernels, not on our code: a oneDNN build that reduced K
 // across threads would break it.
-#include "native_util.h"
+#include "permute_cols.h"
 
 #include <ATen/native/CPUBlas.h>
 

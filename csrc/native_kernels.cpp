@@ -35,7 +35,7 @@
 // GEMM calls whose shapes depend only on the problem shape, never on the thread count, so
 // results are bitwise identical for any number of threads; there are no atomics.
 #include "sao_kernels.h"
-#include "native_util.h"
+#include "permute_cols.h"
 #include "activation.h"
 
 #include <ATen/ATen.h>
