@@ -151,16 +151,18 @@ SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int
 SAO_DOT_TARGET void interleave_pairs_blocked(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst,
                                              int64_t sblk) {
   static_assert(kMR == 8, "two blocks per 16 columns");
-  for (int64_t k = 0; 2 * k < K; ++k) {
-    const bf16* r0 = src + 2 * k * ld;
-    const bf16* r1 = 2 * k + 1 < K ? r0 + ld : nullptr;
-    for (int64_t j = 0; j < w; j += 16) {
-      const int64_t wj = std::min<int64_t>(16, w - j);
-      const __mmask16 m = __mmask16((1u << wj) - 1);
-      const __m512i p = pairs16(r0 + j, r1 ? r1 + j : nullptr, m);
-      uint32_t* d = dst + (j / 8) * sblk + k * 8;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm512_castsi512_si256(p));
-      if (wj > 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + sblk), _mm512_extracti64x4_epi64(p, 1));
+  // column blocks outer, so that each block's pairs are written as one run: with k outer every
+  // k wrote a/8 runs 8 KiB apart, and this pass took 20 % of grad-values' GEMM time against 5.5 %
+  // (perf samples, 4096², G = 8, T = 512, 2 threads, Zen 4)
+  for (int64_t j = 0; j < w; j += 16) {
+    const int64_t wj = std::min<int64_t>(16, w - j);
+    const __mmask16 m = __mmask16((1u << wj) - 1);
+    uint32_t* d = dst + (j / 8) * sblk;
+    for (int64_t k = 0; 2 * k < K; ++k) {
+      const bf16* r0 = src + 2 * k * ld + j;
+      const __m512i p = pairs16(r0, 2 * k + 1 < K ? r0 + ld : nullptr, m);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k * 8), _mm512_castsi512_si256(p));
+      if (wj > 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + sblk + k * 8), _mm512_extracti64x4_epi64(p, 1));
     }
   }
 }
