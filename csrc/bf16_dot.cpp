@@ -342,12 +342,16 @@ namespace {
 // memory and read it back: at 4096 x 4096, G = 8, T = 512 the forward's gather cost ~8 % of its
 // GEMM (perf, Zen 4, 2 threads).  Row items of kMR rows gather those rows of every group into
 // L1 / L2, run every (group, panel) tile on them and scatter the result rows from there; all of
-// B, packed once per call, streams from L3 into each item.  Measured against panel items
-// (bf16, Zen 4, 2 threads, interleaved medians, fraction of the pre-gathered bmm): 4096², G = 8,
-// T = 512: forward 0.95-1.00 vs 0.89-0.90, grad-input 0.98-1.03 vs 0.88-0.89; T = 1024 0.98 vs
-// 0.88; 2048², G = 4, T = 512 0.97 vs 0.92; items of 16 / 32 rows sat between the two.  Panel
-// items stay ahead where B outgrows L3 (4096², G = 2: 16 MiB packed, 0.91 vs 1.01) and on
-// small products (768 -> 3072, T = 128: 0.89 vs 1.01; T <= 128 mixed).
+// B, packed once per call, streams from L3 into each item.  Measured against panel items (bf16,
+// Zen 4, 2 threads, both in the same process, fraction of the pre-gathered bmm): the products
+// at 4096², G = 8, T = 512: forward 0.95-1.00 vs 0.89-0.90, grad-input 0.98-1.03 vs 0.88-0.89
+// (0.93 / 0.87 with caches flushed before each call); T = 1024 0.98 vs 0.88; 2048², G = 4,
+// T = 512 0.97 vs 0.92; items of 16 / 32 rows sat between the two.  SAOLinear interleaved with
+// nn.Linear and the bounds: forward 0.92 vs 0.85, forward + backward 2-3 % faster.  Panel items
+// stay ahead where B outgrows L3 (4096², G = 2: 16 MiB packed, 0.91 vs 1.01) and on small
+// products (768 -> 3072, T = 128: 0.89 vs 1.01; T <= 128 mixed).  They are also the steadier:
+// this VM shares its L3, and separate runs of the tier bench gave row items 0.77-0.94 of the
+// bound at G = 8 where panel items gave 0.85 (docs/cpu_engines.md).
 constexpr int64_t kRowMinTokens = 256, kRowMaxPanelBytes = int64_t(8) << 20, kRowMaxBytes = int64_t(256) << 10;
 bool rows_apply(int64_t Tn, int64_t G, int64_t K, int64_t N, bool gather, bool scatter) {
   const int64_t panel_bytes = G * ceil_div(N, kPanel) * ceil_div(K, 2) * kPanel * 4;
