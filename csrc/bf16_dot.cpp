@@ -200,10 +200,10 @@ SAO_DOT_TARGET inline __m512 gelu16(__m512 x) {  // fast_gelu
 // y[r, 16 j + i] (r < MR, j < NR, i < 16; the last vector masked by `last`) =
 // bf16(act(init[16 j + i] + sum_k A[r, k] B[k, 16 j + i])), with the pair k of row r of A at
 // a + r * lda + k * ka (elements; an odd K's last index alone, its partner not read) and B
-// packed (bp[k][kPanel]).
+// packed (bp[k * ldb + j]: kPanel for a packed panel).
 template <int MR, int NR>
-SAO_DOT_TARGET void tile(const bf16* a, int64_t lda, int64_t ka, const uint32_t* bp, int64_t K, const float* init,
-                         Act act, bf16* y, int64_t ldy, __mmask16 last) {
+SAO_DOT_TARGET void tile(const bf16* a, int64_t lda, int64_t ka, const uint32_t* bp, int64_t ldb, int64_t K,
+                         const float* init, Act act, bf16* y, int64_t ldy, __mmask16 last) {
   __m512 acc[MR][NR];
   for (int j = 0; j < NR; ++j) {
     const __m512 b0 = init ? _mm512_loadu_ps(init + 16 * j) : _mm512_setzero_ps();  // the bias: one rounding
@@ -212,7 +212,7 @@ SAO_DOT_TARGET void tile(const bf16* a, int64_t lda, int64_t ka, const uint32_t*
   const int64_t kfull = K / 2;
   for (int64_t k = 0; k < kfull; ++k) {
     __m512bh b[NR];
-    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + k * kPanel + 16 * j);
+    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + k * ldb + 16 * j);
     for (int r = 0; r < MR; ++r) {
       const __m512bh av = (__m512bh)_mm512_set1_epi32(int32_t(load_pair(a + r * lda + k * ka)));
       for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, b[j]);
@@ -220,7 +220,7 @@ SAO_DOT_TARGET void tile(const bf16* a, int64_t lda, int64_t ka, const uint32_t*
   }
   if (K % 2) {
     __m512bh b[NR];
-    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + kfull * kPanel + 16 * j);
+    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + kfull * ldb + 16 * j);
     for (int r = 0; r < MR; ++r) {
       const __m512bh av = (__m512bh)_mm512_set1_epi32(int32_t(load_single(a + r * lda + kfull * ka)));
       for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, b[j]);
@@ -242,8 +242,8 @@ SAO_DOT_TARGET void tile(const bf16* a, int64_t lda, int64_t ka, const uint32_t*
     }
 }
 
-using TileFn = void (*)(const bf16*, int64_t, int64_t, const uint32_t*, int64_t, const float*, Act, bf16*, int64_t,
-                        __mmask16);
+using TileFn = void (*)(const bf16*, int64_t, int64_t, const uint32_t*, int64_t, int64_t, const float*, Act, bf16*,
+                        int64_t, __mmask16);
 
 template <int MR, int... NRs>
 constexpr std::array<TileFn, kNR> tiles_for(std::integer_sequence<int, NRs...>) {
@@ -257,7 +257,8 @@ constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kMR>());  // [
 
 // One product: for each group g, out_g (R x N) = [init +] A_g (R x K) @ B_g, with A_g's pair k
 // of row r = kMR * i + q at a + g * sga + i * sblk + q * lda + k * ka (rows in blocks of kMR:
-// sblk = kMR * lda for a row-major A), B_g's panels packed by pack(g, n0, w, bp), and out_g at
+// sblk = kMR * lda for a row-major A), B_g's panel (n0, w) from pack(g, n0, w, alloc) (packed into
+// alloc()'s scratch, or where B already lies in the pair layout), and out_g at
 // out + g * sgo (rows ldo apart).
 struct Product {
   const bf16* a;
@@ -266,6 +267,13 @@ struct Product {
   int64_t sgo, ldo;
   int64_t G, R, N, K;
   Act act = Act::kNone;
+};
+
+// The B of an item: its panel packed into bp (returns {bp, kPanel}) or a pointer into B
+// already in the pair layout (with its row stride).
+struct PanelB {
+  const uint32_t* p;
+  int64_t ld;
 };
 
 template <typename Pack, typename Init>
@@ -280,8 +288,7 @@ void run_product(const Product& p, const Pack& pack, const Init& init) {
     const int64_t n0 = ((it / n_chunks) % n_panels) * kPanel, w = std::min(kPanel, p.N - n0);
     const int64_t r0 = q * chunk, r1 = std::min(p.R, r0 + chunk);
     if (r0 >= r1) return;
-    uint32_t* bp = scratch<uint32_t>(kSlotPanel, ceil_div(p.K, 2) * kPanel, big);
-    pack(g, n0, w, bp);
+    const PanelB b = pack(g, n0, w, [&] { return scratch<uint32_t>(kSlotPanel, ceil_div(p.K, 2) * kPanel, big); });
     float init_f[kPanel] = {};
     const bool has_init = init(g, n0, w, init_f);
     const int64_t nvec = ceil_div(w, 16);
@@ -290,8 +297,8 @@ void run_product(const Product& p, const Pack& pack, const Init& init) {
     bf16* og = p.out + g * p.sgo + n0;
     for (int64_t r = r0; r < r1; r += kMR) {
       const int64_t rows = std::min<int64_t>(kMR, r1 - r);
-      kTiles[rows - 1][nvec - 1](ag + (r / kMR) * p.sblk, p.lda, p.ka, bp, p.K, has_init ? init_f : nullptr, p.act,
-                                 og + r * p.ldo, p.ldo, last);
+      kTiles[rows - 1][nvec - 1](ag + (r / kMR) * p.sblk, p.lda, p.ka, b.p, b.ld, p.K, has_init ? init_f : nullptr,
+                                 p.act, og + r * p.ldo, p.ldo, last);
     }
   });
 }
@@ -397,7 +404,7 @@ void row_product(const Tensor& src, const IndexArg& src_idx, int64_t K, const In
         const int64_t n0 = p * kPanel, w = std::min(kPanel, N - n0), nvec = ceil_div(w, 16);
         const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
         const int64_t item = g * n_panels + p;
-        kTiles[rows - 1][nvec - 1](a + g * sga, la, 2, panels + item * psz, K,
+        kTiles[rows - 1][nvec - 1](a + g * sga, la, 2, panels + item * psz, kPanel, K,
                                    has_init[item] ? inits.data() + item * kPanel : nullptr, act, c + g * sgc + n0, lc,
                                    last);
       }
@@ -421,7 +428,14 @@ Tensor grouped_product(const Tensor& src, const IndexArg& src_idx, int64_t wi, c
   Scratch big_src, big_dst;
   const Grouped a = grouped(src, G, wi, src_idx, kSlotX, big_src);
   const Target t = target(dst, G, wo, dst_idx, big_dst);
-  run_product(Product{a.p, a.sg, kMR * a.ld, a.ld, 2, t.p, t.sg, t.ld, G, Tn, wo, wi, act}, pack, init);
+  run_product(
+      Product{a.p, a.sg, kMR * a.ld, a.ld, 2, t.p, t.sg, t.ld, G, Tn, wo, wi, act},
+      [&](int64_t g, int64_t n0, int64_t w, const auto& alloc) {
+        uint32_t* bp = alloc();
+        pack(g, n0, w, bp);
+        return PanelB{bp, kPanel};
+      },
+      init);
   if (dst_idx.index.defined()) unpack_groups<bf16>(t.p, G, Tn, wo, dst_idx, dst);
   return dst;
 }
@@ -457,19 +471,79 @@ Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in
       kNoInit);
 }
 
+namespace {
+
+// X's columns in group order as token pairs, the B of grad-values as its tiles read it (no
+// per-panel pack): P[(g * kp + k) * ldq + j] = (X[2k, S_g(j)], X[2k+1, S_g(j)]) for k < kp =
+// ceil(T/2), j < c (zero high half past an odd T, zero columns c..ldq).  With a column map, from
+// the words of four rows (permute_cols.h): one pass over X, where the gather into group order
+// and a pair interleave per panel took two (perf, 4096², G = 8, T = 512: ~8 % and ~5 % of the
+// GEMM's time).
+uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in, int64_t ldq, Scratch& big,
+                      Scratch& big_rows) {
+  const int64_t Tn = x.size(0), kp = ceil_div(Tn, 2), ldx = x.stride(0), n = G * c;
+  uint32_t* P = scratch<uint32_t>(kSlotX, G * kp * ldq, big);
+  const bf16* xs = x.data_ptr<bf16>();
+  auto zero_pad = [&](uint32_t* row) { std::fill(row + c, row + ldq, 0u); };
+  if (!words_apply<bf16>(in)) {  // in place (no map) or runs: rows in group order, then pairs
+    const Grouped xg = grouped(x, G, c, in, kSlotC, big_rows);
+    constexpr int64_t KB = 64;  // token pairs per item
+    run_items(G * ceil_div(kp, KB), 2.0 * Tn * n * 8, [&](int64_t it) {
+      const int64_t nb = ceil_div(kp, KB), g = it / nb, k0 = (it % nb) * KB, k1 = std::min(kp, k0 + KB);
+      interleave_pairs(xg.p + g * xg.sg + 2 * k0 * xg.ld, xg.ld, std::min(Tn, 2 * k1) - 2 * k0, c,
+                       P + (g * kp + k0) * ldq, ldq);
+    });
+    return P;
+  }
+  const int64_t* ip = in.data();
+  constexpr int64_t RB = 16;  // rows per item (a multiple of 4: each word holds two pairs)
+  run_items(ceil_div(Tn, RB), 2.0 * Tn * n * 8, [&](int64_t it) {
+    const int64_t r1 = std::min(Tn, (it + 1) * RB);
+    Scratch big_w;
+    uint64_t* w = scratch<uint64_t>(kSlotWords, n, big_w);
+    for (int64_t r = it * RB; r < r1; r += 4) {
+      const int64_t rows = std::min<int64_t>(4, r1 - r);
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(xs + r * ldx);
+      if (rows == 4) {
+        rows_to_words(s, ldx, n, w);
+      } else {  // the last rows: the missing ones zero (the high half of an odd T's last pair)
+        for (int64_t j = 0; j < n; ++j) {
+          uint64_t v = 0;
+          for (int64_t q = 0; q < rows; ++q) v |= uint64_t(s[q * ldx + j]) << (16 * q);
+          w[j] = v;
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        uint32_t* p0 = P + (g * kp + r / 2) * ldq;
+        if (rows > 2) {
+          gather_pair_words(w, ip + g * c, c, p0, p0 + ldq);
+          zero_pad(p0 + ldq);
+        } else {
+          for (int64_t j = 0; j < c; ++j) p0[j] = uint32_t(w[ip[g * c + j]]);
+        }
+        zero_pad(p0);
+      }
+    }
+  });
+  return P;
+}
+
+}  // namespace
+
 Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G) {
   const int64_t Tn = dy.size(0), a = dy.size(1) / G, c = x.size(1) / G;
   Tensor dv = new_output({G, a, c}, x.options());
   check_dot(x, dv);
   if (Tn == 0) return dv.zero_();
-  Scratch big_dy, big_x, big_t;
+  Scratch big_dy, big_x, big_rows, big_t;
   const Grouped dyg = grouped(dy, G, a, out, kSlotDY, big_dy);
-  const Grouped xg = grouped(x, G, c, in, kSlotX, big_x);
+  const int64_t kp = ceil_div(Tn, 2), ldq = pad_ld<uint32_t>(c);
+  const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows);
   // A_g = dY_g^T as token pairs, in blocks of kMR features: At[g][i][k][q] = (dY_g[2k, n],
   // dY_g[2k+1, n]) for n = kMR * i + q, so that a tile's broadcasts for one k are one 32-byte
   // run (with features as rows of a row-major At, each k stepped a whole row: 4 KiB or more
   // apart, a new page every step, 0.89 of the bmm bound at G = 4 against 0.92 for bmm).
-  const int64_t kp = ceil_div(Tn, 2), nblk = ceil_div(a, kMR);
+  const int64_t nblk = ceil_div(a, kMR);
   uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
   constexpr int64_t KB = 64;  // token pairs per item
   run_items(G * ceil_div(kp, KB), 2.0 * G * Tn * a * 8, [&](int64_t it) {
@@ -480,11 +554,7 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
   const Product p{reinterpret_cast<const bf16*>(at), 2 * nblk * kp * kMR, 2 * kp * kMR, 2, 2 * kMR,
                   dv.data_ptr<bf16>(), a * c, c, G, a, c, Tn};
   run_product(
-      p,
-      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
-        interleave_pairs(xg.p + g * xg.sg + n0, xg.ld, Tn, w, bp, kPanel);
-      },
-      kNoInit);
+      p, [&](int64_t g, int64_t n0, int64_t, const auto&) { return PanelB{xp + g * kp * ldq + n0, ldq}; }, kNoInit);
   return dv;
 }
 

@@ -156,6 +156,30 @@ SAO_WORDS_TARGET inline void gather_words(const uint64_t* w, const int64_t* cols
     for (int64_t q = 0; q < 4; ++q) d[q * ldd + k] = uint16_t(w[cols[k]] >> (16 * q));
 }
 
+// The mapped columns of the four rows as 32-bit pairs: p0[k] = (row 0, row 1) and p1[k] = (row 2,
+// row 3) of column cols[k] (k < width), the layout of bf16_dot.cpp's VDPBF16PS operands.
+SAO_WORDS_TARGET inline void gather_pair_words(const uint64_t* w, const int64_t* cols, int64_t width, uint32_t* p0,
+                                               uint32_t* p1) {
+  int64_t k = 0;
+  for (; k + 8 <= width; k += 8) {
+    const int64_t* c = cols + k;
+    const __m256 a = _mm256_castsi256_ps(
+        _mm256_set_epi64x(int64_t(w[c[3]]), int64_t(w[c[2]]), int64_t(w[c[1]]), int64_t(w[c[0]])));
+    const __m256 b = _mm256_castsi256_ps(
+        _mm256_set_epi64x(int64_t(w[c[7]]), int64_t(w[c[6]]), int64_t(w[c[5]]), int64_t(w[c[4]])));
+    // low (high) halves per lane: columns (0, 1, 4, 5 | 2, 3, 6, 7), then the middle quads swapped
+    const __m256i lo = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    const __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p0 + k), _mm256_permute4x64_epi64(lo, _MM_SHUFFLE(3, 1, 2, 0)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p1 + k), _mm256_permute4x64_epi64(hi, _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  for (; k < width; ++k) {
+    const uint64_t v = w[cols[k]];
+    p0[k] = uint32_t(v);
+    p1[k] = uint32_t(v >> 32);
+  }
+}
+
 // w[cols[k]] = the word of column k of the four rows s, s + lds, ... (k < width).
 SAO_WORDS_TARGET inline void scatter_words(const uint16_t* s, int64_t lds, const int64_t* cols, int64_t width,
                                            uint64_t* w) {
