@@ -111,6 +111,7 @@ if NATIVE:
             (41, 3 * 50, 3 * 37, 3, 1, False, False),  # odd c (pair tail) in place, panel of 50
             (23, 2 * 97, 2 * 33, 2, 1, True, True),  # odd c gathered; 97 = 48 + 48 + 1 columns
             (259, 2 * 97, 2 * 33, 2, 1, True, True),  # the same in row items (T >= 256), 3 rows left over
+            (21, 2 * 40, 2 * 1100, 2, 1, True, True),  # groups over 4 KiB of pairs wide: grad-values' panels copied
         ],
         ids=str,
     )
