@@ -85,7 +85,12 @@ void gather_cols(const T* src, int64_t lds, const int64_t* cols, int64_t rows, i
 // (AVX2 only; the word array is 8 n bytes, in L1 / L2 for n <= 4096 / 16384).
 #define SAO_WORDS_TARGET __attribute__((target("avx2")))
 
-// w[j] (j < n) = the word of column j of the four rows s, s + lds, s + 2 lds, s + 3 lds.
+// The word of column j of the four rows s, s + lds, s + 2 lds, s + 3 lds.
+inline uint64_t column_word(const uint16_t* s, int64_t lds, int64_t j) {
+  return uint64_t(s[j]) | uint64_t(s[lds + j]) << 16 | uint64_t(s[2 * lds + j]) << 32 | uint64_t(s[3 * lds + j]) << 48;
+}
+
+// w[j] = column_word(s, lds, j) for j < n.
 SAO_WORDS_TARGET inline void rows_to_words(const uint16_t* s, int64_t lds, int64_t n, uint64_t* w) {
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
@@ -103,9 +108,7 @@ SAO_WORDS_TARGET inline void rows_to_words(const uint16_t* s, int64_t lds, int64
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + j + 8), _mm256_permute2x128_si256(w0, w1, 0x31));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + j + 12), _mm256_permute2x128_si256(w2, w3, 0x31));
   }
-  for (; j < n; ++j)
-    w[j] = uint64_t(s[j]) | uint64_t(s[lds + j]) << 16 | uint64_t(s[2 * lds + j]) << 32 |
-           uint64_t(s[3 * lds + j]) << 48;
+  for (; j < n; ++j) w[j] = column_word(s, lds, j);
 }
 
 // The 64-bit quads (row 0, 1, 2, 3) of the four columns whose words start at p: per 128-bit
@@ -180,7 +183,7 @@ SAO_WORDS_TARGET inline void gather_pair_words(const uint64_t* w, const int64_t*
   }
 }
 
-// w[cols[k]] = the word of column k of the four rows s, s + lds, ... (k < width).
+// w[cols[k]] = column_word(s, lds, k) for k < width.
 SAO_WORDS_TARGET inline void scatter_words(const uint16_t* s, int64_t lds, const int64_t* cols, int64_t width,
                                            uint64_t* w) {
   int64_t k = 0;
@@ -198,9 +201,7 @@ SAO_WORDS_TARGET inline void scatter_words(const uint16_t* s, int64_t lds, const
       w[cols[k + 2 * e + 1]] = uint64_t(_mm_extract_epi64(u[e], 1));
     }
   }
-  for (; k < width; ++k)
-    w[cols[k]] = uint64_t(s[k]) | uint64_t(s[lds + k]) << 16 | uint64_t(s[2 * lds + k]) << 32 |
-                 uint64_t(s[3 * lds + k]) << 48;
+  for (; k < width; ++k) w[cols[k]] = column_word(s, lds, k);
 }
 #endif
 
