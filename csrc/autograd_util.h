@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <c10/util/string_view.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -20,6 +21,19 @@ namespace sao {
 inline at::Tensor saved_index(const std::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
   return t->is_inference() ? t->clone() : *t;
+}
+
+// A tensor a node's fused loop may read through data_ptr: a strided CPU tensor that no tracing or
+// functorch wrapper stands behind (FakeTensor, functional tensors, torch.func wrappers carry
+// keys beyond the backend's; those take the ATen formulas, which they trace), while no Python
+// dispatch mode (a FLOP counter, a logger) expects to see the ops.
+inline bool plain_cpu(const at::Tensor& t) {
+  if (c10::impl::dispatch_mode_enabled()) return false;
+  if (!t.defined() || !t.device().is_cpu() || t.layout() != at::kStrided || !t.has_storage()) return false;
+  const auto ks = t.key_set();
+  return !ks.has(c10::DispatchKey::Python) && !ks.has(c10::DispatchKey::Functionalize) &&
+         !ks.has(c10::DispatchKey::FuncTorchBatched) && !ks.has(c10::DispatchKey::FuncTorchGradWrapper) &&
+         !ks.has(c10::DispatchKey::Conjugate) && !ks.has(c10::DispatchKey::Negative);
 }
 
 // Nodes are c10::intrusive_ptr-owned from torch 2.12/2.13 on, std::shared_ptr-owned before

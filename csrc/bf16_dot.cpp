@@ -147,9 +147,10 @@ SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int
 
 // The same pairs for all w columns, in blocks of kMR = 8 columns: dst[i * sblk + k * 8 + q] =
 // (src[2k, 8i + q], src[2k+1, 8i + q]) (zero past w and in the high half past an odd K); 16
-// columns per load, their halves to two blocks.
+// columns per load, their halves to two blocks.  With `sums`, also sums[j] = sum_k src[k, j] in
+// float32, rows in order (the bias gradient's share of these rows, from the pairs in registers).
 SAO_DOT_TARGET void interleave_pairs_blocked(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst,
-                                             int64_t sblk) {
+                                             int64_t sblk, float* sums) {
   static_assert(kMR == 8, "two blocks per 16 columns");
   // column blocks outer, so that each block's pairs are written as one run: with k outer every
   // k wrote a/8 runs 8 KiB apart, and this pass took 20 % of grad-values' GEMM time against 5.5 %
@@ -158,12 +159,18 @@ SAO_DOT_TARGET void interleave_pairs_blocked(const bf16* src, int64_t ld, int64_
     const int64_t wj = std::min<int64_t>(16, w - j);
     const __mmask16 m = __mmask16((1u << wj) - 1);
     uint32_t* d = dst + (j / 8) * sblk;
+    __m512 acc = _mm512_setzero_ps();
     for (int64_t k = 0; 2 * k < K; ++k) {
       const bf16* r0 = src + 2 * k * ld + j;
       const __m512i p = pairs16(r0, 2 * k + 1 < K ? r0 + ld : nullptr, m);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k * 8), _mm512_castsi512_si256(p));
       if (wj > 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + sblk + k * 8), _mm512_extracti64x4_epi64(p, 1));
+      if (sums) {  // a bfloat16 is the high half of its float32: the low half shifted up, the high masked
+        acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(p, 16)));
+        acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_and_si512(p, _mm512_set1_epi32(int(0xffff0000u)))));
+      }
     }
+    if (sums) _mm512_mask_storeu_ps(sums + j, m, acc);
   }
 }
 
@@ -478,18 +485,23 @@ namespace {
 // ceil(T/2), j < c (zero high half past an odd T, zero columns c..ldq).  With a column map, from
 // the words of four rows (permute_cols.h): one pass over X, where the gather into group order
 // and a pair interleave per panel took two (perf, 4096², G = 8, T = 512: ~8 % and ~5 % of the
-// GEMM's time).
+// GEMM's time).  Its items run in one parallel region with `n_more` items more (more(i)): the
+// preparation of grad-values' other operand, so that the two passes share one barrier.
+template <typename More>
 uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in, int64_t ldq, Scratch& big,
-                      Scratch& big_rows) {
+                      Scratch& big_rows, int64_t n_more, const More& more) {
   const int64_t Tn = x.size(0), kp = ceil_div(Tn, 2), ldx = x.stride(0), n = G * c;
   uint32_t* P = scratch<uint32_t>(kSlotX, G * kp * ldq, big);
   const bf16* xs = x.data_ptr<bf16>();
+  const double flops = 2.0 * Tn * n * 8 * 2;
   auto zero_pad = [&](uint32_t* row) { std::fill(row + c, row + ldq, 0u); };
   if (!words_apply<bf16>(in)) {  // in place (no map) or runs: rows in group order, then pairs
     const Grouped xg = grouped(x, G, c, in, kSlotC, big_rows);
     constexpr int64_t KB = 64;  // token pairs per item
-    run_items(G * ceil_div(kp, KB), 2.0 * Tn * n * 8, [&](int64_t it) {
-      const int64_t nb = ceil_div(kp, KB), g = it / nb, k0 = (it % nb) * KB, k1 = std::min(kp, k0 + KB);
+    const int64_t nb = ceil_div(kp, KB);
+    run_items(G * nb + n_more, flops, [&](int64_t it) {
+      if (it >= G * nb) return more(it - G * nb);
+      const int64_t g = it / nb, k0 = (it % nb) * KB, k1 = std::min(kp, k0 + KB);
       interleave_pairs(xg.p + g * xg.sg + 2 * k0 * xg.ld, xg.ld, std::min(Tn, 2 * k1) - 2 * k0, c,
                        P + (g * kp + k0) * ldq, ldq);
     });
@@ -497,7 +509,9 @@ uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in,
   }
   const int64_t* ip = in.data();
   constexpr int64_t RB = 16;  // rows per item (a multiple of 4: each word holds two pairs)
-  run_items(ceil_div(Tn, RB), 2.0 * Tn * n * 8, [&](int64_t it) {
+  const int64_t nr = ceil_div(Tn, RB);
+  run_items(nr + n_more, flops, [&](int64_t it) {
+    if (it >= nr) return more(it - nr);
     const int64_t r1 = std::min(Tn, (it + 1) * RB);
     Scratch big_w;
     uint64_t* w = scratch<uint64_t>(kSlotWords, n, big_w);
@@ -530,15 +544,18 @@ uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in,
 
 }  // namespace
 
-Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G) {
+Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G,
+                            Tensor* grad_bias) {
   const int64_t Tn = dy.size(0), a = dy.size(1) / G, c = x.size(1) / G;
   Tensor dv = new_output({G, a, c}, x.options());
   check_dot(x, dv);
-  if (Tn == 0) return dv.zero_();
+  if (Tn == 0) {
+    if (grad_bias) *grad_bias = at::zeros({G * a}, dy.options());
+    return dv.zero_();
+  }
   Scratch big_dy, big_x, big_rows, big_t;
   const Grouped dyg = grouped(dy, G, a, out, kSlotDY, big_dy);
   const int64_t kp = ceil_div(Tn, 2), ldq = pad_ld<uint32_t>(c);
-  const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows);
   // A_g = dY_g^T as token pairs, in blocks of kMR features: At[g][i][k][q] = (dY_g[2k, n],
   // dY_g[2k+1, n]) for n = kMR * i + q, so that a tile's broadcasts for one k are one 32-byte
   // run (with features as rows of a row-major At, each k stepped a whole row: 4 KiB or more
@@ -546,11 +563,28 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
   const int64_t nblk = ceil_div(a, kMR);
   uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
   constexpr int64_t KB = 64;  // token pairs per item
-  run_items(G * ceil_div(kp, KB), 2.0 * G * Tn * a * 8, [&](int64_t it) {
-    const int64_t nb = ceil_div(kp, KB), g = it / nb, k0 = (it % nb) * KB, k1 = std::min(kp, k0 + KB);
+  const int64_t nb = ceil_div(kp, KB);
+  // The bias gradient from the same pass: each item's column sums of its rows (float32, rows in
+  // order), then the items' sums in order: the same bits for any thread count.  (dY.sum(0) on its
+  // own read dY again: 0.5 ms against grad-values' 6.2 ms at 4096², G = 8, T = 512, 2 threads.)
+  Tensor sums = grad_bias ? at::empty({nb, G * a}, dy.options().dtype(at::kFloat)) : Tensor();
+  float* sp = grad_bias ? sums.data_ptr<float>() : nullptr;
+  const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, G * nb, [&](int64_t it) {
+    const int64_t g = it / nb, b = it % nb, k0 = b * KB, k1 = std::min(kp, k0 + KB);
     interleave_pairs_blocked(dyg.p + g * dyg.sg + 2 * k0 * dyg.ld, dyg.ld, std::min(Tn, 2 * k1) - 2 * k0, a,
-                             at + (g * nblk * kp + k0) * kMR, kp * kMR);
+                             at + (g * nblk * kp + k0) * kMR, kp * kMR, sp ? sp + b * G * a + g * a : nullptr);
   });
+  if (grad_bias) {  // feature order: group order through out's map
+    Tensor db = at::empty({G * a}, dy.options());
+    bf16* d = db.data_ptr<bf16>();
+    const int64_t* oi = out.data();
+    for (int64_t j = 0; j < G * a; ++j) {
+      float s = sp[j];
+      for (int64_t b = 1; b < nb; ++b) s += sp[b * G * a + j];
+      d[oi ? oi[j] : j] = bf16(s);
+    }
+    *grad_bias = db;
+  }
   const Product p{reinterpret_cast<const bf16*>(at), 2 * nblk * kp * kMR, 2 * kp * kMR, 2, 2 * kMR,
                   dv.data_ptr<bf16>(), a * c, c, G, a, c, Tn};
   // B read in place while its rows are at most 4 KiB apart; wider groups copy each panel out
@@ -580,7 +614,7 @@ Tensor linear_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const Inde
 Tensor grad_input_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&) {
   TORCH_CHECK(false, "bf16_dot: needs an x86 CPU with AVX512_BF16");
 }
-Tensor grad_values_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&, int64_t) {
+Tensor grad_values_bf16_dot(const Tensor&, const Tensor&, const IndexArg&, const IndexArg&, int64_t, Tensor*) {
   TORCH_CHECK(false, "bf16_dot: needs an x86 CPU with AVX512_BF16");
 }
 

@@ -10,8 +10,9 @@
 //    gradient is needed keeps its pre-activation: linear, then ATen's GELU (below).
 //  * Autograd kernel (CPU): saves the output (tanh: 1 - y^2, ReLU: y > 0) or, for GELU, the
 //    pre-activation; backward forms dPre = dY * act' and the bias gradient sum_t dPre in one
-//    pass (float32 / float64; other dtypes: ATen's tanh_backward / threshold_backward and
-//    sum), then the grad-input and grad-values ops.  With create_graph (or on traced / wrapped
+//    pass (float32 / float64; other dtypes: ATen's tanh_backward / threshold_backward, and the
+//    sum from grad-values' pass over dPre where it has one: ops.cpp, grad_values_and_bias),
+//    then the grad-input and grad-values ops.  With create_graph (or on traced / wrapped
 //    tensors: torch.compile, torch.func) the same formulas run as differentiable ATen ops.
 //    Forward-mode AD: dY = act'(pre) * (linear(dX) + linear(X; dV) + db).
 //
@@ -76,17 +77,6 @@ Tensor linear_act_cpu(const Tensor& x, const Tensor& values, const optional<Tens
 }
 
 // ------------------------------------------------------------------ activation backward
-// A tensor the fused loop may read through data_ptr: a strided CPU tensor that no tracing or
-// functorch wrapper stands behind (FakeTensor, functional tensors, torch.func wrappers carry
-// keys beyond the backend's; those take the ATen formulas, which they trace).
-bool plain_cpu(const Tensor& t) {
-  if (!t.defined() || !t.device().is_cpu() || t.layout() != at::kStrided || !t.has_storage()) return false;
-  const auto ks = t.key_set();
-  return !ks.has(c10::DispatchKey::Python) && !ks.has(c10::DispatchKey::Functionalize) &&
-         !ks.has(c10::DispatchKey::FuncTorchBatched) && !ks.has(c10::DispatchKey::FuncTorchGradWrapper) &&
-         !ks.has(c10::DispatchKey::Conjugate) && !ks.has(c10::DispatchKey::Negative);
-}
-
 // One row of w columns: d = g * act'(y) (tanh: 1 - y^2; ReLU: y > 0), acc += d.
 #define SAO_ACT_GRAD_ROW_BODY                                                            \
   if (act == Act::kTanh) {                                                               \
@@ -120,7 +110,10 @@ template <typename T>
 void act_grad_loop(const T* dy, const T* s, T* dpre, T* db, int64_t rows, int64_t m, Act act) {
   constexpr int64_t kCols = 256;
   const int64_t n_blocks = (m + kCols - 1) / kCols;
-  const int64_t grain = rows * m < (1 << 18) ? n_blocks : 1;  // small: on the calling thread
+  // Below 32 k elements on the calling thread.  (The threshold was 256 k: at 128 x 512, float32,
+  // two threads, splitting the two column blocks took the node's self time from 57 to 40 us per
+  // layer of the 100-layer tanh MLP step, torch.profiler, AMD EPYC 2026-12-07.)
+  const int64_t grain = rows * m < (1 << 15) ? n_blocks : 1;
   const auto body = [&](int64_t b0, int64_t b1) {
     T acc[kCols];
     for (int64_t b = b0; b < b1; ++b) {
@@ -148,7 +141,7 @@ void act_grad_loop(const T* dy, const T* s, T* dpre, T* db, int64_t rows, int64_
   }
 }
 
-// (dPre, db or undefined)
+// (dPre, db): db only where this pass computed it (float32 / float64, want_db), else undefined
 std::pair<Tensor, Tensor> act_backward(const Tensor& dy, const Tensor& saved, Act act, bool want_db) {
   // (float32 / float64 only: for bfloat16 the scalar conversions of this loop made the MLP100
   // step 3-7 % slower than ATen's vectorised tanh_backward + sum, measured on one thread)
@@ -159,7 +152,7 @@ std::pair<Tensor, Tensor> act_backward(const Tensor& dy, const Tensor& saved, Ac
     Tensor d = act == Act::kTanh   ? at::tanh_backward(dy, saved)
                : act == Act::kRelu ? at::threshold_backward(dy, saved, 0)
                                    : at::gelu_backward(dy, saved);
-    return {d, want_db ? d.sum(0) : Tensor()};
+    return {d, Tensor()};  // (the caller sums d: with grad-values where it can, grad_values_and_bias)
   }
   const Tensor g = dy.contiguous(), s = saved.contiguous();
   Tensor dpre = at::empty_like(g, at::MemoryFormat::Contiguous);
@@ -209,8 +202,12 @@ struct LinearActBackward : public torch::autograd::TraceableFunction {
     const Tensor s = regrad ? linear(xs, v, ii, oi, opt(bias.unpack(self)), block_size) : act_saved.unpack(self);
     auto [dpre, db] = act_backward(dy, s, act, dbias);
     if (dx) out[0] = linear_grad_input(dpre, v, ii, oi, block_size);
-    if (dv) out[1] = linear_grad_values(dpre, xs, ii, oi, v.size(0), block_size);
-    if (dbias) out[2] = db;
+    if (dv && dbias && !db.defined()) {
+      std::tie(out[1], db) = grad_values_and_bias(dpre, xs, ii, oi, v.size(0), block_size);
+    } else if (dv) {
+      out[1] = linear_grad_values(dpre, xs, ii, oi, v.size(0), block_size);
+    }
+    if (dbias) out[2] = db.defined() ? db : dpre.sum(0);
     return out;
   }
 };

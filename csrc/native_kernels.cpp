@@ -707,10 +707,11 @@ Tensor linear_grad_input_native(const Tensor& grad_out_, const Tensor& values_, 
 }
 
 Tensor linear_grad_values_native(const Tensor& grad_out_, const Tensor& x_, const IndexArg& in, const IndexArg& out,
-                                 int64_t groups) {
+                                 int64_t groups, Tensor* grad_bias) {
   const Tensor dy = grad_out_.detach(), x = x_.detach();
   if (x.size(0) > 0 && lowp_uses_dot(x.scalar_type()))
-    return grad_values_bf16_dot(rows_major(dy), rows_major(x), in, out, groups);
+    return grad_values_bf16_dot(rows_major(dy), rows_major(x), in, out, groups, grad_bias);
+  if (grad_bias) *grad_bias = dy.sum(0);
   if (x.size(0) > 0 && lowp_uses_bmm(x.scalar_type()))
     return grad_values_bmm(rows_major(dy), rows_major(x), in, out, groups);
   Tensor dv;

@@ -168,7 +168,9 @@ bool bf16_dot_usable();
 Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, const IndexArg& out, const Tensor& bias,
                        Act act);
 Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in, const IndexArg& out);
-Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G);
+// With grad_bias: also the bias gradient sum_t dY[t, :], from grad-values' own pass over dY.
+Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& in, const IndexArg& out, int64_t G,
+                            Tensor* grad_bias = nullptr);
 
 }  // namespace detail
 }  // namespace sao

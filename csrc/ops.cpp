@@ -23,6 +23,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/autograd/function.h>
@@ -411,8 +412,14 @@ struct LinearBackward : public SaoBackward {  // first x, second values; edges: 
     const bool dx = task_should_compute_output(0), dv = task_should_compute_output(1);
     const Unpacked u = unpack(getptr(), /*need_first=*/dv, /*need_second=*/true);  // x, values
     if (dx) out[0] = linear_grad_input(dy, u.second, u.in_map, u.out_map, block_size);
-    if (dv) out[1] = linear_grad_values(dy, u.first, u.in_map, u.out_map, u.second.size(0), block_size);
-    if (has_bias && task_should_compute_output(2)) out[2] = dy.sum(0);
+    const bool db = has_bias && task_should_compute_output(2);
+    if (dv && db) {
+      std::tie(out[1], out[2]) = grad_values_and_bias(dy, u.first, u.in_map, u.out_map, u.second.size(0), block_size);
+    } else if (dv) {
+      out[1] = linear_grad_values(dy, u.first, u.in_map, u.out_map, u.second.size(0), block_size);
+    } else if (db) {
+      out[2] = dy.sum(0);
+    }
     return out;
   }
 };
@@ -518,6 +525,19 @@ LinearArgs check_linear_args(const Tensor& x, const Tensor& values, const option
   return {p.in, p.out};
 }
 bool cpu_runs_native(ScalarType dtype, int64_t tokens, double flops) { return runs_native(dtype, tokens, flops); }
+
+std::pair<Tensor, Tensor> grad_values_and_bias(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
+                                               const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
+  const bool shaped = grad_out.dim() == 2 && x.dim() == 2 && groups > 0;
+  const bool fused = shaped && !at::GradMode::is_enabled() && plain_cpu(grad_out) && plain_cpu(x) &&
+                     runs_native(x.scalar_type(), x.size(0), 2.0 * x.size(0) * grad_out.size(1) * x.size(1) / groups);
+  if (!fused) return {linear_grad_values(grad_out, x, in_index, out_index, groups, block_size), grad_out.sum(0)};
+  RECORD_FUNCTION("sao_kernels::linear_grad_values", std::vector<c10::IValue>({grad_out, x}));
+  const Problem p = check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_size);
+  Tensor db;
+  Tensor dv = linear_grad_values_native(grad_out, x, p.in, p.out, groups, &db);
+  return {dv, db};
+}
 
 }  // namespace sao
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace sao {
 
@@ -40,8 +41,10 @@ Tensor linear_native(const Tensor& x, const Tensor& values, const IndexArg& in, 
                      const std::optional<Tensor>& bias, Act act = Act::kNone);
 Tensor linear_grad_input_native(const Tensor& grad_out, const Tensor& values, const IndexArg& in,
                                 const IndexArg& out);
+// With grad_bias: also the bias gradient grad_out.sum(0) (in grad-values' own pass over grad_out
+// where the engine has one: the bfloat16 micro-kernel).
 Tensor linear_grad_values_native(const Tensor& grad_out, const Tensor& x, const IndexArg& in, const IndexArg& out,
-                                 int64_t groups);
+                                 int64_t groups, Tensor* grad_bias = nullptr);
 
 std::string native_build_info();
 
@@ -55,6 +58,14 @@ LinearArgs check_linear_args(const Tensor& x, const Tensor& values, const std::o
                              const std::optional<Tensor>& out_index, const std::optional<Tensor>& bias,
                              int64_t block_size);
 bool cpu_runs_native(at::ScalarType dtype, int64_t tokens, double flops);
+
+// A backward's grad-values and bias gradient (grad_out.sum(0)) in one native call where that is
+// what the op would run anyway (plain CPU tensors, no dispatch mode or graph being recorded: the
+// op and its checks are the same); elsewhere the op and the sum.
+std::pair<Tensor, Tensor> grad_values_and_bias(const Tensor& grad_out, const Tensor& x,
+                                               const std::optional<Tensor>& in_index,
+                                               const std::optional<Tensor>& out_index, int64_t groups,
+                                               int64_t block_size);
 
 // The CPU tier the native kernels use (cpu_tier.cpp): the hardware's, capped by
 // SAO_KERNELS_CPU_ISA.  Every ISA decision of the kernels asks isa_at_least / amx_packs.

@@ -140,6 +140,77 @@ if NATIVE:
         one, two, three = (products_with_threads(case, k)[0] for k in (1, 2, 3))
         assert torch.equal(one, two) and torch.equal(one, three)
 
+    def backward_grads(case, block_size=1, act=None):
+        """(dx, dv, db) of one backward through the op's autograd node (linear, or linear_act)."""
+        x, values, ii, oi, b, dy = (
+            t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in case
+        )
+        with sk.backend("native"):
+            y = (
+                OPS.linear(x, values, ii, oi, b, block_size)
+                if act is None
+                else OPS.linear_act(x, values, ii, oi, b, block_size, act)
+            )
+            y.backward(dy)
+        return x.grad, values.grad, b.grad
+
+    @pytest.mark.parametrize("engine", LOWP_ENGINES)
+    @pytest.mark.parametrize(
+        "T,m,n,G,out_perm", [(300, 2 * 97, 2 * 33, 2, True), (7, 96, 90, 3, False), (512, 1024, 512, 4, True)], ids=str
+    )
+    def test_bias_grad_of_the_backward(engine, T, m, n, G, out_perm, monkeypatch):
+        """The node's bias gradient: from grad-values' own pass over dY on the micro-kernel
+        (csrc/bf16_dot.cpp), dy.sum(0) elsewhere; both against float64 and (dv) the op."""
+        monkeypatch.setenv("SAO_KERNELS_LOWP_GEMM", engine)
+        monkeypatch.setenv("SAO_KERNELS_POISON", "1")
+        case = make_case(T, m, n, G, out_perm=out_perm, dtype=torch.bfloat16, seed=T)
+        dx, dv, db = backward_grads(case)
+        _, want_dx, want_dv, want_db = reference(*case)
+        assert_close_rel(dx, want_dx, torch.bfloat16, "dx")
+        assert_close_rel(dv, want_dv, torch.bfloat16, "dv")
+        assert_close_rel(db, want_db, torch.bfloat16, "db")
+        with sk.backend("native"):
+            assert torch.equal(dv, OPS.linear_grad_values(case[5], case[0], case[2], case[3], G, 1))
+
+    @pytest.mark.parametrize("act", [None, "tanh"])
+    def test_bias_grad_same_bits_for_any_thread_count(act):
+        case = make_case(300, 512, 512, 4, dtype=torch.bfloat16, seed=4)
+        before = torch.get_num_threads()
+        try:
+            runs = []
+            for k in (1, 2, 3):
+                torch.set_num_threads(k)
+                runs.append(backward_grads(case, act=act))
+        finally:
+            torch.set_num_threads(before)
+        for name, one, two, three in zip(("dx", "dv", "db"), *runs):
+            assert torch.equal(one, two) and torch.equal(one, three), name
+
+    def test_backward_ops_stay_visible_to_dispatch_modes():
+        """Under a Python dispatch mode (a FLOP counter, a logger) the node calls the ops, so
+        that the mode sees grad-values and the bias sum; without one it may fuse them."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Seen(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ops = set()
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops.add(str(func.overloadpacket))
+                return func(*args, **(kwargs or {}))
+
+        case = make_case(64, 128, 128, 2, dtype=torch.bfloat16, seed=1)
+        x, values, ii, oi, b, dy = (
+            t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in case
+        )
+        with sk.backend("native"):
+            y = OPS.linear(x, values, ii, oi, b, 1)
+            with Seen() as seen:
+                y.backward(dy)
+        assert {"sao_kernels.linear_grad_values", "sao_kernels.linear_grad_input", "aten.sum"} <= seen.ops, seen.ops
+        assert_close_rel(b.grad, reference(*case)[3], torch.bfloat16, "db")
+
     def test_dot_forward_flushes_what_vdpbf16ps_flushes(monkeypatch):
         """Inf and NaN propagate; an odd c never reads the element past a row (the pair tail)."""
         for engine in LOWP_ENGINES:
