@@ -385,7 +385,7 @@ void row_product(const Tensor& src, const IndexArg& src_idx, int64_t K, const In
   uint32_t* panels = scratch<uint32_t>(kSlotVT, G * n_panels * psz, big_b);
   std::vector<float> inits(G * n_panels * kPanel);
   std::vector<uint8_t> has_init(G * n_panels);
-  run_items(G * n_panels, 16.0 * G * N * K, [&](int64_t it) {
+  run_items(G * n_panels, pass_flops(double(G) * N * K), [&](int64_t it) {
     const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel, w = std::min(kPanel, N - n0);
     pack(g, n0, w, panels + it * psz);
     has_init[it] = init(g, n0, w, inits.data() + it * kPanel);
@@ -493,7 +493,7 @@ uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in,
   const int64_t Tn = x.size(0), kp = ceil_div(Tn, 2), ldx = x.stride(0), n = G * c;
   uint32_t* P = scratch<uint32_t>(kSlotX, G * kp * ldq, big);
   const bf16* xs = x.data_ptr<bf16>();
-  const double flops = 2.0 * Tn * n * 8 * 2;
+  const double flops = pass_flops(2.0 * Tn * n);
   auto zero_pad = [&](uint32_t* row) { std::fill(row + c, row + ldq, 0u); };
   if (!words_apply<bf16>(in)) {  // in place (no map) or runs: rows in group order, then pairs
     const Grouped xg = grouped(x, G, c, in, kSlotC, big_rows);

@@ -77,7 +77,7 @@ Tensor linear_typed(const Tensor& x, const Tensor& v, const IndexArg& in, const 
     T* yp = yg.data_ptr<T>();
     const int64_t ldx = x.stride(0), sg = yg.stride(0), st = yg.stride(1), RB = 16;
     const int64_t *ii = in.data(), *oi = out.data();
-    run_items(ceil_div(Tn, RB), 2.0 * Tn * G * (a + c) * 8, [&](int64_t it) {
+    run_items(ceil_div(Tn, RB), pass_flops(double(Tn) * G * (a + c)), [&](int64_t it) {
       const int64_t r0 = it * RB, rows = std::min(RB, Tn - r0);
       for (int64_t g = 0; g < G; ++g) {
         if (gather) gather_cols(xs + r0 * ldx, ldx, ii + g * c, rows, c, in.run, xp + (g * Tn + r0) * c, c);

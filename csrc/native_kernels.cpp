@@ -461,7 +461,7 @@ const T* prepare_groups(const T* v, int64_t G, int64_t R, int64_t C, bool transp
   ldb = eng.b_ld(N);
   sgb = eng.b_size(K, N);
   T* out = scratch<T>(kSlotVT, G * sgb, big);
-  run_items(G, 2.0 * G * R * C * 8, [&](int64_t g) {
+  run_items(G, pass_flops(double(G) * R * C), [&](int64_t g) {
     Scratch big_t;
     const T* src = v + g * R * C;
     if (transposed) {
@@ -489,7 +489,7 @@ void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, cons
   float* xt = scratch<float>(kSlotX, n * ldt, big_xt);  // X^T in group order: (n, ldt)
   const int64_t* aidx = in.data();
   constexpr int64_t FB = 64, TBK = 64;
-  run_items(ceil_div(n, FB), 2.0 * T * n * 8, [&](int64_t it) {
+  run_items(ceil_div(n, FB), pass_flops(double(T) * n), [&](int64_t it) {
     Scratch big;
     const int64_t f0 = it * FB, fw = std::min(FB, n - f0);
     float* tmp = scratch<float>(kSlotPanel, TBK * FB, big);
@@ -530,7 +530,7 @@ void linear_few_tokens_f32(const float* x, int64_t ldx, const IndexArg& in, cons
   if (!oidx) return;
   const std::vector<int64_t> inv = inverse_runs(oidx, ldo, out.run);
   constexpr int64_t RBT = 16;
-  run_items(ceil_div(T, RBT), 2.0 * T * ldo * 8, [&](int64_t it) {
+  run_items(ceil_div(T, RBT), pass_flops(double(T) * ldo), [&](int64_t it) {
     const int64_t t0 = it * RBT;
     unpermute_rows(yg + t0 * ldg, ldg, inv, out.run, std::min(RBT, T - t0), ldo, y + t0 * ldo, ldo);
   });
@@ -563,7 +563,7 @@ void grad_values(const T* dy, int64_t ldy, const T* x, int64_t ldx, const IndexA
     s_chunk = std::max(eng.b_size(TK, C), TK * ldp);  // (an odd tail is stored row-major)
     s_group = n_chunks * s_chunk;
     T* packed = scratch<T>(kSlotVT, G * s_group, big_b);
-    run_items(G * n_chunks, 2.0 * Tn * G * C * 8, [&](int64_t it) {
+    run_items(G * n_chunks, pass_flops(double(Tn) * G * C), [&](int64_t it) {
       const int64_t g = it / n_chunks, k = it % n_chunks, t0 = k * TK, tw = std::min(TK, Tn - t0);
       const Engine<T>& e = tw == TK ? eng : eng_tail;
       if (e.needs_prepare()) {

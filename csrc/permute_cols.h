@@ -252,7 +252,7 @@ const T* pack_groups(const T* x, int64_t ldx, int64_t Tn, int64_t G, int64_t C, 
                      int slot, Scratch& big) {
   T* out = scratch<T>(slot, G * Tn * ldp, big);
   const int64_t RB = 16;
-  run_items(ceil_div(Tn, RB), 2.0 * Tn * G * C * 8, [&](int64_t it) {
+  run_items(ceil_div(Tn, RB), pass_flops(double(Tn) * G * C), [&](int64_t it) {
     const int64_t r0 = it * RB;
     gather_group_rows(x + r0 * ldx, ldx, std::min(RB, Tn - r0), G, C, in, out + r0 * ldp, Tn * ldp, ldp);
   });
@@ -326,7 +326,7 @@ template <typename T>
 void unpack_groups(const T* src, int64_t G, int64_t Tn, int64_t W, const IndexArg& idx, const Tensor& dst) {
   T* out = dst.data_ptr<T>();
   const int64_t RB = 16;
-  run_items(ceil_div(Tn, RB), 2.0 * Tn * G * W * 8, [&](int64_t it) {
+  run_items(ceil_div(Tn, RB), pass_flops(double(Tn) * G * W), [&](int64_t it) {
     const int64_t r0 = it * RB;
     scatter_group_rows(src + r0 * W, Tn * W, W, std::min(RB, Tn - r0), G, W, idx, out + r0 * G * W);
   });
