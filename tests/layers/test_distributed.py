@@ -3,6 +3,12 @@
 Each rank computes the gradients of the mean loss on its half of a fixed batch; the
 averaged gradients (DistributedDataParallel, and FSDP2 ``fully_shard``) must equal the
 single-process full-batch gradients in float64.
+
+A worker that dies by a signal fails the test, unless every rank had already passed the final
+barrier: then the gradients were computed, reduced and saved, and the death happened in the
+process group's teardown (torch / gloo, not this package).  That happened once in CI
+(2026-12-07: rank 1 of the FSDP2 run, "terminate called without an active exception", SIGABRT,
+in one of ~20 runs); it is reported as a warning.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ def _worker(rank, world, port, out_path, mode):
         if rank == 0:
             torch.save(grads, out_path)
         dist.barrier()
+        open(f"{out_path}.rank{rank}.done", "w").close()  # everything below is teardown
     finally:
         dist.destroy_process_group()
 
@@ -94,6 +101,11 @@ def _launch(mode, tmp_path):
     try:
         while not ctx.join(timeout=1):  # raises if a worker failed
             assert time.monotonic() < deadline, f"{mode} workers did not finish in {TIMEOUT_S} s"
+    except mp.ProcessExitedException as e:
+        done = all(os.path.exists(f"{out}.rank{r}.done") for r in range(WORLD))
+        if not (done and e.signal_name):
+            raise
+        warnings.warn(f"{mode}: {e} during the process group's teardown, after every rank finished", stacklevel=2)
     finally:
         for p in ctx.processes:
             if p.is_alive():
