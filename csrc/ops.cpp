@@ -172,6 +172,11 @@ std::pair<int64_t, double> product_size(const Tensor& act, const Tensor& values)
   if (act.dim() != 2 || values.dim() != 3) return {-1, -1.0};
   return {act.size(0), 2.0 * act.size(0) * values.size(0) * values.size(1) * values.size(2)};
 }
+// The same for grad-values, from dY (T, m), X (T, n) and G.
+std::pair<int64_t, double> grad_values_size(const Tensor& grad_out, const Tensor& x, int64_t groups) {
+  if (grad_out.dim() != 2 || x.dim() != 2 || groups <= 0) return {-1, -1.0};
+  return {x.size(0), 2.0 * x.size(0) * grad_out.size(1) * x.size(1) / groups};
+}
 
 // ------------------------------------------------------------------------------ checks
 // One O(n) pass per index: range, permutation (counts), identity, aligned runs.
@@ -333,9 +338,7 @@ Tensor linear_grad_input_cpu(const Tensor& grad_out, const Tensor& values, const
 
 Tensor linear_grad_values_cpu(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
                               const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
-  const bool shaped = grad_out.dim() == 2 && x.dim() == 2 && groups > 0;
-  const int64_t T = shaped ? x.size(0) : -1;
-  const double flops = shaped ? 2.0 * T * grad_out.size(1) * x.size(1) / groups : -1.0;
+  const auto [T, flops] = grad_values_size(grad_out, x, groups);
   if (!runs_native(x.scalar_type(), T, flops)) {
     static const auto py = find_op<GradValuesSig>("sao_kernels::_linear_grad_values_python");
     require_python_twin(py, "linear_grad_values", x.scalar_type());
@@ -528,9 +531,9 @@ bool cpu_runs_native(ScalarType dtype, int64_t tokens, double flops) { return ru
 
 std::pair<Tensor, Tensor> grad_values_and_bias(const Tensor& grad_out, const Tensor& x, const optional<Tensor>& in_index,
                                                const optional<Tensor>& out_index, int64_t groups, int64_t block_size) {
-  const bool shaped = grad_out.dim() == 2 && x.dim() == 2 && groups > 0;
-  const bool fused = shaped && !at::GradMode::is_enabled() && plain_cpu(grad_out) && plain_cpu(x) &&
-                     runs_native(x.scalar_type(), x.size(0), 2.0 * x.size(0) * grad_out.size(1) * x.size(1) / groups);
+  const auto [T, flops] = grad_values_size(grad_out, x, groups);
+  const bool fused =
+      !at::GradMode::is_enabled() && plain_cpu(grad_out) && plain_cpu(x) && runs_native(x.scalar_type(), T, flops);
   if (!fused) return {linear_grad_values(grad_out, x, in_index, out_index, groups, block_size), grad_out.sum(0)};
   RECORD_FUNCTION("sao_kernels::linear_grad_values", std::vector<c10::IValue>({grad_out, x}));
   const Problem p = check_linear_grad_values(grad_out, x, in_index, out_index, groups, block_size);

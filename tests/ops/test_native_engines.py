@@ -140,11 +140,13 @@ if NATIVE:
         one, two, three = (products_with_threads(case, k)[0] for k in (1, 2, 3))
         assert torch.equal(one, two) and torch.equal(one, three)
 
+    def leaves(case):
+        """The case with its floating tensors as fresh leaves that require grad."""
+        return tuple(t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in case)
+
     def backward_grads(case, block_size=1, act=None):
         """(dx, dv, db) of one backward through the op's autograd node (linear, or linear_act)."""
-        x, values, ii, oi, b, dy = (
-            t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in case
-        )
+        x, values, ii, oi, b, dy = leaves(case)
         with sk.backend("native"):
             y = (
                 OPS.linear(x, values, ii, oi, b, block_size)
@@ -201,9 +203,7 @@ if NATIVE:
                 return func(*args, **(kwargs or {}))
 
         case = make_case(64, 128, 128, 2, dtype=torch.bfloat16, seed=1)
-        x, values, ii, oi, b, dy = (
-            t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in case
-        )
+        x, values, ii, oi, b, dy = leaves(case)
         with sk.backend("native"):
             y = OPS.linear(x, values, ii, oi, b, 1)
             with Seen() as seen:
