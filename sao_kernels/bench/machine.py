@@ -2,7 +2,8 @@
 
 :func:`machine_meta` is the one place that says what a result was measured on: CPU / GPU
 name, cores, threads, library versions, date.  :func:`recording_load` adds the load average
-before and after the run; :func:`busy_core` starts a busy-loop process pinned on one core
+before and after the run and :func:`cross_core_probe` what moving data between two cores
+costs then; :func:`busy_core` starts a busy-loop process pinned on one core
 (issue 13's contention case: another process competing for one of the cores while timing).
 """
 
@@ -16,6 +17,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -115,14 +117,88 @@ def results_stem(prefix: str, meta: dict) -> str:
     return f"{prefix}_{meta.get('machine') or machine_label(meta)}_{meta['date'][:10]}"
 
 
+# Shared over private at or above this: data moved between the two cores through something slower
+# than a shared L3.  Measured on the project's 2-vCPU AMD EPYC VM (2026-12-07), 4 MiB: 1.3-1.5
+# most of the time, 4.1-5.4 in the periods when the bf16 products' two-thread timings fell from
+# ~0.93 to ~0.81 of torch.bmm (docs/benchmarks.md, "Two modes of a two-core VM").
+CROSS_CORE_SLOW = 2.5
+
+
+def cross_core_probe(mib: int = 4, rounds: int = 20) -> dict | None:
+    """What data written by one core costs another to read, on the first two usable cores.
+
+    Two threads, each pinned to one core, write half of a ``mib`` MiB buffer each and then
+    read all of it ("shared": half the reads are of lines the other core wrote), against the
+    same work on a private buffer per thread ("private").  Returns the medians (ms per round,
+    the slower thread's; the best of two repeats) and ``ratio`` = shared / private: about 1.3-1.5
+    where both cores share an L3, several times that where the lines cross between chiplets or
+    sockets (as a VM's vCPUs may, from one minute to the next).  Kernels that pack an operand in
+    one parallel pass and read it from every thread in the next pay that price; torch.bmm, whose
+    threads work on their own blocks, hardly does.  None with fewer than two usable cores or
+    where threads cannot be pinned.  numpy's copies and sums release the GIL, so the threads
+    run at once."""
+    import threading
+
+    import numpy as np
+
+    cores = usable_cores()
+    if len(cores) < 2 or not hasattr(os, "sched_setaffinity") or not hasattr(threading, "get_native_id"):
+        return None
+    n = (mib << 20) // 8
+    shared, src = np.zeros(n), np.arange(n, dtype=np.float64)
+    private = [np.zeros(n), np.zeros(n)]
+    barrier = threading.Barrier(2)
+    best: dict[str, float] = {}
+
+    def worker(i: int, mode: str, out: list) -> None:
+        try:
+            os.sched_setaffinity(threading.get_native_id(), {cores[i]})
+            half = slice(i * n // 2, (i + 1) * n // 2)
+            buf = shared if mode == "shared" else private[i]
+            times = []
+            for _ in range(rounds):
+                barrier.wait()
+                t0 = time.perf_counter()
+                np.copyto(buf[half], src[half])
+                barrier.wait()  # both halves written before anyone reads
+                buf.sum()
+                barrier.wait()
+                times.append(time.perf_counter() - t0)
+            out[i] = float(np.median(times))
+        except Exception:  # noqa: BLE001 - a probe must never stop a run
+            barrier.abort()
+
+    for mode in ("shared", "private") * 2:
+        out: list = [None, None]
+        threads = [threading.Thread(target=worker, args=(i, mode, out)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if None in out:
+            return None
+        barrier.reset()
+        best[mode] = min(best.get(mode, float("inf")), max(out) * 1e3)
+    return {
+        "cores": cores[:2],
+        "mib": mib,
+        "shared_ms": round(best["shared"], 4),
+        "private_ms": round(best["private"], 4),
+        "ratio": round(best["shared"] / best["private"], 2),
+    }
+
+
 @contextlib.contextmanager
 def recording_load(meta: dict) -> Iterator[dict]:
-    """Store ``load_before`` / ``load_after`` (1, 5, 15 min load averages) in ``meta``."""
+    """Store ``load_before`` / ``load_after`` (1, 5, 15 min load averages) and
+    ``cross_core_before`` / ``cross_core_after`` (:func:`cross_core_probe`) in ``meta``."""
     meta["load_before"] = load_average()
+    meta["cross_core_before"] = _optional(cross_core_probe)
     try:
         yield meta
     finally:
         meta["load_after"] = load_average()
+        meta["cross_core_after"] = _optional(cross_core_probe)
 
 
 def busy_load_note(meta: dict) -> str | None:
@@ -142,6 +218,21 @@ def busy_load_note(meta: dict) -> str | None:
             f"of which the run's own {own} thread(s) account for at most {own} after it; expect wide spreads."
         )
     return None
+
+
+def cross_core_note(meta: dict) -> str | None:
+    """A sentence when :func:`cross_core_probe` found moving data between the cores slow before
+    or after the run (ratio >= CROSS_CORE_SLOW), else None."""
+    probes = [meta.get(k) for k in ("cross_core_before", "cross_core_after")]
+    ratios = ["n/a" if p is None else f"{p['ratio']:.1f}" for p in probes]
+    if not any(p and p["ratio"] >= CROSS_CORE_SLOW for p in probes):
+        return None
+    mib = (probes[0] or probes[1])["mib"]
+    return (
+        f"Reading data the other core had just written took {' / '.join(ratios)}x (before / after the run) as "
+        f"long as reading its own (cross-core probe, {mib} MiB; 1.3-1.5x where the two cores share an L3): "
+        "multi-threaded rows of kernels whose threads read what other threads packed read low."
+    )
 
 
 _BUSY_LOOP = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True:\n    pass\n"

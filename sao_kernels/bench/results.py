@@ -223,7 +223,7 @@ def flag_cells(
 
 def meta_header(meta: dict, what: str) -> list[str]:
     """The lines that say what a table was measured on (machine, versions, load)."""
-    from .machine import busy_load_note
+    from .machine import busy_load_note, cross_core_note
 
     name = meta.get("gpu") or meta.get("cpu")
     lines = [
@@ -233,11 +233,13 @@ def meta_header(meta: dict, what: str) -> list[str]:
         "",
         f"Load average (1, 5, 15 min) before the run: {meta.get('load_before')}; after: {meta.get('load_after')}.",
     ]
+    probes = [meta.get(k) for k in ("cross_core_before", "cross_core_after")]
+    if any(probes):
+        ratios = " / ".join("n/a" if p is None else f"{p['ratio']:.2f}x" for p in probes)
+        lines.append(f"Cross-core probe (reading another core's writes / one's own, before / after): {ratios}.")
     if meta.get("contention"):
         lines.append(f"Contention rows ran with a busy-loop process pinned on core {meta['contention']['core']}.")
-    note = busy_load_note(meta)
-    if note:
-        lines.append(note)
+    lines += [note for note in (busy_load_note(meta), cross_core_note(meta)) if note]
     return lines + [""]
 
 

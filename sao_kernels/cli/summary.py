@@ -102,7 +102,7 @@ def flag_counts(rows: Sequence[dict]) -> str:
 
 def header_lines(meta: dict, what: str) -> list[str]:
     """What ran where: device, machine, threads, load (and the busy-machine note)."""
-    from ..bench.machine import busy_load_note
+    from ..bench.machine import busy_load_note, cross_core_note
 
     load = [(meta.get(k) or [None])[0] for k in ("load_before", "load_after")]
     lines = [
@@ -110,8 +110,7 @@ def header_lines(meta: dict, what: str) -> list[str]:
         f"cores, {meta.get('threads')} torch threads), {meta.get('date')}; machine `{meta.get('machine')}`; "
         f"1-min load average {load[0]} before, {load[1]} after."
     ]
-    note = busy_load_note(meta)
-    return lines + ([note] if note else [])
+    return lines + [note for note in (busy_load_note(meta), cross_core_note(meta)) if note]
 
 
 def skipped_line(skipped: Sequence[dict], where: str) -> str | None:

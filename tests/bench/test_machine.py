@@ -8,6 +8,8 @@ import pytest
 from sao_kernels.bench.machine import (
     busy_core,
     busy_load_note,
+    cross_core_note,
+    cross_core_probe,
     machine_label,
     machine_meta,
     recording_load,
@@ -37,6 +39,30 @@ def test_machine_meta_in_one_place():
     with recording_load(meta):
         pass
     assert len(meta["load_before"]) == 3 and len(meta["load_after"]) == 3
+    assert "cross_core_before" in meta and "cross_core_after" in meta
+
+
+def test_cross_core_probe(monkeypatch):
+    import sao_kernels.bench.machine as machine
+
+    if len(usable_cores()) >= 2:
+        p = cross_core_probe(mib=1, rounds=3)
+        assert p["cores"] == usable_cores()[:2] and p["mib"] == 1
+        assert p["shared_ms"] > 0 and p["private_ms"] > 0
+        assert p["ratio"] == round(p["shared_ms"] / p["private_ms"], 2)
+    monkeypatch.setattr(machine, "usable_cores", lambda: [0])
+    assert cross_core_probe() is None  # one core: nothing to probe
+
+
+def test_cross_core_note():
+    def probe(ratio):
+        return {"cores": [0, 1], "mib": 4, "shared_ms": ratio * 0.2, "private_ms": 0.2, "ratio": ratio}
+
+    assert cross_core_note({}) is None
+    assert cross_core_note({"cross_core_before": probe(1.4), "cross_core_after": probe(1.6)}) is None
+    note = cross_core_note({"cross_core_before": probe(1.4), "cross_core_after": probe(4.6)})
+    assert "1.4 / 4.6x" in note
+    assert "n/a / 3.0x" in cross_core_note({"cross_core_before": None, "cross_core_after": probe(3.0)})
 
 
 def test_machine_label_and_stem():
