@@ -491,7 +491,9 @@ namespace {
 // the words of four rows (permute_cols.h): one pass over X, where the gather into group order
 // and a pair interleave per panel took two (perf, 4096², G = 8, T = 512: ~8 % and ~5 % of the
 // GEMM's time).  Its items run in one parallel region with `n_more` items more (more(i)): the
-// preparation of grad-values' other operand, so that the two passes share one barrier.
+// preparation of grad-values' other operand, so that the two passes share one barrier; each
+// thread's share holds its share of both lists (run_two_lists), so that the dY^T pairs of a group
+// are written by the thread whose share of the GEMM's items reads them.
 template <typename More>
 uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in, int64_t ldq, Scratch& big,
                       Scratch& big_rows, int64_t n_more, const More& more) {
@@ -504,8 +506,8 @@ uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in,
     const Grouped xg = grouped(x, G, c, in, kSlotC, big_rows);
     constexpr int64_t KB = 64;  // token pairs per item
     const int64_t nb = ceil_div(kp, KB);
-    run_items(G * nb + n_more, flops, [&](int64_t it) {
-      if (it >= G * nb) return more(it - G * nb);
+    run_two_lists(G * nb, n_more, flops, [&](bool mine, int64_t it) {
+      if (!mine) return more(it);
       const int64_t g = it / nb, k0 = (it % nb) * KB, k1 = std::min(kp, k0 + KB);
       interleave_pairs(xg.p + g * xg.sg + 2 * k0 * xg.ld, xg.ld, std::min(Tn, 2 * k1) - 2 * k0, c,
                        P + (g * kp + k0) * ldq, ldq);
@@ -515,8 +517,8 @@ uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in,
   const int64_t* ip = in.data();
   constexpr int64_t RB = 16;  // rows per item (a multiple of 4: each word holds two pairs)
   const int64_t nr = ceil_div(Tn, RB);
-  run_items(nr + n_more, flops, [&](int64_t it) {
-    if (it >= nr) return more(it - nr);
+  run_two_lists(nr, n_more, flops, [&](bool mine, int64_t it) {
+    if (!mine) return more(it);
     const int64_t r1 = std::min(Tn, (it + 1) * RB);
     Scratch big_w;
     uint64_t* w = scratch<uint64_t>(kSlotWords, n, big_w);
