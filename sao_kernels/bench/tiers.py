@@ -42,6 +42,8 @@ TIER_FIELDS = (
         "vs_bmm_hi",
         "target",
         "dense_once",
+        "cross_core_before",
+        "cross_core_after",
     )
 )
 
@@ -174,7 +176,9 @@ def measure_tier(tier: str, cfg: TierConfig, settings: TimingSettings, progress=
             T = MODE_TOKENS.get(mode, cfg.tokens)
             skip = _estimates(mode, T, cfg.width, dtype, cfg.groups, gen, cfg.slow_call)
             fns = {k: v for k, v in _steps(mode, T, cfg.width, dtype, cfg.groups, gen).items() if k not in skip}
+            probe_before = _probe_ratio()
             stats, once = _timed(fns, settings, cfg.slow_call)
+            probe_after = _probe_ratio()
             for G in cfg.groups:
                 sao_key = f"G={G}"
                 sao = stats[sao_key]
@@ -216,10 +220,25 @@ def measure_tier(tier: str, cfg: TierConfig, settings: TimingSettings, progress=
                         row["flag"] = ",".join(dict.fromkeys(filter(None, (*row["flag"].split(","), flag))))
                         row["flag_reason"] = "; ".join(filter(None, (row["flag_reason"], f"vs bmm: {reason}")))
                 row["target"] = _target(mode, G)
+                row["cross_core_before"], row["cross_core_after"] = probe_before, probe_after
                 rows.append(row)
             if progress:
                 progress(f"{tier} {dtype_name} {mode}")
     return rows
+
+
+def _probe_ratio() -> float | None:
+    """The cross-core probe's ratio now (machine.cross_core_probe), None where it cannot run: the
+    two-thread rows of a VM move with it, so each timed block records it before and after."""
+    from .machine import cross_core_probe
+
+    probe = cross_core_probe()
+    return None if probe is None else probe["ratio"]
+
+
+def _fmt_probe(r: dict) -> str:
+    ratios = [r.get(k) for k in ("cross_core_before", "cross_core_after")]
+    return "" if ratios == [None, None] else " / ".join("n/a" if x is None else f"{x:.1f}" for x in ratios)
 
 
 def _vs_bmm(r: dict) -> str:
@@ -240,6 +259,7 @@ COLUMNS = [
     ("target", lambda r: f"{r['target']:.2g}x", True),
     ("bmm bound ms", lambda r: "" if r.get("ms_bmm") is None else f"{r['ms_bmm']:.4g}", True),
     ("vs bmm [95% CI]", _vs_bmm, True),
+    ("cross-core", _fmt_probe, True),
 ]
 
 
@@ -255,7 +275,10 @@ def write_tier_results(rows: Sequence[dict], meta: dict, out_dir, tier: str, set
         "same dtype; bmm = torch.bmm on blocks gathered beforehand (forward: X_g V_g^T; fwd_bwd: plus dY_g V_g and "
         "dY_g^T X_g), the GEMMs alone. vs bmm = bmm ms / SAO ms (issue 20 asks >= 0.9). target = issue 20's "
         "0.85 G (0.8 G for decode) vs nn.Linear. 'once' = timed by one call only (it took over the slow-call "
-        "limit), no interval; 'untimed' = not timed at all (see the flag: a call would take minutes).",
+        "limit), no interval; 'untimed' = not timed at all (see the flag: a call would take minutes). "
+        "cross-core = the cross-core probe before / after the row's timed block (reading data the other core "
+        "wrote against one's own; ~1.5 where the cores share an L3, ~5 on this VM when they do not: multi-threaded "
+        "SAO rows read low then, docs/benchmarks.md).",
     ]
     md = results_markdown(
         rows,

@@ -62,6 +62,9 @@ def test_quick_suite_writes_one_table_per_emulable_tier(tmp_path):
             assert r["speedup"] == pytest.approx(r["ms_dense"] / r["ms"], rel=0.5)  # ratio of medians
             assert r["vs_bmm"] == pytest.approx(r["ms_bmm"] / r["ms"], rel=1e-9)
             assert r["target"] == pytest.approx((0.8 if r["mode"].startswith("decode") else 0.85) * 2)
+            # each timed block records the cross-core probe around it (this machine has two cores)
+            assert r["cross_core_before"] > 0 and r["cross_core_after"] > 0
+        assert "| cross-core |" in md
 
 
 def test_slow_candidates_are_timed_once_and_flagged(monkeypatch):
