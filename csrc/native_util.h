@@ -125,14 +125,17 @@ inline int64_t item_shares(int64_t n, double flops) {
 // share, so every item runs once).  Owning a share means a thread meets the same items (the same
 // output rows, panels, groups) in every call, so the lines it writes are in its own caches the
 // next time; it was one shared counter, which handed items to whichever thread came first.
-// In one process, the two schedules alternating call by call, against torch.bmm on pre-gathered
-// blocks (bf16, 4096², G = 8, T = 512, AMD EPYC, 2 threads, 2026-12-07, 11 rounds with the
-// cross-core probe at ~1.5, bench/machine.py): forward 0.93-0.95 -> 0.97-0.985, grad-input
-// 0.95-0.96 -> 0.97-0.99, grad-values 0.87-0.89 -> 0.91-0.935.  While the probe read ~5 (this
-// VM's two vCPUs on different chiplets) forward 0.79-0.82 -> 0.84-0.85, grad-input 0.82-0.83
-// unchanged, grad-values 0.83-0.85 -> 0.77-0.78 (its token pairs are written split by tokens and
-// read split by groups: half of them cross either way).  Taking from the others' shares keeps
-// what the shared counter gave where one core is slower or busy (the contention case).
+// In one process, the two schedules alternating call by call (bf16, 4096², G = 8, T = 512, AMD
+// EPYC, 2 threads, 2026-12-07; fraction of torch.bmm on pre-gathered blocks; the cross-core
+// probe of bench/machine.py at ~1.5 = the fast level, ~5 = this VM's slow level):
+//   * SAOLinear forwards of G = 2, 4, 8 interleaved with their bmm and nn.Linear (the tier
+//     table's pattern, inference_mode): G = 8 0.91-0.92 -> 0.90-0.945 fast, 0.80-0.81 -> 0.92-0.93
+//     slow; G = 4 +0-3 %, G = 2 +0-1 %.
+//   * one op called again and again: forward 0.93-0.95 -> 0.97-0.985, grad-input 0.95-0.96 ->
+//     0.97-0.99, grad-values 0.87-0.89 -> 0.91-0.935 (fast); most of that is the op's own lines
+//     still in the same core's caches: with a 64 MiB copy before every call, +0.5-2 %.
+// Taking from the others' shares keeps what the shared counter gave where one core is slower or
+// busy (the contention case).
 template <typename F>
 void run_items(int64_t n, double flops, const F& f) {
   if (n <= 0) return;
