@@ -166,14 +166,13 @@ void run_items(int64_t n, double flops, const F& f) {
 template <typename F>
 void run_two_lists(int64_t na, int64_t nb, double flops, const F& f) {
   const int64_t n = na + nb, nt = item_shares(n, flops);
-  run_items(n, flops, [&](int64_t it) {
-    int64_t t = it * nt / n;  // the block of `it` (blocks start at na * t / nt + nb * t / nt)
-    while (t > 0 && it < na * t / nt + nb * t / nt) --t;
-    while (t + 1 < nt && it >= na * (t + 1) / nt + nb * (t + 1) / nt) ++t;
-    const int64_t o = it - (na * t / nt + nb * t / nt), a0 = na * t / nt, a1 = na * (t + 1) / nt;
-    if (o < a1 - a0) return f(true, a0 + o);
-    f(false, nb * t / nt + (o - (a1 - a0)));
-  });
+  std::vector<int64_t> order;  // i >= 0: item i of the first list; ~j: item j of the second
+  order.reserve(n);
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t i = na * t / nt; i < na * (t + 1) / nt; ++i) order.push_back(i);
+    for (int64_t j = nb * t / nt; j < nb * (t + 1) / nt; ++j) order.push_back(~j);
+  }
+  run_items(n, flops, [&](int64_t it) { order[it] >= 0 ? f(true, order[it]) : f(false, ~order[it]); });
 }
 
 // ------------------------------------------------------------------------ CPU features

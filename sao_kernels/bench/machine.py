@@ -220,16 +220,22 @@ def busy_load_note(meta: dict) -> str | None:
     return None
 
 
+def cross_core_ratios(ratios: list[float | None], digits: int = 1, unit: str = "") -> str:
+    """``"1.5 / 4.6"``: probe ratios before / after something (each followed by ``unit``),
+    ``n/a`` where none ran."""
+    return " / ".join("n/a" if r is None else f"{r:.{digits}f}{unit}" for r in ratios)
+
+
 def cross_core_note(meta: dict) -> str | None:
     """A sentence when :func:`cross_core_probe` found moving data between the cores slow before
     or after the run (ratio >= CROSS_CORE_SLOW), else None."""
     probes = [meta.get(k) for k in ("cross_core_before", "cross_core_after")]
-    ratios = ["n/a" if p is None else f"{p['ratio']:.1f}" for p in probes]
     if not any(p and p["ratio"] >= CROSS_CORE_SLOW for p in probes):
         return None
     mib = (probes[0] or probes[1])["mib"]
+    ratios = cross_core_ratios([p and p["ratio"] for p in probes])
     return (
-        f"Reading data the other core had just written took {' / '.join(ratios)}x (before / after the run) as "
+        f"Reading data the other core had just written took {ratios}x (before / after the run) as "
         f"long as reading its own (cross-core probe, {mib} MiB; 1.3-1.5x where the two cores share an L3): "
         "multi-threaded rows of kernels whose threads read what other threads packed read low."
     )

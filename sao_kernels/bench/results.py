@@ -223,7 +223,7 @@ def flag_cells(
 
 def meta_header(meta: dict, what: str) -> list[str]:
     """The lines that say what a table was measured on (machine, versions, load)."""
-    from .machine import busy_load_note, cross_core_note
+    from .machine import busy_load_note, cross_core_note, cross_core_ratios
 
     name = meta.get("gpu") or meta.get("cpu")
     lines = [
@@ -235,7 +235,7 @@ def meta_header(meta: dict, what: str) -> list[str]:
     ]
     probes = [meta.get(k) for k in ("cross_core_before", "cross_core_after")]
     if any(probes):
-        ratios = " / ".join("n/a" if p is None else f"{p['ratio']:.2f}x" for p in probes)
+        ratios = cross_core_ratios([p and p["ratio"] for p in probes], digits=2, unit="x")
         lines.append(f"Cross-core probe (reading another core's writes / one's own, before / after): {ratios}.")
     if meta.get("contention"):
         lines.append(f"Contention rows ran with a busy-loop process pinned on core {meta['contention']['core']}.")

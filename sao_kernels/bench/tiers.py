@@ -237,8 +237,10 @@ def _probe_ratio() -> float | None:
 
 
 def _fmt_probe(r: dict) -> str:
+    from .machine import cross_core_ratios
+
     ratios = [r.get(k) for k in ("cross_core_before", "cross_core_after")]
-    return "" if ratios == [None, None] else " / ".join("n/a" if x is None else f"{x:.1f}" for x in ratios)
+    return "" if ratios == [None, None] else cross_core_ratios(ratios)
 
 
 def _vs_bmm(r: dict) -> str:
