@@ -35,6 +35,7 @@ OPS_LIB_SOURCES = [
     "csrc/decode.cpp",
     "csrc/cpu_tier.cpp",
     "csrc/linear_act.cpp",
+    "csrc/weight_cache.cpp",
 ]
 EXT_NAME = "sao_kernels._C"
 EXT_SOURCES = ["csrc/python_module.cpp"]

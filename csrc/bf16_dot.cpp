@@ -26,6 +26,7 @@
 // results do not depend on the thread count.  VDPBF16PS treats denormal inputs as zero and
 // flushes denormal results, as oneDNN's bf16 kernels do; VCVTNEPS2BF16 rounds to nearest even.
 #include "permute_cols.h"
+#include "weight_cache.h"
 
 #include "activation.h"
 
@@ -383,16 +384,17 @@ bool rows_apply(int64_t Tn, int64_t G, int64_t K, int64_t N, bool gather, bool s
 // running every (group, panel) tile on them and scattering its rows of the result.
 template <typename Pack, typename Init>
 void row_product(const Tensor& src, const IndexArg& src_idx, int64_t K, const IndexArg& dst_idx, int64_t N,
-                 int64_t G, Act act, const Pack& pack, const Init& init, Tensor& dst) {
+                 int64_t G, Act act, const Pack& pack, const uint32_t* prepacked, const Init& init, Tensor& dst) {
   constexpr int64_t RC = kMR;
   const int64_t Tn = src.size(0), n_panels = ceil_div(N, kPanel), psz = ceil_div(K, 2) * kPanel;
   Scratch big_b;
-  uint32_t* panels = scratch<uint32_t>(kSlotVT, G * n_panels * psz, big_b);
+  uint32_t* fresh = prepacked ? nullptr : scratch<uint32_t>(kSlotVT, G * n_panels * psz, big_b);
+  const uint32_t* panels = prepacked ? prepacked : fresh;
   std::vector<float> inits(G * n_panels * kPanel);
   std::vector<uint8_t> has_init(G * n_panels);
-  run_items(G * n_panels, pass_flops(double(G) * N * K), [&](int64_t it) {
+  run_items(G * n_panels, pass_flops(double(G) * N * (prepacked ? 1 : K)), [&](int64_t it) {
     const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel, w = std::min(kPanel, N - n0);
-    pack(g, n0, w, panels + it * psz);
+    if (fresh) pack(g, n0, w, fresh + it * psz);
     has_init[it] = init(g, n0, w, inits.data() + it * kPanel);
   });
   const bf16* s = src.data_ptr<bf16>();
@@ -426,23 +428,26 @@ void row_product(const Tensor& src, const IndexArg& src_idx, int64_t K, const In
 
 // Forward and grad-input: dst (Tn, G*wo)[:, D_g] = [init +] src (Tn, G*wi)[:, S_g] @ B_g, src
 // gathered through src_idx (or read in place), dst scattered through dst_idx (or written in
-// place), B_g packed by pack(g, n0, w, bp).
+// place), B_g packed by pack(g, n0, w, bp), or all of B packed already: `prepacked` (panel
+// (g, p) at (g * n_panels + p) * ceil(wi / 2) * kPanel, as pack_all writes them).
 template <typename Pack, typename Init>
 Tensor grouped_product(const Tensor& src, const IndexArg& src_idx, int64_t wi, const IndexArg& dst_idx, int64_t wo,
-                       int64_t G, Act act, const Pack& pack, const Init& init) {
+                       int64_t G, Act act, const Pack& pack, const uint32_t* prepacked, const Init& init) {
   const int64_t Tn = src.size(0);
   Tensor dst = new_output({Tn, G * wo}, src.options());
   if (Tn == 0) return dst;
   if (rows_apply(Tn, G, wi, wo, src_idx.index.defined(), dst_idx.index.defined())) {
-    row_product(src, src_idx, wi, dst_idx, wo, G, act, pack, init, dst);
+    row_product(src, src_idx, wi, dst_idx, wo, G, act, pack, prepacked, init, dst);
     return dst;
   }
+  const int64_t n_panels = ceil_div(wo, kPanel), psz = ceil_div(wi, 2) * kPanel;
   Scratch big_src, big_dst;
   const Grouped a = grouped(src, G, wi, src_idx, kSlotX, big_src);
   const Target t = target(dst, G, wo, dst_idx, big_dst);
   run_product(
       Product{a.p, a.sg, kMR * a.ld, a.ld, 2, t.p, t.sg, t.ld, G, Tn, wo, wi, act},
       [&](int64_t g, int64_t n0, int64_t w, const auto& alloc) {
+        if (prepacked) return PanelB{prepacked + (g * n_panels + n0 / kPanel) * psz, kPanel};
         uint32_t* bp = alloc();
         pack(g, n0, w, bp);
         return PanelB{bp, kPanel};
@@ -461,9 +466,20 @@ Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, con
   const bf16* vs = v.data_ptr<bf16>();
   const bf16* bs = bias.defined() ? bias.data_ptr<bf16>() : nullptr;
   const int64_t* oi = out.data();
+  const auto pack = [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
+    pack_transposed(vs + (g * a + n0) * c, c, w, bp);
+  };
+  // Under sao_kernels.frozen_weights(): all panels from the weight cache (packed on a miss).
+  const int64_t n_panels = ceil_div(a, kPanel), psz = ceil_div(c, 2) * kPanel;
+  const Tensor kept = cached_layout(v, Layout::kBf16Panels, size_t(G * n_panels * psz) * 4, [&](void* dst) {
+    uint32_t* panels = static_cast<uint32_t*>(dst);
+    run_items(G * n_panels, pass_flops(double(G) * a * c), [&](int64_t it) {
+      const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel;
+      pack(g, n0, std::min(kPanel, a - n0), panels + it * psz);
+    });
+  });
   return grouped_product(
-      x, in, c, out, a, G, act,
-      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) { pack_transposed(vs + (g * a + n0) * c, c, w, bp); },
+      x, in, c, out, a, G, act, pack, kept.defined() ? static_cast<const uint32_t*>(kept.data_ptr()) : nullptr,
       [&](int64_t g, int64_t n0, int64_t w, float* f) {
         if (!bs) return false;
         for (int64_t j = 0; j < w; ++j) f[j] = static_cast<float>(bs[oi ? oi[g * a + n0 + j] : g * a + n0 + j]);
@@ -480,7 +496,7 @@ Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in
       [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
         interleave_pairs(vs + g * a * c + n0, c, a, w, bp, kPanel);
       },
-      kNoInit);
+      nullptr, kNoInit);
 }
 
 namespace {

@@ -36,6 +36,7 @@
 // results are bitwise identical for any number of threads; there are no atomics.
 #include "sao_kernels.h"
 #include "permute_cols.h"
+#include "weight_cache.h"
 #include "activation.h"
 
 #include <ATen/ATen.h>
@@ -446,12 +447,13 @@ void grouped_gemm(const Grouped<T>& p, const Engine<T>& eng) {
   });
 }
 
-// B_g for all groups in the engine's layout, in scratch: from V (G, R, C) contiguous, either
+// B_g for all groups in the engine's layout, in scratch (or in `into`: G * b_size(K, N)
+// elements): from V (G, R, C) contiguous, either
 // V_g itself (K x N = R x C) or, with `transposed`, V_g^T (K x N = C x R).  Returns B with its
 // group stride and leading dimension, or V itself where nothing needs preparing.
 template <typename T>
 const T* prepare_groups(const T* v, int64_t G, int64_t R, int64_t C, bool transposed, const Engine<T>& eng,
-                        int64_t& ldb, int64_t& sgb, Scratch& big) {
+                        int64_t& ldb, int64_t& sgb, Scratch& big, T* into = nullptr) {
   const int64_t K = transposed ? C : R, N = transposed ? R : C;
   if (!transposed && !eng.needs_prepare() && (N * int64_t(sizeof(T))) % 1024 != 0) {
     ldb = N;  // V_g read in place
@@ -460,7 +462,7 @@ const T* prepare_groups(const T* v, int64_t G, int64_t R, int64_t C, bool transp
   }
   ldb = eng.b_ld(N);
   sgb = eng.b_size(K, N);
-  T* out = scratch<T>(kSlotVT, G * sgb, big);
+  T* out = into ? into : scratch<T>(kSlotVT, G * sgb, big);
   run_items(G, pass_flops(double(G) * R * C), [&](int64_t g) {
     Scratch big_t;
     const T* src = v + g * R * C;
@@ -623,7 +625,16 @@ Tensor linear_typed(const Tensor& x, const Tensor& values, const IndexArg& in, c
   const Engine<T> eng(c);
   Scratch big;
   int64_t ldb, sgb;
-  const T* b = prepare_groups(v.data_ptr<T>(), G, a, c, /*transposed=*/true, eng, ldb, sgb, big);  // B_g = V_g^T
+  const T* b;  // B_g = V_g^T
+  // Under sao_kernels.frozen_weights(): from the weight cache (built on a miss).
+  const Tensor kept = cached_layout(v, Layout::kBrgemmVT, size_t(G * eng.b_size(c, a)) * sizeof(T), [&](void* dst) {
+    prepare_groups(v.data_ptr<T>(), G, a, c, /*transposed=*/true, eng, ldb, sgb, big, static_cast<T*>(dst));
+  });
+  if (kept.defined()) {
+    ldb = eng.b_ld(a), sgb = eng.b_size(c, a), b = static_cast<const T*>(kept.data_ptr());
+  } else {
+    b = prepare_groups(v.data_ptr<T>(), G, a, c, /*transposed=*/true, eng, ldb, sgb, big);
+  }
   grouped_gemm(Grouped<T>{x.data_ptr<T>(), x.stride(0), in.data(), in.run, b, ldb, sgb, out.data(), out.run, bp,
                           y.data_ptr<T>(), Tn, G, c, a, act},
                eng);
@@ -678,7 +689,9 @@ Tensor grad_values_typed(const Tensor& dy_, const Tensor& x_, const IndexArg& in
 // the unfused layers round them).
 Tensor linear_native(const Tensor& x_, const Tensor& values_, const IndexArg& in, const IndexArg& out,
                      const std::optional<Tensor>& bias, Act act) {
-  const Tensor x = rows_major(x_.detach()), values = values_.detach();
+  // values is not detached: the weight cache reads its version counter, and a detach below
+  // autograd makes the alias a counter of its own.
+  const Tensor x = rows_major(x_.detach()), &values = values_;
   const Tensor b = (bias.has_value() && bias->defined()) ? bias->detach().contiguous() : Tensor();
   const int64_t Tn = x.size(0);
   const auto after = [act](Tensor y) {

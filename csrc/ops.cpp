@@ -550,6 +550,8 @@ TORCH_LIBRARY_FRAGMENT(sao_kernels, m) {
   m.def("_native_runs(ScalarType dtype, int tokens=-1, float flops=-1.) -> bool", &sao::native_runs);
   m.def("_set_cpu_policy(str[] native_cells, int decode_tokens, float small_flops, float large_flops) -> ()", &sao::set_cpu_policy);
   m.def("_native_build_info() -> str", &sao::native_build_info);
+  m.def("_weight_cache(bool on) -> ()", &sao::set_weight_cache);
+  m.def("_weight_cache_stats() -> int[]", &sao::weight_cache_stats);
   m.def("_cpu_tier(bool hardware=False) -> str",
         [](bool hardware) { return std::string(sao::isa_name(hardware ? sao::hardware_isa() : sao::cpu_isa())); });
 }

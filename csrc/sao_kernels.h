@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace sao {
 
@@ -47,6 +48,12 @@ Tensor linear_grad_values_native(const Tensor& grad_out, const Tensor& x, const 
                                  int64_t groups, Tensor* grad_bias = nullptr);
 
 std::string native_build_info();
+
+// The inference weight cache (weight_cache.cpp; sao_kernels.frozen_weights()): on = forwards keep
+// the layouts of V they build between calls (rebuilt when V's version counter moves), off = drop
+// every entry and stop keeping them.  Stats: {bytes held, entries}.
+void set_weight_cache(bool on);
+std::vector<int64_t> weight_cache_stats();
 
 // From ops.cpp, for the ops defined in other files (linear_act.cpp): linear's argument checks
 // (its messages, op name "linear") and whether the CPU kernel runs native for a product of

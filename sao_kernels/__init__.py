@@ -32,6 +32,7 @@ from .layers import SAOConv2d, SAOLinear
 from .parametrizations import orthogonal_blocks
 from .serialization import from_pretrained, load_sparse_state_dict
 from .sizes import resolve_sizes, valid_groups, valid_sparsities
+from .weight_cache import frozen_weights, weight_cache_stats
 
 
 def __getattr__(name: str):
@@ -88,6 +89,8 @@ __all__ = [
     "resolve_sizes",
     "valid_groups",
     "valid_sparsities",
+    "frozen_weights",
+    "weight_cache_stats",
     "__version__",
 ]
 

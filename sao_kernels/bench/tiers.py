@@ -6,6 +6,8 @@ itself in a subprocess with the tier's caps (``cpu.tier_env``), which measures, 
 against the pre-gathered ``torch.bmm`` bound, all interleaved in the same rounds:
 
 * ``fwd``: forward under ``torch.inference_mode`` at T tokens;
+* ``fwd_frozen``: the same inside ``sao_kernels.frozen_weights()`` (the native forward keeps the
+  weights' re-laid copies between calls: ``weight_cache.py``);
 * ``fwd_bwd``: forward + backward (input, weight and bias grads);
 * ``decode T=1`` / ``decode T=16``: forward under ``inference_mode`` at 1 and 16 tokens.
 
@@ -18,6 +20,7 @@ recorded and the row says so.  Files: ``<out>/tiers_<machine>_<date>/<tier>.{jso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +28,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..weight_cache import frozen_weights
 from .results import TIMING_FIELDS, fmt_ms, fmt_speedup, fresh_folder, results_markdown, write_results
 from .steps import fwd_bwd_step
 from .timing import Stats, TimingSettings, compare, interleave
 
-MODES = ("fwd", "fwd_bwd", "decode1", "decode16")
+MODES = ("fwd", "fwd_frozen", "fwd_bwd", "decode1", "decode16")
 MODE_TOKENS = {"decode1": 1, "decode16": 16}
 TIER_FIELDS = (
     ("tier", "dtype", "mode", "tokens", "width", "groups")
@@ -177,7 +181,8 @@ def measure_tier(tier: str, cfg: TierConfig, settings: TimingSettings, progress=
             skip = _estimates(mode, T, cfg.width, dtype, cfg.groups, gen, cfg.slow_call)
             fns = {k: v for k, v in _steps(mode, T, cfg.width, dtype, cfg.groups, gen).items() if k not in skip}
             probe_before = _probe_ratio()
-            stats, once = _timed(fns, settings, cfg.slow_call)
+            with frozen_weights() if mode == "fwd_frozen" else contextlib.nullcontext():
+                stats, once = _timed(fns, settings, cfg.slow_call)
             probe_after = _probe_ratio()
             for G in cfg.groups:
                 sao_key = f"G={G}"
@@ -272,8 +277,10 @@ def write_tier_results(rows: Sequence[dict], meta: dict, out_dir, tier: str, set
         f"CPU tier `{tier}` on {meta.get('cpu')}: native kernels at `{info.get('tier')}` (hardware "
         f"`{info.get('hardware_tier')}`), ATen at `{info.get('aten_capability')}`, DNNL_MAX_CPU_ISA="
         f"`{info.get('dnnl_max_cpu_isa')}`, MKL_ENABLE_INSTRUCTIONS=`{info.get('mkl_enable_instructions')}`.",
-        "Modes: fwd = forward under inference_mode at T tokens; fwd_bwd = forward + backward (input, weight, bias "
-        "grads); decode1 / decode16 = forward under inference_mode at 1 / 16 tokens. Baselines: nn.Linear of the "
+        "Modes: fwd = forward under inference_mode at T tokens; fwd_frozen = the same inside "
+        "sao_kernels.frozen_weights() (re-laid weights kept between calls); fwd_bwd = forward + backward "
+        "(input, weight, bias grads); decode1 / decode16 = forward under inference_mode at 1 / 16 tokens. "
+        "Baselines: nn.Linear of the "
         "same dtype; bmm = torch.bmm on blocks gathered beforehand (forward: X_g V_g^T; fwd_bwd: plus dY_g V_g and "
         "dY_g^T X_g), the GEMMs alone. vs bmm = bmm ms / SAO ms (issue 20 asks >= 0.9). target = issue 20's "
         "0.85 G (0.8 G for decode) vs nn.Linear. 'once' = timed by one call only (it took over the slow-call "
