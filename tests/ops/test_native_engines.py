@@ -9,8 +9,9 @@
   automatic choice for float16 where the CPU has AVX512_FP16) and through brgemm, each forced with
   SAO_KERNELS_LOWP_GEMM: reference, poison, odd block sides (the pair tail), partial panels,
   1 vs 2 vs 3 threads; a bad value is refused, and so is dpbf16 below the avx512_bf16 tier.
-* No stale weights: the kernels keep no packed copy of ``values`` between calls (see
-  docs/cpu_engines.md), so every way of changing the weights (optimizer step, ``.data.mul_``,
+* No stale weights: outside ``sk.frozen_weights()`` the kernels keep no packed copy of
+  ``values`` between calls (see docs/cpu_engines.md; inside it: test_weight_cache.py), so every
+  way of changing the weights (optimizer step, ``.data.mul_``,
   ``copy_`` under no_grad, a dtype change, a new tensor at a reused address) shows in the next
   call, on every engine.
 """
