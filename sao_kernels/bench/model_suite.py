@@ -10,7 +10,7 @@ timed in the same interleaved rounds:
 * ``train_step``: forward, loss = mean(out^2), backward, AdamW step (the optimiser's state
   and update are G x smaller for the converted layers; part of what is measured);
 * ``infer_b1`` / ``infer_bN``: forward under ``torch.inference_mode`` in eval mode at batch
-  1 and at a larger batch.
+  1 and at a larger batch (with ``--frozen-weights``, inside ``sao_kernels.frozen_weights()``).
 
 Every row carries the parameters, the FLOPs of its mode (``FlopCounterMode``; a training
 step counts forward + backward), how many Linear / Conv2d layers were converted, and the
@@ -23,6 +23,7 @@ not timed (it would be timed against itself) and is listed as not measured.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..weight_cache import frozen_weights as keep_weights
 from .results import TIMING_FIELDS, fmt_ms, fmt_speedup, results_markdown, write_results
 from .timing import TimingSettings, compare, interleave
 
@@ -260,8 +262,11 @@ def model_suite(
     size: SuiteSize = FULL,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    frozen_weights: bool = False,
 ) -> tuple[list[dict], list[dict]]:
-    """One row per (model, mode, G); see the module docstring.
+    """One row per (model, mode, G); see the module docstring.  ``frozen_weights``: the
+    inference modes run inside ``sao_kernels.frozen_weights()`` (held for the mode's whole
+    timed block, so every call after the first reads the kept layouts).
 
     Returns:
         (rows, skipped): a model that converts nothing at any G is skipped with the reason.
@@ -304,7 +309,8 @@ def model_suite(
                 m.train(train)
             flops = {k: _flops(m, x, train) for k, m in every.items()}
             make = _train_step if train else _infer
-            stats = interleave({k: make(m, x) for k, m in every.items()}, settings, device=device)
+            with keep_weights() if frozen_weights and not train else contextlib.nullcontext():
+                stats = interleave({k: make(m, x) for k, m in every.items()}, settings, device=device)
             for G, model in saos.items():
                 key = f"G={G}"
                 cmp = compare(stats["dense"], stats[key], ideal=float(G), flag_rel_spread=settings.flag_rel_spread)
@@ -378,6 +384,11 @@ def write_model_results(
         "forward + backward). converted = SAO layers / Linear + Conv1D + Conv2d layers of the model. ideal = G (only "
         "the converted matmuls shrink, so model rows stay below it).",
     ]
+    if meta.get("frozen_weights"):
+        notes.append(
+            "The infer_bN modes ran inside sao_kernels.frozen_weights() (--frozen-weights): the native forward "
+            "kept each SAO weight's re-laid copy between calls."
+        )
     md = results_markdown(
         rows,
         meta,

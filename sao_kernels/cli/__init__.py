@@ -117,6 +117,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     b.add_argument("--models", type=choice_list(MODELS), help=f"models: which models, from: {', '.join(MODELS)}")
     b.add_argument(
+        "--frozen-weights",
+        action="store_true",
+        help="models: run the inference modes inside sao_kernels.frozen_weights() (the native forward keeps "
+        "its re-laid weights between calls; docs/cpu_engines.md)",
+    )
+    b.add_argument(
         "--quick",
         action="store_true",
         help="models: tiny configurations; tiers: small shapes and short timing (smoke tests, seconds)",

@@ -15,7 +15,7 @@ from .summary import check_output_arguments
 
 _SWEEP_ONLY = ("ops", "block_sizes", "backends", "conv_channels", "conv_size", "conv_batch", "autotune", "roofline")
 _SUITE_ONLY = ("mlp_depth",)
-_MODELS_ONLY = ("models",)
+_MODELS_ONLY = ("models", "frozen_weights")
 _NOT_MODELS = ("mlp_depth", "tokens", "features", "dtypes")
 _TIERS_ONLY = ("tiers_out",)
 _MODELS_OR_TIERS = ("quick",)
@@ -236,6 +236,7 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
     models = tuple(args.models or model_suite.MODELS)
     size = model_suite.QUICK if args.quick else model_suite.FULL
     meta["size"] = dataclasses.asdict(size)
+    meta["frozen_weights"] = bool(args.frozen_weights)
     bar = None
     if progress:
         from sao_kernels.bench.extras import progress_bar
@@ -249,6 +250,7 @@ def _run_models(cfg, args, meta: dict, out, progress: bool) -> Callable[[], dict
             size=size,
             device=cfg.device,
             progress=(lambda label: bar.update(1)) if bar else None,
+            frozen_weights=args.frozen_weights,
         )
     finally:
         if bar is not None:

@@ -46,6 +46,7 @@ def test_models_suite_quick_from_the_cli(tmp_path):
         (["--quick"], "--quick does not apply to --suite sweep"),
         (["--suite", "small-width", "--models", "bert"], "--models does not apply to --suite small-width"),
         (["--suite", "models", "--models", "bert,t5"], "not allowed"),
+        (["--suite", "tiers", "--frozen-weights"], "--frozen-weights does not apply to --suite tiers"),
     ],
 )
 def test_models_suite_flags(argv, message, capsys):
@@ -59,3 +60,19 @@ def test_resnet_shapes_and_build_errors():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     with pytest.raises(ValueError, match="not in the suite"):
         model_suite.build("t5", model_suite.QUICK)
+
+
+def test_models_suite_with_frozen_weights(tmp_path):
+    """--frozen-weights: the inference modes run inside sk.frozen_weights(), said in the files;
+    the cache is empty again afterwards."""
+    import sao_kernels as sk
+
+    out = tmp_path / "models"
+    argv = ["bench", "--suite", "models", "--quick", "--models", "bert", "--groups", "2", "--frozen-weights"]
+    argv += ["--min-run-time", "0.002", "--max-run-time", "0.01", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["frozen_weights"] is True
+    assert {r["mode"] for r in data["results"]} == {"train_step", "infer_b1", f"infer_b{model_suite.QUICK.infer_batch}"}
+    assert "ran inside sao_kernels.frozen_weights()" in (out / "results.md").read_text()
+    assert sk.weight_cache_stats()["entries"] == 0
