@@ -13,9 +13,10 @@ measurements and the rules.
             y = model(batch)
 
 What counts as a change: the weight's version counter (any in-place write through the
-parameter or a view of it, e.g. ``optimizer.step()`` or ``p.copy_(...)`` under ``no_grad``), a
-new tensor, or its storage freed.  Writes through ``p.data`` or another alias made with
-``.data`` / ``detach()`` are **not** seen: they have their own version counter.  Weights that are
+parameter, a view of it or ``p.detach()``, e.g. ``optimizer.step()`` or ``p.copy_(...)`` under
+``no_grad``), a new tensor, or its storage freed.  Writes through ``p.data`` (which has a version
+counter of its own) or from outside torch (a NumPy array from ``.numpy()``, DLPack) are **not**
+seen.  Weights that are
 inference tensors (created under ``torch.inference_mode()``) have no version counter and are
 never cached.  So keep weights unchanged inside the block; leaving it drops every entry.
 

@@ -4,9 +4,10 @@
 * Same bits with and without the cache, on every forward engine and shape class (decode,
   panel items, row items, the brgemm V^T), with index maps, bias, activations, fused chains.
 * Every change the module docstring promises to see shows in the next call inside the block:
-  optimizer step, in-place ops and ``copy_`` under no_grad, ``load_state_dict``, a dtype change,
-  a new tensor at a reused address.  The one it does not see (a write through ``.data``) is
-  pinned down too, so the documented limit stays true.
+  optimizer step, in-place ops and ``copy_`` under no_grad, a write through a view or through
+  ``detach()``, ``load_state_dict``, a dtype change, a new tensor at a reused address.  The one
+  it does not see (a write through ``.data``) is pinned down too, so the documented limit stays
+  true.
 * The cache's life: empty outside the block and after an exception, kept by nested blocks, no
   entries for inference tensors, safe from several threads.
 Without the native extension the block changes nothing (and holds nothing).
@@ -96,6 +97,8 @@ def test_every_tracked_change_shows_inside_the_block(dtype):
         assert_fresh(layer, xs, dtype)
         with torch.no_grad():
             layer.values[1].zero_()  # through a view of the parameter: same counter
+        assert_fresh(layer, xs, dtype)
+        layer.values.detach().mul_(3)  # detach() shares the counter (unlike .data)
         assert_fresh(layer, xs, dtype)
         other = torch.float32 if dtype != torch.float32 else torch.bfloat16
         layer.to(other)  # a new values tensor of another dtype
