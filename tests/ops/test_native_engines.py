@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 
@@ -276,16 +277,19 @@ def test_results_follow_every_change_of_the_weights(dtype):
     assert_fresh(layer, [x.to(other) for x in xs], other)
 
 
-def test_a_new_values_tensor_at_a_reused_address():
+@pytest.mark.parametrize("frozen", [False, True], ids=["plain", "frozen_weights"])
+def test_a_new_values_tensor_at_a_reused_address(frozen):
     """Free the weights, allocate new ones of the same shape (the allocator tends to hand back the
-    same address), assign them: the next call uses the new ones."""
+    same address), assign them: the next call uses the new ones, also inside sk.frozen_weights()
+    (whose entries hold a weak reference to the storage they were built from)."""
     gen = torch.Generator().manual_seed(1)
     layer = sk.SAOLinear(512, 512, groups=8, generator=gen)
-    xs = [torch.randn(T, 512, generator=gen) for T in (1, 16, 300)]
-    for _ in range(3):
+    xs = [torch.randn(T, 512, generator=gen) for T in (1, 16, 64, 300)]
+    with sk.frozen_weights() if frozen else contextlib.nullcontext():
+        for _ in range(3):
+            assert_fresh(layer, xs, torch.float32)
+            shape = layer.values.shape
+            del layer.values
+            gc.collect()
+            layer.values = torch.nn.Parameter(torch.randn(shape, generator=gen) / 8)
         assert_fresh(layer, xs, torch.float32)
-        shape = layer.values.shape
-        del layer.values
-        gc.collect()
-        layer.values = torch.nn.Parameter(torch.randn(shape, generator=gen) / 8)
-    assert_fresh(layer, xs, torch.float32)
