@@ -84,9 +84,11 @@ def test_a_forced_python_backend_is_refused_clearly_without_sao_kernels():
 
 
 def docs_snippets() -> list:
-    """docs/deploy.md's Python blocks: 1. export and package, 2. run without sao_kernels."""
+    """docs/deploy.md's Python blocks that this test runs (marked ``run-by`` it): 1. export and
+    package, 2. run without sao_kernels."""
     text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
-    return [textwrap.dedent(b) for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)]
+    mark = r"^<!-- doc-test: run-by tests/deploy/test_deploy.py -->\n```python\n(.*?)^```"
+    return [textwrap.dedent(b) for b in re.findall(mark, text, flags=re.S | re.M)]
 
 
 @pytest.fixture(scope="module")
