@@ -10,6 +10,7 @@ shared lr.  Values are per-seed test accuracies of the reported seeds.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from . import statistics as st
@@ -46,13 +47,13 @@ CLAIMS: tuple[Claim, ...] = (
     _c("d1000-eoi", "depth 1000: SAO matches EOI's exact sparse orthogonal (Givens)", "EOI paper", "equal",
        "mlp-d1000-tanh", ("sao", BEST), ("eoi", BEST)),
     _c("d1000-rgn", "depth 1000: SAO beats Gaussian values on its mask (RG-N)", "SAO paper", "higher",
-       "mlp-d1000-tanh", ("sao", BEST), ("rg-n", BEST), note="an untuned arm: both at the shared lr"),
+       "mlp-d1000-tanh", ("sao", BEST), ("rg-n", BEST)),
     _c("d1000-rgu", "depth 1000: SAO beats uniform values on its mask (RG-U)", "SAO paper", "higher",
-       "mlp-d1000-tanh", ("sao", BEST), ("rg-u", BEST), note="an untuned arm: both at the shared lr"),
+       "mlp-d1000-tanh", ("sao", BEST), ("rg-u", BEST)),
     _c("d1000-lrp", "depth 1000: SAO beats random pruning of dense orthogonal (LRP)", "SAO paper", "higher",
-       "mlp-d1000-tanh", ("sao", BEST), ("lrp", BEST), note="LRP not rescaled"),
+       "mlp-d1000-tanh", ("sao", BEST), ("lrp", BEST), note="LRP not rescaled; an untuned arm: both at the shared lr"),
     _c("d1000-lrp-s", "depth 1000: SAO beats LRP rescaled by 1/sqrt(density)", "SAO paper", "higher",
-       "mlp-d1000-tanh", ("sao", BEST), ("lrp-s", BEST)),
+       "mlp-d1000-tanh", ("sao", BEST), ("lrp-s", BEST), note="an untuned arm: both at the shared lr"),
     _c("d100-dense", "depth 100, tanh: SAO beats dense orthogonal", "earlier README", "higher",
        "mlp-d100-tanh", ("sao", BEST), ("orthogonal", BEST)),
     _c("d100-rgn", "depth 100, tanh: SAO beats RG-N", "SAO paper", "higher",
@@ -263,16 +264,25 @@ README_END = "<!-- paper-claims: end -->"
 
 def readme_block(payload: dict, plan: Plan) -> str:
     """The claims block of benchmarks/paper/README.md: every number in it comes from results.json."""
-    b = payload["budget"]
-    steps = b["steps"]
+    steps = payload["budget"]["steps"]
     ref_steps = 100 * 422  # EOI: 100 epochs of MNIST's 54,000 training images at batch 128
-    n_runs = sum(1 for r in payload["runs"] if "error" not in r)
+    done = [r for r in payload["runs"] if "error" not in r]
+    by_steps = Counter(r.get("steps", steps) for r in done)
+    lengths = ", ".join(
+        f"{n} of {s:,} steps ({100 * s / ref_steps:.1f} %)" for s, n in sorted(by_steps.items(), reverse=True)
+    )
+    headline = sorted({seed for s in plan.settings if s.headline and s.seeds for seed in s.seeds})
+    seeds = f"seeds {', '.join(map(str, plan.seeds))}"
+    if headline and headline != sorted(plan.seeds):
+        seeds += f" ({', '.join(map(str, headline))} on the headline rows: depth 100 / 1000)"
+    tune = getattr(plan, "tune_seed", None)
+    if tune is not None and tune not in (*plan.seeds, *headline):
+        seeds += f"; lrs chosen on seed {tune} (never reported)"
     choice = payload["choice"].get("mlp-d1000-tanh", {}).get("best", {})
     lines = [
         README_BEGIN,
         "",
-        f"Run: {n_runs} runs of {steps} steps each (the reference trains {ref_steps:,} steps: "
-        f"{100 * steps / ref_steps:.1f} % of it), seeds {', '.join(map(str, plan.seeds))}; "
+        f"Run: {len(done)} runs: {lengths} of the reference's {ref_steps:,}; {seeds}; "
         + (
             f"depth-1000 best lrs: SAO {choice['sao']:g}, dense orthogonal {choice['orthogonal']:g} "
             f"({choice['sao'] / choice['orthogonal']:.1f}x), EOI-Givens {choice['eoi']:g}."
