@@ -379,6 +379,17 @@ bool rows_apply(int64_t Tn, int64_t G, int64_t K, int64_t N, bool gather, bool s
   return (gather || scatter) && Tn >= kRowMinTokens && panel_bytes <= kRowMaxPanelBytes && row_bytes <= kRowMaxBytes;
 }
 
+// All of B's panels, packed by pack(g, n0, w, bp) into dst: panel (g, p) at
+// (g * n_panels + p) * ceil(K / 2) * kPanel (the layout row_product's first pass writes).
+template <typename Pack>
+void pack_all(int64_t G, int64_t K, int64_t N, const Pack& pack, uint32_t* dst) {
+  const int64_t n_panels = ceil_div(N, kPanel), psz = ceil_div(K, 2) * kPanel;
+  run_items(G * n_panels, pass_flops(double(G) * N * K), [&](int64_t it) {
+    const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel;
+    pack(g, n0, std::min(kPanel, N - n0), dst + it * psz);
+  });
+}
+
 // The product of grouped_product in items of kMR rows: B's panels packed once (in scratch, read
 // from L3 by every item), each item gathering its rows of all groups (or reading them in place),
 // running every (group, panel) tile on them and scattering its rows of the result.
@@ -471,13 +482,8 @@ Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, con
   };
   // Under sao_kernels.frozen_weights(): all panels from the weight cache (packed on a miss).
   const int64_t n_panels = ceil_div(a, kPanel), psz = ceil_div(c, 2) * kPanel;
-  const Tensor kept = cached_layout(v, Layout::kBf16Panels, size_t(G * n_panels * psz) * 4, [&](void* dst) {
-    uint32_t* panels = static_cast<uint32_t*>(dst);
-    run_items(G * n_panels, pass_flops(double(G) * a * c), [&](int64_t it) {
-      const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel;
-      pack(g, n0, std::min(kPanel, a - n0), panels + it * psz);
-    });
-  });
+  const Tensor kept = cached_layout(v, Layout::kBf16Panels, size_t(G * n_panels * psz) * 4,
+                                    [&](void* dst) { pack_all(G, c, a, pack, static_cast<uint32_t*>(dst)); });
   return grouped_product(
       x, in, c, out, a, G, act, pack, kept.defined() ? static_cast<const uint32_t*>(kept.data_ptr()) : nullptr,
       [&](int64_t g, int64_t n0, int64_t w, float* f) {

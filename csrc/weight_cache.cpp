@@ -3,6 +3,7 @@
 
 #include <c10/core/StorageImpl.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -27,7 +28,7 @@ struct Entry {
 };
 
 std::mutex mu;
-bool on = false;
+std::atomic<bool> on{false};  // read without the lock first: a forward outside the block never takes mu
 std::map<Key, Entry> entries;
 
 }  // namespace
@@ -35,9 +36,9 @@ std::map<Key, Entry> entries;
 namespace detail {
 
 Tensor cached_layout(const Tensor& v, Layout layout, size_t bytes, const std::function<void(void*)>& fill) {
-  if (v.is_inference() || !v.is_contiguous()) return Tensor();
+  if (!on.load(std::memory_order_relaxed) || v.is_inference() || !v.is_contiguous()) return Tensor();
   std::lock_guard<std::mutex> lock(mu);
-  if (!on) return Tensor();
+  if (!on) return Tensor();  // switched off meanwhile
   const Key key{v.data_ptr(), v.sizes().vec(), v.scalar_type(), int(layout), int(cpu_isa())};
   const uint32_t version = v.unsafeGetTensorImpl()->version_counter().current_version();
   c10::StorageImpl* storage = v.storage().unsafeGetStorageImpl();
