@@ -604,24 +604,73 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
   Scratch big_dy, big_x, big_rows, big_t;
   const Grouped dyg = grouped(dy, G, a, out, kSlotDY, big_dy);
   const int64_t kp = ceil_div(Tn, 2), ldq = pad_ld<uint32_t>(c);
-  // A_g = dY_g^T as token pairs, in blocks of kMR features: At[g][i][k][q] = (dY_g[2k, n],
+  // A_g = dY_g^T as token pairs, in blocks of kMR features: At[i][k][q] = (dY_g[2k, n],
   // dY_g[2k+1, n]) for n = kMR * i + q, so that a tile's broadcasts for one k are one 32-byte
   // run (with features as rows of a row-major At, each k stepped a whole row: 4 KiB or more
-  // apart, a new page every step, 0.89 of the bmm bound at G = 4 against 0.92 for bmm).
-  const int64_t nblk = ceil_div(a, kMR);
-  uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
-  constexpr int64_t KB = 64;  // token pairs per item
+  // apart, a new page every step, 0.89 of the bmm bound at G = 4 against 0.92 for bmm).  Built
+  // in blocks of KB token pairs, each with its column sums when the bias gradient is asked for.
+  constexpr int64_t KB = 64;
   const int64_t nb = ceil_div(kp, KB);
-  // The bias gradient from the same pass: each item's column sums of its rows (float32, rows in
-  // order), then the items' sums in order: the same bits for any thread count.  (dY.sum(0) on its
+  // The bias gradient from the same pass: each block's column sums of its rows (float32, rows in
+  // order), then the blocks' sums in order: the same bits for any thread count.  (dY.sum(0) on its
   // own read dY again: 0.5 ms against grad-values' 6.2 ms at 4096², G = 8, T = 512, 2 threads.)
   Tensor sums = grad_bias ? at::empty({nb, G * a}, dy.options().dtype(at::kFloat)) : Tensor();
   float* sp = grad_bias ? sums.data_ptr<float>() : nullptr;
-  const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, G * nb, [&](int64_t it) {
-    const int64_t g = it / nb, b = it % nb, k0 = b * KB, k1 = std::min(kp, k0 + KB);
-    interleave_pairs_blocked(dyg.p + g * dyg.sg + 2 * k0 * dyg.ld, dyg.ld, std::min(Tn, 2 * k1) - 2 * k0, a,
-                             at + (g * nblk * kp + k0) * kMR, kp * kMR, sp ? sp + b * G * a + g * a : nullptr);
-  });
+  // features [f0, f0 + fw) of group g as At (sblk = kp * kMR words per block of kMR features)
+  const auto pair_dy = [&](int64_t g, int64_t f0, int64_t fw, int64_t b, uint32_t* at_g) {
+    const int64_t k0 = b * KB, k1 = std::min(kp, k0 + KB);
+    interleave_pairs_blocked(dyg.p + g * dyg.sg + 2 * k0 * dyg.ld + f0, dyg.ld, std::min(Tn, 2 * k1) - 2 * k0, fw,
+                             at_g + k0 * kMR, kp * kMR, sp ? sp + b * G * a + g * a + f0 : nullptr);
+  };
+  bf16* dvp = dv.data_ptr<bf16>();
+  // B read in place while its rows are at most 4 KiB apart; wider groups copy each panel out
+  // (with rows 8 KiB apart, c = 2048, every k touched another page: 0.87 of the bmm bound at
+  // 4096², G = 2, T = 512, one thread, against 0.91 before)
+  if (ldq * int64_t(sizeof(uint32_t)) <= 4096 + 64) {
+    // Items of FC features of one group: each builds its rows of At in thread-local scratch (in
+    // L2) and runs all of the group's panels on them, B (X's pairs) read in place.  With At built
+    // whole in a pass of its own (G * a * T * 2 bytes, 4 MiB at 4096², T = 512, written to memory
+    // and read back by items of one 48-column panel each), grad-values read 0.83-0.92 of the bmm
+    // bound where these items read 0.89-0.94 (4096², G = 8, T = 512, both in one process, six
+    // rounds, fast level, 2026-12-07); G = 4: 0.90-0.93 -> 0.91-0.94; 768 -> 3072 and 1024²,
+    // G = 4: +0-10 %; 3072 -> 768, T = 128: even.
+    constexpr int64_t FC = 64;
+    const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, 0, [](int64_t) {});
+    const int64_t nfc = ceil_div(a, FC), n_panels = ceil_div(c, kPanel);
+    run_items(G * nfc, 2.0 * G * a * c * Tn, [&](int64_t it) {
+      const int64_t g = it / nfc, f0 = (it % nfc) * FC, fw = std::min(FC, a - f0);
+      Scratch big_a;
+      uint32_t* at = scratch<uint32_t>(kSlotDYT, ceil_div(fw, kMR) * kp * kMR, big_a);
+      for (int64_t b = 0; b < nb; ++b) pair_dy(g, f0, fw, b, at);
+      const bf16* ab = reinterpret_cast<const bf16*>(at);
+      for (int64_t pn = 0; pn < n_panels; ++pn) {
+        const int64_t n0 = pn * kPanel, w = std::min(kPanel, c - n0), nvec = ceil_div(w, 16);
+        const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
+        for (int64_t r = 0; r < fw; r += kMR)
+          kTiles[std::min<int64_t>(kMR, fw - r) - 1][nvec - 1](ab + (r / kMR) * 2 * kp * kMR, 2, 2 * kMR,
+                                                               xp + g * kp * ldq + n0, ldq, Tn, nullptr, Act::kNone,
+                                                               dvp + (g * a + f0 + r) * c + n0, c, last);
+      }
+    });
+  } else {
+    // At whole, built in the pass that pairs X (one barrier), and items of one panel each
+    const int64_t nblk = ceil_div(a, kMR);
+    uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
+    const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, G * nb,
+                                     [&](int64_t it) { pair_dy(it / nb, 0, a, it % nb, at + (it / nb) * nblk * kp * kMR); });
+    const Product p{reinterpret_cast<const bf16*>(at), 2 * nblk * kp * kMR, 2 * kp * kMR, 2, 2 * kMR, dvp, a * c, c,
+                    G, a, c, Tn};
+    run_product(
+        p,
+        [&](int64_t g, int64_t n0, int64_t w, const auto& alloc) {
+          const uint32_t* b = xp + g * kp * ldq + n0;
+          uint32_t* bp = alloc();
+          const int64_t wv = ceil_div(w, 16) * 16;  // the vectors a tile reads (ldq covers them)
+          for (int64_t k = 0; k < kp; ++k) std::memcpy(bp + k * kPanel, b + k * ldq, sizeof(uint32_t) * wv);
+          return PanelB{bp, kPanel};
+        },
+        kNoInit);
+  }
   if (grad_bias) {  // feature order: group order through out's map
     Tensor db = at::empty({G * a}, dy.options());
     bf16* d = db.data_ptr<bf16>();
@@ -633,23 +682,6 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
     }
     *grad_bias = db;
   }
-  const Product p{reinterpret_cast<const bf16*>(at), 2 * nblk * kp * kMR, 2 * kp * kMR, 2, 2 * kMR,
-                  dv.data_ptr<bf16>(), a * c, c, G, a, c, Tn};
-  // B read in place while its rows are at most 4 KiB apart; wider groups copy each panel out
-  // (with rows 8 KiB apart, c = 2048, every k touched another page: 0.87 of the bmm bound at
-  // 4096², G = 2, T = 512, one thread, against 0.91 before)
-  const bool in_place = ldq * int64_t(sizeof(uint32_t)) <= 4096 + 64;
-  run_product(
-      p,
-      [&](int64_t g, int64_t n0, int64_t w, const auto& alloc) {
-        const uint32_t* b = xp + g * kp * ldq + n0;
-        if (in_place) return PanelB{b, ldq};
-        uint32_t* bp = alloc();
-        const int64_t wv = ceil_div(w, 16) * 16;  // the vectors a tile reads (ldq covers them)
-        for (int64_t k = 0; k < kp; ++k) std::memcpy(bp + k * kPanel, b + k * ldq, sizeof(uint32_t) * wv);
-        return PanelB{bp, kPanel};
-      },
-      kNoInit);
   return dv;
 }
 
