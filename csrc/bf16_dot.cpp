@@ -90,7 +90,17 @@ SAO_DOT_TARGET inline void transpose16(__m512i (&r)[16], __m512i (&out)[16]) {
 // Even c: 16 x 16 blocks of pairs transposed in registers (0.14 ms for all of V at 4096 x 4096,
 // G = 8, one thread, Zen 4; a VPGATHERDD per 16 pairs took 0.61 ms).  Odd c (rows not aligned
 // to pairs): gathers, and the last feature alone (its pair partner would be the next row's).
-SAO_DOT_TARGET void pack_transposed(const bf16* v, int64_t c, int64_t w, uint32_t* bp) {
+// A 64-byte store; `stream`: non-temporal (dst 64-byte aligned), for packs read by every thread
+// (row_product: why).
+SAO_DOT_TARGET inline void store_words(uint32_t* dst, __m512i v, bool stream) {
+  if (stream) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), v);
+  } else {
+    _mm512_storeu_si512(dst, v);
+  }
+}
+
+SAO_DOT_TARGET void pack_transposed(const bf16* v, int64_t c, int64_t w, uint32_t* bp, bool stream) {
   const int64_t kfull = c / 2;
   for (int64_t j0 = 0; j0 < kPanel; j0 += 16) {
     const int64_t wj = std::max<int64_t>(0, std::min<int64_t>(16, w - j0));
@@ -102,7 +112,7 @@ SAO_DOT_TARGET void pack_transposed(const bf16* v, int64_t c, int64_t w, uint32_
         __m512i r[16], out[16];
         for (int i = 0; i < 16; ++i) r[i] = i < wj ? _mm512_loadu_si512(rows + i * kfull + k) : _mm512_setzero_si512();
         transpose16(r, out);
-        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(bp + (k + i) * kPanel + j0, out[i]);
+        for (int i = 0; i < 16; ++i) store_words(bp + (k + i) * kPanel + j0, out[i], stream);
       }
     }
     // byte offsets of the 16 rows (c < 2^26 is checked by the callers)
@@ -128,7 +138,8 @@ SAO_DOT_TARGET inline __m512i pairs16(const bf16* r0, const bf16* r1, __mmask16 
 
 // dst[k][j] (k < ceil(K/2), j < ldd) = the pair (src[2k, j], src[2k+1, j]) for j < w, zero
 // beyond w and in the high half past an odd K (src: K rows of at least w elements, ld apart).
-SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst, int64_t ldd) {
+SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int64_t w, uint32_t* dst, int64_t ldd,
+                                     bool stream = false) {
   for (int64_t k = 0; 2 * k < K; ++k) {
     const bf16* r0 = src + 2 * k * ld;
     const bf16* r1 = 2 * k + 1 < K ? r0 + ld : nullptr;
@@ -138,7 +149,7 @@ SAO_DOT_TARGET void interleave_pairs(const bf16* src, int64_t ld, int64_t K, int
       const __mmask16 m = __mmask16((1u << wj) - 1);
       const __m512i p = pairs16(r0 + j, r1 ? r1 + j : nullptr, m);
       if (j + 16 <= ldd) {
-        _mm512_storeu_si512(d + j, p);
+        store_words(d + j, p, stream);
       } else {
         _mm512_mask_storeu_epi32(d + j, __mmask16((1u << (ldd - j)) - 1), p);
       }
@@ -405,7 +416,7 @@ void pack_all(int64_t G, int64_t K, int64_t N, const Pack& pack, uint32_t* dst) 
   const int64_t n_panels = ceil_div(N, kPanel), psz = ceil_div(K, 2) * kPanel;
   run_items(G * n_panels, pass_flops(double(G) * N * K), [&](int64_t it) {
     const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel;
-    pack(g, n0, std::min(kPanel, N - n0), dst + it * psz);
+    pack(g, n0, std::min(kPanel, N - n0), dst + it * psz, false);
   });
 }
 
@@ -419,12 +430,22 @@ void row_product(const Tensor& src, const IndexArg& src_idx, int64_t K, const In
   const int64_t Tn = src.size(0), n_panels = ceil_div(N, kPanel), psz = ceil_div(K, 2) * kPanel;
   Scratch big_b;
   uint32_t* fresh = prepacked ? nullptr : scratch<uint32_t>(kSlotVT, G * n_panels * psz, big_b);
+  // Panels of 1 MiB or more are written with non-temporal stores: every thread reads all of them,
+  // and a line the other core holds modified costs far more than one from memory where the
+  // cores do not share an L3 (this VM's slow level, docs/benchmarks.md).  Processes alternating,
+  // bfloat16 forward against the pre-gathered bmm, 2 threads, Zen 4, 2026-12-07: 4096², G = 8,
+  // T = 512 0.886-0.975 -> 0.929-1.034 (slow-level rounds 0.858 / 0.894 -> 0.952-0.955);
+  // 1024², G = 2 0.83-0.95 -> 0.92-0.96; 2048², G = 4 0.85-1.00 -> 0.95-1.02; G = 4 at 4096²
+  // and T = 256-2048 even; the forward + backward step at 4096², G = 8 0.857-0.942 -> 0.896-1.041
+  // (slow level 0.857 / 0.869 -> 0.896 / 0.909).  Smaller panels stay in L2 / L3 as before.
+  const bool stream = fresh && G * n_panels * psz * 4 >= (int64_t(1) << 20);
   const uint32_t* panels = prepacked ? prepacked : fresh;
   std::vector<float> inits(G * n_panels * kPanel);
   std::vector<uint8_t> has_init(G * n_panels);
   run_items(G * n_panels, pass_flops(double(G) * N * (prepacked ? 1 : K)), [&](int64_t it) {
     const int64_t g = it / n_panels, n0 = (it % n_panels) * kPanel, w = std::min(kPanel, N - n0);
-    if (fresh) pack(g, n0, w, fresh + it * psz);
+    if (fresh) pack(g, n0, w, fresh + it * psz, stream);
+    if (stream) _mm_sfence();
     has_init[it] = init(g, n0, w, inits.data() + it * kPanel);
   });
   const bf16* s = src.data_ptr<bf16>();
@@ -479,7 +500,7 @@ Tensor grouped_product(const Tensor& src, const IndexArg& src_idx, int64_t wi, c
       [&](int64_t g, int64_t n0, int64_t w, const auto& alloc) {
         if (prepacked) return PanelB{prepacked + (g * n_panels + n0 / kPanel) * psz, kPanel};
         uint32_t* bp = alloc();
-        pack(g, n0, w, bp);
+        pack(g, n0, w, bp, false);
         return PanelB{bp, kPanel};
       },
       init);
@@ -496,8 +517,8 @@ Tensor linear_bf16_dot(const Tensor& x, const Tensor& v, const IndexArg& in, con
   const bf16* vs = v.data_ptr<bf16>();
   const bf16* bs = bias.defined() ? bias.data_ptr<bf16>() : nullptr;
   const int64_t* oi = out.data();
-  const auto pack = [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
-    pack_transposed(vs + (g * a + n0) * c, c, w, bp);
+  const auto pack = [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp, bool stream) {
+    pack_transposed(vs + (g * a + n0) * c, c, w, bp, stream);
   };
   // Under sao_kernels.frozen_weights(): all panels from the weight cache (packed on a miss).
   const int64_t n_panels = ceil_div(a, kPanel), psz = ceil_div(c, 2) * kPanel;
@@ -518,8 +539,8 @@ Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in
   const bf16* vs = v.data_ptr<bf16>();
   return grouped_product(
       dy, out, a, in, c, G, Act::kNone,
-      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp) {
-        interleave_pairs(vs + g * a * c + n0, c, a, w, bp, kPanel);
+      [&](int64_t g, int64_t n0, int64_t w, uint32_t* bp, bool stream) {
+        interleave_pairs(vs + g * a * c + n0, c, a, w, bp, kPanel, stream);
       },
       nullptr, kNoInit);
 }
