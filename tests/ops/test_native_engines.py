@@ -114,6 +114,7 @@ if NATIVE:
             (23, 2 * 97, 2 * 33, 2, 1, True, True),  # odd c gathered; 97 = 48 + 48 + 1 columns
             (259, 2 * 97, 2 * 33, 2, 1, True, True),  # the same in row items (T >= 256), 3 rows left over
             (21, 2 * 40, 2 * 1100, 2, 1, True, True),  # groups over 4 KiB of pairs wide: grad-values' panels copied
+            (260, 1024, 1024, 1, 1, True, True),  # row items with 2 MiB of V's panels: written non-temporally
         ],
         ids=str,
     )
