@@ -547,25 +547,6 @@ Tensor grad_input_bf16_dot(const Tensor& dy, const Tensor& v, const IndexArg& in
 
 namespace {
 
-// gather_pair_words (permute_cols.h) with AVX-512: eight words per VPGATHERQQ, their halves
-// narrowed by VPMOVQD (AVX2's eight scalar loads and four shuffles per eight words: grad-values
-// at 4096², G = 8, T = 512 read 0.90-0.94 of the bmm bound, 0.92-0.97 this way; both in one
-// process, eight rounds, fast level, Zen 4, 2026-12-07).
-SAO_DOT_TARGET void gather_pair_words512(const uint64_t* w, const int64_t* cols, int64_t width, uint32_t* p0,
-                                         uint32_t* p1) {
-  int64_t k = 0;
-  for (; k + 8 <= width; k += 8) {
-    const __m512i v = _mm512_i64gather_epi64(_mm512_loadu_si512(cols + k), reinterpret_cast<const long long*>(w), 8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p0 + k), _mm512_cvtepi64_epi32(v));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p1 + k), _mm512_cvtepi64_epi32(_mm512_srli_epi64(v, 32)));
-  }
-  for (; k < width; ++k) {
-    const uint64_t v = w[cols[k]];
-    p0[k] = uint32_t(v);
-    p1[k] = uint32_t(v >> 32);
-  }
-}
-
 // X's columns in group order as token pairs, the B of grad-values as its tiles read it (no
 // per-panel pack): P[(g * kp + k) * ldq + j] = (X[2k, S_g(j)], X[2k+1, S_g(j)]) for k < kp =
 // ceil(T/2), j < c (zero high half past an odd T, zero columns c..ldq).  With a column map, from
@@ -618,7 +599,7 @@ uint32_t* pair_groups(const Tensor& x, int64_t G, int64_t c, const IndexArg& in,
       for (int64_t g = 0; g < G; ++g) {
         uint32_t* p0 = P + (g * kp + r / 2) * ldq;
         if (rows > 2) {
-          gather_pair_words512(w, ip + g * c, c, p0, p0 + ldq);
+          gather_pair_words(w, ip + g * c, c, p0, p0 + ldq);
           zero_pad(p0 + ldq);
         } else {
           for (int64_t j = 0; j < c; ++j) p0[j] = uint32_t(w[ip[g * c + j]]);
@@ -666,14 +647,18 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
   // B read in place while its rows are at most 4 KiB apart; wider groups copy each panel out
   // (with rows 8 KiB apart, c = 2048, every k touched another page: 0.87 of the bmm bound at
   // 4096², G = 2, T = 512, one thread, against 0.91 before)
-  if (ldq * int64_t(sizeof(uint32_t)) <= 4096 + 64) {
+  const bool in_place = ldq * int64_t(sizeof(uint32_t)) <= 4096 + 64;
+  const int64_t at_bytes = G * ceil_div(a, kMR) * kp * kMR * 4;
+  if (in_place && at_bytes >= (int64_t(512) << 10)) {
     // Items of FC features of one group: each builds its rows of At in thread-local scratch (in
-    // L2) and runs all of the group's panels on them, B (X's pairs) read in place.  With At built
-    // whole in a pass of its own (G * a * T * 2 bytes, 4 MiB at 4096², T = 512, written to memory
-    // and read back by items of one 48-column panel each), grad-values read 0.83-0.92 of the bmm
-    // bound where these items read 0.89-0.94 (4096², G = 8, T = 512, both in one process, six
-    // rounds, fast level, 2026-12-07); G = 4: 0.90-0.93 -> 0.91-0.94; 768 -> 3072 and 1024²,
-    // G = 4: +0-10 %; 3072 -> 768, T = 128: even.
+    // L2) and runs all of the group's panels on them, B (X's pairs) read in place, instead of At
+    // built whole in a pass of its own and read back by items of one 48-column panel each.  Where
+    // At is too large for L2 that pass writes it to memory and reads it back.  In one process,
+    // the two alternating in both orders, five rounds, fast level, fraction of the bmm bound,
+    // 2026-12-07: 4096², G = 8, T = 512 (At 4 MiB) 0.868-0.904 -> 0.893-0.923; 768 -> 3072,
+    // G = 4, T = 128 (768 KiB) 0.835-0.914 -> 0.872-0.971; 4096², G = 4 even; and where At fits
+    // L2, the pass is kept: 3072 -> 768, T = 128 (192 KiB) 0.89-1.08 -> 0.85-1.00 with these
+    // items; 512², T = 128 even.
     constexpr int64_t FC = 64;
     const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, 0, [](int64_t) {});
     const int64_t nfc = ceil_div(a, FC), n_panels = ceil_div(c, kPanel);
@@ -693,7 +678,8 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
       }
     });
   } else {
-    // At whole, built in the pass that pairs X (one barrier), and items of one panel each
+    // At whole (in L2, or groups too wide to read B in place), built in the pass that pairs X
+    // (one barrier), and items of one panel each
     const int64_t nblk = ceil_div(a, kMR);
     uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
     const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, G * nb,
@@ -704,6 +690,7 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
         p,
         [&](int64_t g, int64_t n0, int64_t w, const auto& alloc) {
           const uint32_t* b = xp + g * kp * ldq + n0;
+          if (in_place) return PanelB{b, ldq};
           uint32_t* bp = alloc();
           const int64_t wv = ceil_div(w, 16) * 16;  // the vectors a tile reads (ldq covers them)
           for (int64_t k = 0; k < kp; ++k) std::memcpy(bp + k * kPanel, b + k * ldq, sizeof(uint32_t) * wv);
