@@ -46,6 +46,11 @@ constexpr int64_t kMinChunk = 64;  // rows per item at least, when items are spl
 
 #define SAO_DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
+// The lanes of the last 16-column vector of a panel w columns wide that lie inside it.
+inline __mmask16 last_vector_mask(int64_t w) {
+  return w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
+}
+
 inline uint32_t load_pair(const bf16* p) {  // elements p[0] (low half), p[1] (high half)
   uint32_t w;
   std::memcpy(&w, p, sizeof(w));
@@ -335,7 +340,7 @@ void run_product(const Product& p, const Pack& pack, const Init& init) {
     float init_f[kPanel] = {};
     const bool has_init = init(g, n0, w, init_f);
     const int64_t nvec = ceil_div(w, 16);
-    const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
+    const __mmask16 last = last_vector_mask(w);
     const bf16* ag = p.a + g * p.sga;
     bf16* og = p.out + g * p.sgo + n0;
     for (int64_t r = r0; r < r1; r += kMR) {
@@ -467,7 +472,7 @@ void row_product(const Tensor& src, const IndexArg& src_idx, int64_t K, const In
     for (int64_t g = 0; g < G; ++g)
       for (int64_t p = 0; p < n_panels; ++p) {
         const int64_t n0 = p * kPanel, w = std::min(kPanel, N - n0), nvec = ceil_div(w, 16);
-        const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
+        const __mmask16 last = last_vector_mask(w);
         const int64_t item = g * n_panels + p;
         kTiles[rows - 1][nvec - 1](a + g * sga, la, 2, panels + item * psz, kPanel, K,
                                    has_init[item] ? inits.data() + item * kPanel : nullptr, act, c + g * sgc + n0, lc,
@@ -648,8 +653,8 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
   // (with rows 8 KiB apart, c = 2048, every k touched another page: 0.87 of the bmm bound at
   // 4096², G = 2, T = 512, one thread, against 0.91 before)
   const bool in_place = ldq * int64_t(sizeof(uint32_t)) <= 4096 + 64;
-  const int64_t at_bytes = G * ceil_div(a, kMR) * kp * kMR * 4;
-  if (in_place && at_bytes >= (int64_t(512) << 10)) {
+  const int64_t nblk = ceil_div(a, kMR);  // blocks of kMR features
+  if (in_place && G * nblk * kp * kMR * 4 >= (int64_t(512) << 10)) {
     // Items of FC features of one group: each builds its rows of At in thread-local scratch (in
     // L2) and runs all of the group's panels on them, B (X's pairs) read in place, instead of At
     // built whole in a pass of its own and read back by items of one 48-column panel each.  Where
@@ -670,7 +675,7 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
       const bf16* ab = reinterpret_cast<const bf16*>(at);
       for (int64_t pn = 0; pn < n_panels; ++pn) {
         const int64_t n0 = pn * kPanel, w = std::min(kPanel, c - n0), nvec = ceil_div(w, 16);
-        const __mmask16 last = w % 16 ? __mmask16((1u << (w % 16)) - 1) : __mmask16(0xFFFF);
+        const __mmask16 last = last_vector_mask(w);
         for (int64_t r = 0; r < fw; r += kMR)
           kTiles[std::min<int64_t>(kMR, fw - r) - 1][nvec - 1](ab + (r / kMR) * 2 * kp * kMR, 2, 2 * kMR,
                                                                xp + g * kp * ldq + n0, ldq, Tn, nullptr, Act::kNone,
@@ -680,7 +685,6 @@ Tensor grad_values_bf16_dot(const Tensor& dy, const Tensor& x, const IndexArg& i
   } else {
     // At whole (in L2, or groups too wide to read B in place), built in the pass that pairs X
     // (one barrier), and items of one panel each
-    const int64_t nblk = ceil_div(a, kMR);
     uint32_t* at = scratch<uint32_t>(kSlotDYT, G * nblk * kp * kMR, big_t);
     const uint32_t* xp = pair_groups(x, G, c, in, ldq, big_x, big_rows, G * nb,
                                      [&](int64_t it) { pair_dy(it / nb, 0, a, it % nb, at + (it / nb) * nblk * kp * kMR); });

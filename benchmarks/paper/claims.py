@@ -104,8 +104,7 @@ def reported_seeds(setting, plan: Plan) -> tuple[int, ...]:
 
 def tuning_seed(setting, plan: Plan) -> int:
     """The seed whose grid runs chose the lrs (legacy runs: the first reported seed)."""
-    t = getattr(plan, "tune_seed", None)
-    return t if t is not None else reported_seeds(setting, plan)[0]
+    return plan.tune_seed if plan.tune_seed is not None else reported_seeds(setting, plan)[0]
 
 
 def arm_lr(setting, method: str, rule: str, choice: dict) -> float | None:
@@ -275,9 +274,8 @@ def readme_block(payload: dict, plan: Plan) -> str:
     seeds = f"seeds {', '.join(map(str, plan.seeds))}"
     if headline and headline != sorted(plan.seeds):
         seeds += f" ({', '.join(map(str, headline))} on the headline rows: depth 100 / 1000)"
-    tune = getattr(plan, "tune_seed", None)
-    if tune is not None and tune not in (*plan.seeds, *headline):
-        seeds += f"; lrs chosen on seed {tune} (never reported)"
+    if plan.tune_seed is not None and plan.tune_seed not in (*plan.seeds, *headline):
+        seeds += f"; lrs chosen on seed {plan.tune_seed} (never reported)"
     choice = payload["choice"].get("mlp-d1000-tanh", {}).get("best", {})
     lines = [
         README_BEGIN,

@@ -112,8 +112,10 @@ def test_the_headline_numbers_from_results_json():
         a, b = ({k: v for k, v in _accs(data, *arm).items() if k in seeds} for arm in (arm_a, arm_b))
         assert sorted(a) == sorted(b) == list(seeds)
         d = [a[k] - b[k] for k in seeds]
-        mean, sd = sum(d) / 5, math.sqrt(sum((x - sum(d) / 5) ** 2 for x in d) / 4)
-        half = st.t.ppf(0.975, 4) * sd / math.sqrt(5)
+        n = len(d)
+        mean = sum(d) / n
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+        half = st.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
         c = S.paired(a, b)
         assert math.isclose(c.diff, mean, abs_tol=1e-12)
         assert math.isclose(c.low, mean - half, abs_tol=1e-9) and math.isclose(c.high, mean + half, abs_tol=1e-9)
